@@ -1,0 +1,1 @@
+"""Pieces shared by every step: environment set-up, schemas, step summaries."""

@@ -1,0 +1,51 @@
+"""Configuration of example_gen."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+SOURCES = ("movielens", "generic")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleGenConfig:
+    """What to read and how to split it (paper §5.1 defaults).
+
+    source: 'movielens' (`user::item::rating::timestamp` ratings, `id::title::genres` movies,
+      latin-1) or 'generic' (CSV with a header, Parquet or JSON lines; columns as in
+      schemas/interactions.pbtxt and schemas/items.pbtxt; CSV categories separated by '|').
+    interactions: file path or glob of the interactions.
+    items: file path or glob of the item catalogue.
+    train_fraction: share of interactions, in time order, that form the training period.
+    positive_threshold: ratings >= this are positives (label 1), others label 0.
+    history_length: the last N positive items strictly before each example's timestamp.
+    """
+
+    source: str = "movielens"
+    interactions: str = ""
+    items: str = ""
+    train_fraction: float = 0.8
+    positive_threshold: float = 3.0
+    history_length: int = 20
+    num_train_shards: int = 8
+    num_eval_shards: int = 4
+
+    def __post_init__(self):
+        if self.source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
+        if not 0.0 < self.train_fraction < 1.0:
+            raise ValueError(f"train_fraction must be in (0, 1), got {self.train_fraction}")
+        if self.history_length < 1:
+            raise ValueError(f"history_length must be >= 1, got {self.history_length}")
+        if not self.interactions or not self.items:
+            raise ValueError("both 'interactions' and 'items' paths are required")
+
+    @classmethod
+    def movielens(cls, data_dir: str, **overrides) -> "ExampleGenConfig":
+        """MovieLens-1M layout: ratings from reconstructed/ratings.dat when present."""
+        ratings = os.path.join(data_dir, "reconstructed", "ratings.dat")
+        if not os.path.exists(ratings):
+            ratings = os.path.join(data_dir, "ratings.dat")
+        overrides.setdefault("interactions", ratings)
+        return cls(source="movielens", items=os.path.join(data_dir, "movies.dat"), **overrides)

