@@ -169,7 +169,19 @@ def build(pipeline: beam.Pipeline, config: ExampleGenConfig, output_dir: str) ->
                                                  file_name_suffix=".parquet", num_shards=1,
                                                  shard_name_template="")
     )
+    _ = (
+        examples[core.TRAIN]
+        | "TrainUsers" >> beam.Map(lambda e: e["user_id"])
+        | "DistinctUsers" >> beam.Distinct()
+        | "AllUsers" >> beam.combiners.ToList()
+        | "WriteUsers" >> beam.Map(lambda users: _write_lines(os.path.join(output_dir, "users.txt"), sorted(users)))
+    )
     _ = cut | "WriteCut" >> beam.Map(lambda c: _write_json(os.path.join(output_dir, "cut.json"), {"cut": c}))
+
+
+def _write_lines(path: str, lines: list[str]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(f"{line}\n" for line in lines)
 
 
 def _write_json(path: str, payload: dict) -> None:
@@ -179,7 +191,8 @@ def _write_json(path: str, payload: dict) -> None:
 
 def run_example_gen(config: ExampleGenConfig, output_dir: str,
                     beam_args: Sequence[str] | None = None) -> dict:
-    """Runs example_gen; writes train/, eval/, items/items.parquet and summary.json to output_dir.
+    """Runs example_gen; writes train/, eval/, items/items.parquet, users.txt (training users)
+    and summary.json to output_dir.
 
     Returns the summary: rows in, examples out per split, rows dropped and why.
     """

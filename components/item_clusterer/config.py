@@ -1,0 +1,34 @@
+"""Configuration of item_clusterer."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemClustererConfig:
+    """k-means over LLM embeddings.
+
+    num_clusters: C; 0 picks round(sqrt(number of items)) clipped to [2, 1024]: coarse enough
+      that a cluster is not mostly the positive's near-duplicates (the paper warns that overly
+      granular clusters raise false negatives), fine enough to be harder than random.
+    max_fit_items: k-means is fit on at most this many items (a deterministic hash sample),
+      then every item is assigned to its nearest centroid.
+    """
+
+    num_clusters: int = 0
+    max_fit_items: int = 200_000
+    n_init: int = 4
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.num_clusters < 0 or self.num_clusters == 1:
+            raise ValueError(f"num_clusters must be 0 (auto) or >= 2, got {self.num_clusters}")
+        if self.max_fit_items < 2:
+            raise ValueError(f"max_fit_items must be >= 2, got {self.max_fit_items}")
+
+    def clusters_for(self, num_items: int) -> int:
+        """The number of clusters used for a catalogue of `num_items` items."""
+        wanted = self.num_clusters or min(1024, max(2, round(math.sqrt(num_items))))
+        return max(1, min(wanted, num_items))

@@ -1,0 +1,145 @@
+"""item_clusterer as a Beam pipeline:
+
+    embeddings --hash sample--> k-means fit (one worker) --centroids side input-->
+    assign every item in batches --> llm/clusters.parquet
+    items.parquet --first category--> category/clusters.parquet
+then a report (sizes summary JSON + histogram PNG) from the two tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+from typing import Sequence
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from components.common.beam_io import Counted
+from components.common.beam_run import run_pipeline
+from components.item_clusterer import core
+from components.item_clusterer.config import ItemClustererConfig
+
+NAMESPACE = "item_clusterer"
+CLUSTER_SCHEMA = pa.schema([("item_id", pa.string()), ("cluster_id", pa.int64())])
+KINDS = ("llm", "category")
+
+
+def _fit(rows, num_clusters: int, seed: int, n_init: int) -> np.ndarray:
+    vectors = np.asarray([r["embedding"] for r in sorted(rows, key=lambda r: r["item_id"])], dtype=np.float32)
+    return core.fit_centroids(vectors, num_clusters, seed, n_init)
+
+
+def _assign_batch(rows, centroids):
+    ids = core.assign(np.asarray([r["embedding"] for r in rows], dtype=np.float32), centroids)
+    return [{"item_id": r["item_id"], "cluster_id": int(c)} for r, c in zip(rows, ids)]
+
+
+def _write_table(pcoll, label: str, path_prefix: str):
+    return (pcoll
+            | f"Count{label}" >> Counted(NAMESPACE, f"{label}_assigned")
+            | f"Write{label}" >> beam.io.WriteToParquet(path_prefix, CLUSTER_SCHEMA, file_name_suffix=".parquet"))
+
+
+def build(pipeline, config: ItemClustererConfig, embeddings_pattern: str, items_path: str, output_dir: str,
+          num_items: int) -> None:
+    num_clusters = config.clusters_for(num_items)
+    rate = min(1.0, config.max_fit_items / max(num_items, 1))
+    embeddings = pipeline | "ReadEmbeddings" >> beam.io.ReadFromParquet(embeddings_pattern)
+    centroids = (
+        embeddings
+        | "FitSample" >> beam.Filter(lambda r: core.in_fit_sample(r["item_id"], rate))
+        | "CollectSample" >> beam.combiners.ToList()
+        | "FitKMeans" >> beam.Map(_fit, num_clusters=num_clusters, seed=config.seed, n_init=config.n_init)
+    )
+    llm = (
+        embeddings
+        | "Batch" >> beam.BatchElements(min_batch_size=256, max_batch_size=8192)
+        | "Assign" >> beam.FlatMap(_assign_batch, centroids=beam.pvalue.AsSingleton(centroids))
+    )
+    _write_table(llm, "llm", os.path.join(output_dir, "llm", "clusters"))
+
+    first = (
+        pipeline
+        | "ReadItems" >> beam.io.ReadFromParquet(items_path, columns=["item_id", "categories"])
+        | "FirstCategory" >> beam.Map(lambda r: (r["item_id"], (r["categories"] or [""])[0]))
+    )
+    vocabulary = (
+        first
+        | "Names" >> beam.Values()
+        | "Distinct" >> beam.Distinct()
+        | "AllNames" >> beam.combiners.ToList()
+        | "Vocabulary" >> beam.Map(core.category_vocabulary)
+    )
+    category = first | "CategoryId" >> beam.Map(
+        lambda kv, vocab: {"item_id": kv[0], "cluster_id": vocab[kv[1]]}, vocab=beam.pvalue.AsSingleton(vocabulary))
+    _write_table(category, "category", os.path.join(output_dir, "category", "clusters"))
+    _ = vocabulary | "SaveVocabulary" >> beam.Map(
+        lambda v: _write_json(os.path.join(output_dir, "category", "vocabulary.json"), v))
+
+
+def _write_json(path: str, payload) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=2)
+
+
+def read_cluster_table(path: str) -> dict[str, int]:
+    """Reads a cluster table directory (or file) -> {item_id: cluster_id}."""
+    files = sorted(glob.glob(os.path.join(path, "*.parquet"))) if os.path.isdir(path) else [path]
+    if not files:
+        raise FileNotFoundError(f"no cluster table (*.parquet) under {path}")
+    table = pa.concat_tables([pq.read_table(f) for f in files])
+    return dict(zip(table.column("item_id").to_pylist(), table.column("cluster_id").to_pylist()))
+
+
+def _plot_sizes(report: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(KINDS), figsize=(5 * len(KINDS), 3.5))
+    for ax, kind in zip(axes, KINDS):
+        sizes = report[kind]["sizes"]
+        ax.hist(sizes, bins=min(50, max(5, len(sizes) // 2)))
+        ax.set_title(f"{kind}: {report[kind]['num_clusters']} clusters")
+        ax.set_xlabel("items per cluster")
+        ax.set_ylabel("clusters")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_item_clusterer(config: ItemClustererConfig, embeddings_dir: str, items_path: str, output_dir: str,
+                       beam_args: Sequence[str] | None = None) -> dict:
+    """Writes llm/ and category/ cluster tables, report.json and cluster_sizes.png to output_dir."""
+    files = sorted(glob.glob(os.path.join(embeddings_dir, "*.parquet")))
+    if not files:
+        raise FileNotFoundError(f"no embeddings (*.parquet) under {embeddings_dir}")
+    num_items = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    if num_items < 2:
+        raise ValueError(f"need at least 2 items to cluster, found {num_items} in {embeddings_dir}")
+    os.makedirs(output_dir, exist_ok=True)
+    counters = run_pipeline(
+        lambda p: build(p, config, os.path.join(embeddings_dir, "*.parquet"), items_path, output_dir, num_items),
+        NAMESPACE, beam_args)
+    report = {"config": dataclasses.asdict(config), "items_in": num_items}
+    for kind in KINDS:
+        table = read_cluster_table(os.path.join(output_dir, kind))
+        ids = np.asarray(list(table.values()), dtype=np.int64)
+        n = config.clusters_for(num_items) if kind == "llm" else int(ids.max()) + 1
+        report[kind] = core.size_summary(ids, n)
+        report[kind]["items_assigned"] = counters.get(f"{kind}_assigned", 0)
+    _write_json(os.path.join(output_dir, "report.json"), report)
+    _plot_sizes(report, os.path.join(output_dir, "cluster_sizes.png"))
+    for kind in KINDS:
+        r = report[kind]
+        print(f"[item_clusterer] {kind}: {num_items:,} items in -> {r['items_assigned']:,} assigned to "
+              f"{r['num_clusters']} clusters (sizes min {r['min']}, median {r['median']:.0f}, max {r['max']}; "
+              f"{r['empty_clusters']} empty); dropped 0", flush=True)
+    return report

@@ -1,0 +1,77 @@
+"""Configuration of the trainer."""
+
+from __future__ import annotations
+
+import dataclasses
+
+STRATEGIES = ("in_batch", "oob", "cluster_oob")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerConfig:
+    """Two-tower model, negatives and optimisation (defaults: paper §5.1, ML-1M).
+
+    strategy: 'in_batch' (logQ-corrected in-batch negatives with accidental-hit masking),
+      'oob' (+ `num_negatives` random pool negatives per example) or 'cluster_oob' (+ pool
+      negatives split random:cluster by `random_ratio`:`cluster_ratio`, cluster draws from the
+      positive's cluster segment).
+    cluster_source: which cluster table ('llm' or 'category') feeds the cluster-id features
+      and the pool segments.
+    slots_per_cluster: S; 0 = the next power of two >= 2 * items / clusters (at least 16).
+    pool_sampling: 'filled' (uniform over filled slots) or 'slot' (Algorithm 2 literally).
+    pool_logq: subtract log q of pool draws (q uniform over the filled slots drawn from).
+    """
+
+    strategy: str = "cluster_oob"
+    cluster_source: str = "llm"
+    embedding_dim: int = 64
+    temperature: float = 0.05
+    batch_size: int = 1024
+    epochs: int = 3
+    learning_rate: float = 1e-3
+    num_negatives: int = 16
+    random_ratio: int = 1
+    cluster_ratio: int = 15
+    slots_per_cluster: int = 0
+    pool_sampling: str = "filled"
+    pool_logq: bool = False
+    history_length: int = 20
+    shuffle_buffer: int = 1_000_000
+    seed: int = 0
+    log_every_steps: int = 100
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.cluster_source not in ("llm", "category"):
+            raise ValueError(f"cluster_source must be 'llm' or 'category', got {self.cluster_source!r}")
+        for name in ("embedding_dim", "batch_size", "epochs", "history_length", "log_every_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.strategy != "in_batch" and self.num_negatives < 1:
+            raise ValueError(f"strategy {self.strategy!r} needs num_negatives >= 1, got {self.num_negatives}")
+        if self.random_ratio < 0 or self.cluster_ratio < 0 or self.random_ratio + self.cluster_ratio == 0:
+            raise ValueError(f"bad random:cluster ratio {self.random_ratio}:{self.cluster_ratio}")
+
+    @property
+    def uses_pool(self) -> bool:
+        return self.strategy != "in_batch"
+
+    def negative_split(self) -> tuple[int, int]:
+        """(random, cluster) pool negatives per example."""
+        if self.strategy == "in_batch":
+            return 0, 0
+        if self.strategy == "oob":
+            return self.num_negatives, 0
+        cluster = round(self.num_negatives * self.cluster_ratio / (self.random_ratio + self.cluster_ratio))
+        return self.num_negatives - cluster, cluster
+
+    def slots_for(self, num_items: int, num_clusters: int) -> int:
+        if self.slots_per_cluster:
+            return self.slots_per_cluster
+        target, slots = 2 * max(1, num_items) / max(1, num_clusters), 16
+        while slots < target:
+            slots *= 2
+        return slots

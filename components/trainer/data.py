@@ -1,0 +1,101 @@
+"""Trainer inputs: the item table, the cluster table and streaming tf.data over example shards."""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import tensorflow as tf
+
+from components.item_clusterer.pipeline import read_cluster_table
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemCatalogue:
+    """Items in a fixed order with their cluster and training frequency.
+
+    item_ids: [V] str, sorted. cluster_ids: [V] int64 in [0, num_clusters).
+    train_counts: [V] int64, training examples per item (for logQ).
+    """
+
+    item_ids: np.ndarray
+    cluster_ids: np.ndarray
+    train_counts: np.ndarray
+    num_clusters: int
+
+    @property
+    def sampling_probability(self) -> np.ndarray:
+        """P(item in a training example), the in-batch logQ probability: [V] float32."""
+        return (self.train_counts / max(1, self.train_counts.sum())).astype(np.float32)
+
+
+def parquet_files(path: str) -> list[str]:
+    files = sorted(glob.glob(os.path.join(path, "*.parquet"))) if os.path.isdir(path) else [path]
+    if not files or not all(os.path.exists(f) for f in files):
+        raise FileNotFoundError(f"no parquet table at {path}")
+    return files
+
+
+def load_catalogue(items_path: str, clusters_path: str) -> ItemCatalogue:
+    """Joins the item table with a cluster table; every item must have a cluster."""
+    table = pa.concat_tables([pq.read_table(f, columns=["item_id", "train_count"]) for f in parquet_files(items_path)])
+    order = np.argsort(np.asarray(table.column("item_id").to_pylist(), dtype=object), kind="stable")
+    item_ids = np.asarray(table.column("item_id").to_pylist(), dtype=object)[order]
+    counts = np.asarray(table.column("train_count").to_pylist(), dtype=np.int64)[order]
+    if len(set(item_ids)) != len(item_ids):
+        raise ValueError(f"item table {items_path} has duplicate item ids")
+    clusters = read_cluster_table(clusters_path)
+    missing = [i for i in item_ids if i not in clusters]
+    if missing:
+        raise ValueError(f"{len(missing)} items have no cluster in {clusters_path}, e.g. {missing[:5]}")
+    cluster_ids = np.asarray([clusters[i] for i in item_ids], dtype=np.int64)
+    return ItemCatalogue(item_ids, cluster_ids, counts, int(cluster_ids.max()) + 1)
+
+
+def example_files(examples_dir: str, split: str) -> list[str]:
+    files = sorted(glob.glob(os.path.join(examples_dir, split, "*.tfrecord")))
+    if not files:
+        raise FileNotFoundError(f"no {split} examples (*.tfrecord) under {os.path.join(examples_dir, split)}")
+    return files
+
+
+def parse_batch(serialized: tf.Tensor, history_length: int) -> dict[str, tf.Tensor]:
+    """Serialized tf.Examples [B] -> user_id [B], item_id [B], label [B] float32,
+    history_item_ids [B, history_length] string ('' = padding), timestamp [B]."""
+    spec = {
+        "user_id": tf.io.FixedLenFeature([], tf.string),
+        "item_id": tf.io.FixedLenFeature([], tf.string),
+        "label": tf.io.FixedLenFeature([], tf.int64),
+        "timestamp": tf.io.FixedLenFeature([], tf.int64),
+        "history_item_ids": tf.io.RaggedFeature(tf.string),
+    }
+    parsed = tf.io.parse_example(serialized, spec)
+    history = parsed["history_item_ids"][:, :history_length].to_tensor(default_value="")
+    history = tf.pad(history, [[0, 0], [0, history_length - tf.shape(history)[1]]])
+    return {
+        "user_id": parsed["user_id"],
+        "item_id": parsed["item_id"],
+        "label": tf.cast(parsed["label"], tf.float32),
+        "timestamp": parsed["timestamp"],
+        "history_item_ids": tf.ensure_shape(history, [None, history_length]),
+    }
+
+
+def make_dataset(files: list[str], batch_size: int, history_length: int, shuffle_buffer: int = 0,
+                 seed: int = 0, positives_only: bool = False) -> tf.data.Dataset:
+    """Streams batches from TFRecord shards; with shuffle_buffer > 0 shuffles (seeded) every epoch."""
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle_buffer:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)), deterministic=True)
+    if shuffle_buffer:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(lambda s: parse_batch(s, history_length), num_parallel_calls=tf.data.AUTOTUNE,
+                                  deterministic=True)
+    if positives_only:
+        ds = ds.map(lambda b: {k: tf.boolean_mask(v, b["label"] > 0) for k, v in b.items()})
+    return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,155 @@
+"""The two-tower model, its training step with mixed negatives, and the serving towers."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from components.trainer.config import TrainerConfig
+from components.trainer.data import ItemCatalogue
+from components.trainer.losses import mixed_negatives_loss
+from components.trainer.pool import ClusterPool
+
+
+class ItemFeatures(tf_keras.layers.Layer):
+    """Item id -> vocabulary index and cluster id, from the catalogue (a lookup in the model, so
+    cluster tables can be swapped without rewriting examples).
+
+    Index 0 is padding (''), 1 is an unknown item, 2.. the catalogue in order; the cluster of
+    padding and unknown items is `num_clusters` (an extra cluster embedding row).
+    """
+
+    def __init__(self, catalogue: ItemCatalogue, **kwargs):
+        super().__init__(trainable=False, **kwargs)
+        self.lookup = tf_keras.layers.StringLookup(vocabulary=list(catalogue.item_ids), mask_token="",
+                                                   num_oov_indices=1)
+        self.num_clusters = catalogue.num_clusters
+        self.vocabulary_size = len(catalogue.item_ids) + 2
+        unknown = [catalogue.num_clusters, catalogue.num_clusters]
+        self.cluster_of_index = tf.constant(np.concatenate([unknown, catalogue.cluster_ids]), tf.int64)
+        self.probability_of_index = tf.constant(
+            np.concatenate([[0.0, 0.0], catalogue.sampling_probability]), tf.float32)
+
+    def call(self, item_ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """item_ids: [...] string -> (index [...] int64, cluster [...] int64)."""
+        index = self.lookup(item_ids)
+        return index, tf.gather(self.cluster_of_index, index)
+
+
+def _mlp(dim: int, name: str) -> tf_keras.Sequential:
+    return tf_keras.Sequential([tf_keras.layers.Dense(2 * dim, activation="relu"), tf_keras.layers.Dense(dim)],
+                               name=name)
+
+
+class CandidateTower(tf_keras.Model):
+    """Item tower: (item index, cluster id) embeddings -> MLP -> L2-normalised [.., d]."""
+
+    def __init__(self, items: ItemFeatures, item_embedding, cluster_embedding, dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.items, self.item_embedding, self.cluster_embedding = items, item_embedding, cluster_embedding
+        self.mlp = _mlp(dim, "candidate_mlp")
+
+    def call(self, item_index: tf.Tensor) -> tf.Tensor:
+        """item_index: [B] int64 vocabulary index -> [B, d]."""
+        cluster = tf.gather(self.items.cluster_of_index, item_index)
+        x = tf.concat([self.item_embedding(item_index), self.cluster_embedding(cluster)], axis=-1)
+        return tf.math.l2_normalize(self.mlp(x), axis=-1)
+
+    def embed_ids(self, item_ids: tf.Tensor) -> tf.Tensor:
+        """item_ids: [B] string -> [B, d]; unknown ids share the unknown-item embedding."""
+        return self(self.items.lookup(item_ids))
+
+
+class QueryTower(tf_keras.Model):
+    """User tower: user id + mean of history item and history cluster embeddings -> MLP -> [B, d]."""
+
+    def __init__(self, user_ids: Sequence[str], items: ItemFeatures, item_embedding, cluster_embedding,
+                 dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.user_lookup = tf_keras.layers.StringLookup(vocabulary=list(user_ids), num_oov_indices=1)
+        self.user_embedding = tf_keras.layers.Embedding(len(user_ids) + 1, dim, name="user_embedding")
+        self.items, self.item_embedding, self.cluster_embedding = items, item_embedding, cluster_embedding
+        self.mlp = _mlp(dim, "query_mlp")
+
+    def call(self, user_id: tf.Tensor, history_item_ids: tf.Tensor) -> tf.Tensor:
+        """user_id: [B] string; history_item_ids: [B, N] string, '' = padding -> [B, d].
+
+        Unknown users share the out-of-vocabulary user embedding; unknown history items the
+        unknown-item embedding.
+        """
+        index, cluster = self.items(history_item_ids)  # [B, N]
+        mask = tf.cast(index > 0, tf.float32)[..., None]
+        count = tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+        history = tf.reduce_sum(self.item_embedding(index) * mask, axis=1) / count
+        clusters = tf.reduce_sum(self.cluster_embedding(cluster) * mask, axis=1) / count
+        x = tf.concat([self.user_embedding(self.user_lookup(user_id)), history, clusters], axis=-1)
+        return tf.math.l2_normalize(self.mlp(x), axis=-1)
+
+
+class TwoTowerModel(tf_keras.Model):
+    """Training model: the towers, the optional out-of-batch pool and the mixed-negatives loss.
+
+    A training batch is the dict of `data.parse_batch`. Per step: pool draws for the batch's
+    positives (before the batch is written, so a positive is never drawn from its own update),
+    loss and gradients, then the batch's items are written into the pool.
+    """
+
+    def __init__(self, config: TrainerConfig, catalogue: ItemCatalogue, user_ids: Sequence[str], **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        dim = config.embedding_dim
+        self.items = ItemFeatures(catalogue, name="item_features")
+        item_embedding = tf_keras.layers.Embedding(self.items.vocabulary_size, dim, name="item_embedding")
+        cluster_embedding = tf_keras.layers.Embedding(catalogue.num_clusters + 1, dim, name="cluster_embedding")
+        self.query_tower = QueryTower(user_ids, self.items, item_embedding, cluster_embedding, dim, name="query")
+        self.candidate_tower = CandidateTower(self.items, item_embedding, cluster_embedding, dim, name="candidate")
+        self.num_random, self.num_cluster = config.negative_split()
+        self.pool = None
+        if config.uses_pool:
+            slots = config.slots_for(len(catalogue.item_ids), catalogue.num_clusters)
+            self.pool = ClusterPool(catalogue.num_clusters, slots, {"item_index": ((), "int64")},
+                                    sampling=config.pool_sampling, seed=config.seed, name="pool")
+        self.trackers = {name: tf_keras.metrics.Mean(name=name) for name in
+                         ("loss", "negative_masked_rate", "negative_hit_rate", "pool_fill")}
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def preload_pool(self, catalogue: ItemCatalogue, chunk: int = 65536) -> None:
+        """Fills the pool from the item table before step 1 (paper: pre-loading)."""
+        if self.pool is None:
+            return
+        for start in range(0, len(catalogue.item_ids), chunk):
+            index, cluster = self.items(tf.constant(catalogue.item_ids[start:start + chunk].tolist()))
+            self.pool.update(index, cluster, {"item_index": index})
+
+    def train_step(self, batch):
+        index, cluster = self.items(batch["item_id"])
+        samples = self.pool(cluster, self.num_random, self.num_cluster) if self.pool is not None else None
+        with tf.GradientTape() as tape:
+            query = self.query_tower(batch["user_id"], batch["history_item_ids"])
+            positive = self.candidate_tower(index)
+            kwargs = {}
+            if samples is not None:
+                shape = tf.shape(samples["item_index"])
+                negatives = self.candidate_tower(tf.reshape(samples["item_index"], [-1]))
+                kwargs = dict(negatives=tf.reshape(negatives, [shape[0], shape[1], -1]),
+                              negative_ids=samples["item_index"], negative_valid=samples["valid"],
+                              negative_log_q=samples["log_q"] if self.config.pool_logq else None)
+            loss, stats = mixed_negatives_loss(
+                query, positive, index, self.config.temperature,
+                positive_sampling_probability=tf.gather(self.items.probability_of_index, index),
+                sample_weight=batch["label"], **kwargs)
+        gradients = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+        if self.pool is not None:
+            self.pool.update(index, cluster, {"item_index": index})
+            stats["pool_fill"] = self.pool.fill_rate()
+        stats["loss"] = loss
+        for name, value in stats.items():
+            self.trackers[name].update_state(value)
+        return {name: tracker.result() for name, tracker in self.trackers.items() if name in stats}

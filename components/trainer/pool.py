@@ -1,0 +1,168 @@
+"""The cluster-segmented out-of-batch item pool (paper §4, Algorithms 1 and 2)."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import tensorflow as tf
+import tf_keras
+
+SAMPLINGS = ("filled", "slot")
+
+
+class ClusterPool(tf_keras.layers.Layer):
+    """Out-of-batch item pool of C cluster segments x S slots, updated by scatter, read by gather.
+
+    State (non-trainable `tf.Variable`s, created once in `__init__`, afterwards only assigned):
+      `<feature>`: [C*S, *shape] for every stored item feature (e.g. the item's vocabulary
+        index); sampled negatives are re-embedded by the current item tower, so the pool holds
+        features, never embeddings.
+      `item_key`: [C*S] int64, the integer key of the item in the slot (the id itself for integer
+        ids, a 63-bit hash for string ids); used to mask samples equal to the positive.
+      `valid`: [C*S] bool, whether the slot has ever been filled.
+      a `tf.random.Generator` for sampling.
+    All of it is checkpointed with the model (training state) and none of it is part of a
+    serving SavedModel.
+
+    Update engine (Algorithm 1): item with key x in cluster c goes to slot c*S + x % S. Items
+    colliding on a slot overwrite each other (the newest stays: the pool tracks fresh items);
+    duplicates within one batch are resolved deterministically, the last occurrence wins.
+
+    Sampling engine (Algorithm 2): for each example, draws from the segment of its cluster.
+    `sampling='filled'` draws uniformly among the filled slots of the segment (the paper's
+    "an existing item ... is randomly selected"); `sampling='slot'` draws r ~ U[0, S) as in
+    Algorithm 2 literally and returns empty slots as invalid. Random out-of-batch draws are
+    uniform over the filled slots of the whole pool (or over all slots with 'slot').
+    Each draw also returns log q, the log of its sampling probability (for an optional logQ
+    correction of pool negatives).
+    """
+
+    def __init__(self, num_clusters: int, slots_per_cluster: int,
+                 feature_specs: Mapping[str, tuple[tuple[int, ...], str]],
+                 sampling: str = "filled", seed: int = 0, **kwargs):
+        super().__init__(trainable=False, **kwargs)
+        if num_clusters < 1:
+            raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
+        if slots_per_cluster < 1:
+            raise ValueError(f"slots_per_cluster must be >= 1, got {slots_per_cluster}")
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+        if not feature_specs:
+            raise ValueError("feature_specs must name at least one stored feature")
+        self.num_clusters = int(num_clusters)
+        self.slots_per_cluster = int(slots_per_cluster)
+        self.sampling = sampling
+        self.seed = int(seed)
+        self.feature_specs = {k: (tuple(v[0]), str(v[1])) for k, v in feature_specs.items()}
+        capacity = self.num_clusters * self.slots_per_cluster
+        self.capacity = capacity
+        self.stored = {
+            name: self.add_weight(name=name, shape=(capacity, *shape), dtype=dtype,
+                                  initializer="zeros", trainable=False)
+            for name, (shape, dtype) in self.feature_specs.items()
+        }
+        self.item_key = self.add_weight(name="item_key", shape=(capacity,), dtype=tf.int64,
+                                        initializer="zeros", trainable=False)
+        self.valid = self.add_weight(name="valid", shape=(capacity,), dtype=tf.bool,
+                                     initializer="zeros", trainable=False)
+        self.rng = tf.random.Generator.from_seed(self.seed)
+
+    # -- keys and slots -------------------------------------------------------------------
+    @staticmethod
+    def keys(item_ids: tf.Tensor) -> tf.Tensor:
+        """Integer keys of item ids [...]: the id for integers, a 63-bit hash for strings."""
+        if item_ids.dtype == tf.string:
+            return tf.strings.to_hash_bucket_fast(item_ids, 2**63 - 1)
+        return tf.cast(item_ids, tf.int64)
+
+    def slots(self, item_ids: tf.Tensor, cluster_ids: tf.Tensor) -> tf.Tensor:
+        """Slot of each item [B]: cluster_id * S + key % S (int64)."""
+        s = tf.constant(self.slots_per_cluster, tf.int64)
+        return tf.cast(cluster_ids, tf.int64) * s + tf.math.floormod(self.keys(item_ids), s)
+
+    # -- update engine --------------------------------------------------------------------
+    def update(self, item_ids: tf.Tensor, cluster_ids: tf.Tensor, features: Mapping[str, tf.Tensor]) -> None:
+        """Writes a batch of items into their slots.
+
+        item_ids: [B] int or string; cluster_ids: [B] int in [0, C); features[name]: [B, *shape].
+        """
+        missing = set(self.feature_specs) - set(features)
+        if missing:
+            raise ValueError(f"update() is missing stored features {sorted(missing)}")
+        cluster_ids = tf.cast(cluster_ids, tf.int64)
+        tf.debugging.assert_less(cluster_ids, tf.constant(self.num_clusters, tf.int64),
+                                 message=f"cluster id out of range [0, {self.num_clusters})")
+        tf.debugging.assert_non_negative(cluster_ids, message="negative cluster id")
+        slots = self.slots(item_ids, cluster_ids)
+        unique_slots, position = tf.unique(slots)
+        last = tf.math.unsorted_segment_max(tf.range(tf.size(slots)), position, tf.size(unique_slots))
+        for name, variable in self.stored.items():
+            variable.scatter_update(tf.IndexedSlices(tf.gather(features[name], last), unique_slots))
+        self.item_key.scatter_update(tf.IndexedSlices(tf.gather(self.keys(item_ids), last), unique_slots))
+        self.valid.scatter_update(tf.IndexedSlices(tf.ones_like(unique_slots, dtype=tf.bool), unique_slots))
+
+    # -- sampling engine ------------------------------------------------------------------
+    def _draw(self, valid_rows: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Draws k positions per row of valid_rows [R, W] -> (position [R,k], ok [R,k], log_q [R,k])."""
+        rows, width = tf.shape(valid_rows)[0], tf.shape(valid_rows)[1]
+        if self.sampling == "slot":
+            position = self.rng.uniform([rows, k], 0, width, dtype=tf.int32)
+            ok = tf.gather(valid_rows, position, batch_dims=1)
+            log_q = tf.fill([rows, k], -tf.math.log(tf.cast(width, tf.float32)))
+            return position, ok, log_q
+        cumulative = tf.cumsum(tf.cast(valid_rows, tf.int32), axis=1)  # [R, W]
+        filled = cumulative[:, -1:]  # [R, 1]
+        u = self.rng.uniform([rows, k], dtype=tf.float32)
+        rank = tf.minimum(tf.cast(u * tf.cast(filled, tf.float32), tf.int32), tf.maximum(filled - 1, 0))
+        position = tf.searchsorted(cumulative, rank + 1, side="left", out_type=tf.int32)  # first slot reaching rank+1
+        ok = tf.broadcast_to(filled > 0, [rows, k])
+        position = tf.where(ok, position, tf.zeros_like(position))
+        log_q = tf.broadcast_to(-tf.math.log(tf.cast(tf.maximum(filled, 1), tf.float32)), [rows, k])
+        return position, ok, log_q
+
+    def _gather(self, slots: tf.Tensor, ok: tf.Tensor, log_q: tf.Tensor) -> dict[str, tf.Tensor]:
+        out = {name: tf.gather(variable, slots) for name, variable in self.stored.items()}
+        out["item_key"] = tf.gather(self.item_key, slots)
+        out["valid"] = ok
+        out["log_q"] = log_q
+        return out
+
+    def sample_cluster(self, cluster_ids: tf.Tensor, k: int) -> dict[str, tf.Tensor]:
+        """k draws from the segment of each example's cluster.
+
+        cluster_ids: [B]. Returns every stored feature [B, k, *shape], `item_key` [B, k],
+        `valid` [B, k] bool (False: the draw found no item) and `log_q` [B, k].
+        """
+        cluster_ids = tf.cast(cluster_ids, tf.int64)
+        segments = tf.reshape(self.valid, [self.num_clusters, self.slots_per_cluster])
+        position, ok, log_q = self._draw(tf.gather(segments, cluster_ids), k)
+        slots = cluster_ids[:, None] * self.slots_per_cluster + tf.cast(position, tf.int64)
+        return self._gather(slots, ok, log_q)
+
+    def sample_random(self, batch_size: tf.Tensor, k: int) -> dict[str, tf.Tensor]:
+        """k draws per example from the whole pool; same outputs as `sample_cluster`."""
+        position, ok, log_q = self._draw(self.valid[None, :], k * batch_size)
+        reshape = lambda t: tf.reshape(t, [batch_size, k])  # noqa: E731
+        return self._gather(reshape(tf.cast(position, tf.int64)), reshape(ok), reshape(log_q))
+
+    def fill_rate(self) -> tf.Tensor:
+        """Share of filled slots (scalar float32)."""
+        return tf.reduce_mean(tf.cast(self.valid, tf.float32))
+
+    def call(self, cluster_ids: tf.Tensor, num_random: int = 0, num_cluster: int = 0) -> dict[str, tf.Tensor]:
+        """Random and cluster draws concatenated along axis 1: [B, num_random + num_cluster, ...]."""
+        parts = []
+        if num_random:
+            parts.append(self.sample_random(tf.shape(cluster_ids)[0], num_random))
+        if num_cluster:
+            parts.append(self.sample_cluster(cluster_ids, num_cluster))
+        if not parts:
+            raise ValueError("ask for at least one random or cluster draw")
+        return {name: tf.concat([p[name] for p in parts], axis=1) for name in parts[0]}
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(num_clusters=self.num_clusters, slots_per_cluster=self.slots_per_cluster,
+                      feature_specs={k: [list(s), d] for k, (s, d) in self.feature_specs.items()},
+                      sampling=self.sampling, seed=self.seed)
+        return config

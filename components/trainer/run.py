@@ -1,0 +1,152 @@
+"""run_trainer: train the two-tower model and export the query and candidate towers.
+
+Outputs under output_dir:
+  checkpoints/      model, optimizer, pool state and epoch (resume restarts at the last epoch)
+  logs/             TensorBoard scalars: loss, pool fill, masked-sample and hit rates
+  query_model/      SavedModel: (user_id [B], history_item_ids [B, N]) -> embedding [B, d]
+  candidate_model/  SavedModel: item_id [B] -> embedding [B, d]
+  train_summary.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import tensorflow as tf
+import tf_keras
+
+from components.trainer.config import TrainerConfig
+from components.trainer.data import example_files, load_catalogue, make_dataset
+from components.trainer.model import CandidateTower, QueryTower, TwoTowerModel
+
+
+class _Progress(tf_keras.callbacks.Callback):
+    """Prints step, loss and examples/s every `every` steps, and a line per epoch."""
+
+    def __init__(self, every: int, batch_size: int, steps_per_epoch: int, epochs: int):
+        super().__init__()
+        self.every, self.batch_size, self.steps_per_epoch, self.epochs = every, batch_size, steps_per_epoch, epochs
+        self.examples_per_second: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.t0, self.tick, self.tick_step = epoch, time.monotonic(), time.monotonic(), 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = batch + 1
+        if step % self.every == 0:
+            now = time.monotonic()
+            rate = (step - self.tick_step) * self.batch_size / max(now - self.tick, 1e-9)
+            self.tick, self.tick_step = now, step
+            extras = ", ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items())
+            print(f"[trainer] epoch {self.epoch + 1}/{self.epochs} step {step}/{self.steps_per_epoch} "
+                  f"{extras}; {rate:,.0f} examples/s", flush=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.monotonic() - self.t0
+        rate = self.steps_per_epoch * self.batch_size / max(seconds, 1e-9)
+        self.examples_per_second.append(rate)
+        extras = ", ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items())
+        print(f"[trainer] epoch {epoch + 1}/{self.epochs} done in {seconds:.0f}s: {extras}; {rate:,.0f} examples/s",
+              flush=True)
+
+
+class _CheckpointEachEpoch(tf_keras.callbacks.Callback):
+    def __init__(self, manager: tf.train.CheckpointManager, epoch: tf.Variable):
+        super().__init__()
+        self.manager, self.epoch_var = manager, epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_var.assign(epoch + 1)
+        self.manager.save(checkpoint_number=epoch + 1)
+
+
+class QueryServing(tf.Module):
+    """Serving wrapper of the query tower (no pool, no optimizer state)."""
+
+    def __init__(self, tower: QueryTower):
+        super().__init__()
+        self.tower = tower
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id"),
+                                  tf.TensorSpec([None, None], tf.string, name="history_item_ids")])
+    def __call__(self, user_id, history_item_ids):
+        return {"embedding": self.tower(user_id, history_item_ids)}
+
+
+class CandidateServing(tf.Module):
+    """Serving wrapper of the candidate tower."""
+
+    def __init__(self, tower: CandidateTower):
+        super().__init__()
+        self.tower = tower
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="item_id")])
+    def __call__(self, item_id):
+        return {"embedding": self.tower.embed_ids(item_id)}
+
+
+def read_lines(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f if line.strip()]
+
+
+def run_trainer(config: TrainerConfig, examples_dir: str, clusters_dir: str, output_dir: str) -> dict:
+    """Trains on examples_dir/train with clusters_dir/<cluster_source>; returns the summary."""
+    tf_keras.utils.set_random_seed(config.seed)
+    tf.config.experimental.enable_op_determinism()
+    catalogue = load_catalogue(os.path.join(examples_dir, "items"), os.path.join(clusters_dir, config.cluster_source))
+    users = read_lines(os.path.join(examples_dir, "users.txt"))
+    with open(os.path.join(examples_dir, "summary.json"), encoding="utf-8") as f:
+        train_examples = json.load(f)["train_examples"]
+    steps_per_epoch = -(-train_examples // config.batch_size)
+
+    model = TwoTowerModel(config, catalogue, users)
+    model.compile(optimizer=tf_keras.optimizers.Adam(config.learning_rate))
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch)
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(output_dir, "checkpoints"), max_to_keep=2)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint)
+        print(f"[trainer] resumed from {manager.latest_checkpoint} (epoch {int(epoch.numpy())})", flush=True)
+    else:
+        model.preload_pool(catalogue)
+    if model.pool is not None:
+        print(f"[trainer] pool: {model.pool.num_clusters} clusters x {model.pool.slots_per_cluster} slots, "
+              f"{float(model.pool.fill_rate()):.1%} filled; negatives per example: "
+              f"{model.num_random} random + {model.num_cluster} cluster", flush=True)
+
+    dataset = make_dataset(example_files(examples_dir, "train"), config.batch_size, config.history_length,
+                           config.shuffle_buffer, config.seed)
+    progress = _Progress(config.log_every_steps, config.batch_size, steps_per_epoch, config.epochs)
+    started = time.monotonic()
+    model.fit(dataset, epochs=config.epochs, initial_epoch=int(epoch.numpy()), verbose=0, callbacks=[
+        progress, _CheckpointEachEpoch(manager, epoch),
+        tf_keras.callbacks.TensorBoard(os.path.join(output_dir, "logs"), update_freq=config.log_every_steps),
+    ])
+    train_seconds = time.monotonic() - started
+
+    tf.saved_model.save(QueryServing(model.query_tower), os.path.join(output_dir, "query_model"))
+    tf.saved_model.save(CandidateServing(model.candidate_tower), os.path.join(output_dir, "candidate_model"))
+    summary = {
+        "config": dataclasses.asdict(config),
+        "train_examples_per_epoch": train_examples,
+        "steps_per_epoch": steps_per_epoch,
+        "items": len(catalogue.item_ids),
+        "users": len(users),
+        "num_clusters": catalogue.num_clusters,
+        "train_seconds": train_seconds,
+        "examples_per_second": progress.examples_per_second,
+        "pool": None if model.pool is None else {
+            "clusters": model.pool.num_clusters, "slots_per_cluster": model.pool.slots_per_cluster,
+            "fill_rate": float(model.pool.fill_rate()),
+        },
+        "final_metrics": {k: float(v.result()) for k, v in model.trackers.items()},
+    }
+    with open(os.path.join(output_dir, "train_summary.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+    print(f"[trainer] {train_examples:,} examples x {config.epochs - 0} epochs ({config.strategy}) in "
+          f"{train_seconds:.0f}s; models in {output_dir}", flush=True)
+    return summary
