@@ -8,7 +8,7 @@ file and line, and byte-identical outputs for identical inputs (deterministic tr
 from __future__ import annotations
 
 import zlib
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems

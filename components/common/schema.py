@@ -9,7 +9,8 @@ from __future__ import annotations
 import functools
 import math
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
@@ -28,7 +29,7 @@ class SchemaViolation(ValueError):
         super().__init__(f"{source}:{line}: field '{field}': {problem}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_schema(name: str) -> schema_pb2.Schema:
     """Loads `schemas/<name>.pbtxt` ('interactions' or 'items')."""
     path = os.path.join(SCHEMA_DIR, f"{name}.pbtxt")

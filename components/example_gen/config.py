@@ -42,7 +42,7 @@ class ExampleGenConfig:
             raise ValueError("both 'interactions' and 'items' paths are required")
 
     @classmethod
-    def movielens(cls, data_dir: str, **overrides) -> "ExampleGenConfig":
+    def movielens(cls, data_dir: str, **overrides) -> ExampleGenConfig:
         """MovieLens-1M layout: ratings from reconstructed/ratings.dat when present."""
         ratings = os.path.join(data_dir, "reconstructed", "ratings.dat")
         if not os.path.exists(ratings):

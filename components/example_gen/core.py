@@ -10,7 +10,7 @@ floor(train_fraction * N) rows).
 from __future__ import annotations
 
 import bisect
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 TRAIN, EVAL = "train", "eval"
 

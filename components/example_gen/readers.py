@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import Iterator
+from collections.abc import Iterator
 
 from components.common.beam_io import read_numbered_lines
 from components.common.schema import SchemaViolation
@@ -26,14 +26,14 @@ def _split_ml(path: str, number: int, line: str, names: tuple[str, ...]) -> dict
 
 def movielens_ratings(path: str) -> Iterator[Row]:
     """MovieLens `UserID::MovieID::Rating::Timestamp` (ratings.dat)."""
-    for path, number, line in read_numbered_lines(path, "utf-8"):
+    for _, number, line in read_numbered_lines(path, "utf-8"):
         if line.strip():
             yield path, number, _split_ml(path, number, line, ("user_id", "item_id", "rating", "timestamp"))
 
 
 def movielens_movies(path: str) -> Iterator[Row]:
     """MovieLens `MovieID::Title::Genre|Genre` (movies.dat, latin-1). Text = title + genres."""
-    for path, number, line in read_numbered_lines(path, "latin-1"):
+    for _, number, line in read_numbered_lines(path, "latin-1"):
         if not line.strip():
             continue
         row = _split_ml(path, number, line, ("item_id", "title", "genres"))
@@ -62,7 +62,7 @@ def _csv_rows(path: str) -> Iterator[Row]:
 
 
 def _jsonl_rows(path: str) -> Iterator[Row]:
-    for path, number, line in read_numbered_lines(path, "utf-8"):
+    for _, number, line in read_numbered_lines(path, "utf-8"):
         if not line.strip():
             continue
         try:

@@ -12,7 +12,7 @@ import dataclasses
 import glob
 import json
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import apache_beam as beam
 import numpy as np

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from apache_beam.metrics import Metrics
@@ -111,7 +112,7 @@ class TextEmbeddingModelHandler(ModelHandler[str, PredictionResult, TextModel]):
         return load_text_model(self._model_path, self._pooling, self._max_length)
 
     def run_inference(self, batch: Sequence[str], model: TextModel,
-                      inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
+                      inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
         lengths = [len(ids) for ids in model.tokenizer(list(batch))["input_ids"]]
         Metrics.counter("item_embedder", "texts_truncated").inc(sum(n > model.max_length for n in lengths))
         vectors = embed_texts(model, batch)

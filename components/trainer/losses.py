@@ -7,8 +7,6 @@ built here, reusing TFRS's logQ correction and accidental-hit removal for the in
 
 from __future__ import annotations
 
-from typing import Optional
-
 import tensorflow as tf
 from tensorflow_recommenders.layers import loss as tfrs_loss
 
@@ -20,12 +18,12 @@ def mixed_negatives_loss(
     positive: tf.Tensor,
     positive_ids: tf.Tensor,
     temperature: float,
-    positive_sampling_probability: Optional[tf.Tensor] = None,
-    negatives: Optional[tf.Tensor] = None,
-    negative_ids: Optional[tf.Tensor] = None,
-    negative_valid: Optional[tf.Tensor] = None,
-    negative_log_q: Optional[tf.Tensor] = None,
-    sample_weight: Optional[tf.Tensor] = None,
+    positive_sampling_probability: tf.Tensor | None = None,
+    negatives: tf.Tensor | None = None,
+    negative_ids: tf.Tensor | None = None,
+    negative_valid: tf.Tensor | None = None,
+    negative_log_q: tf.Tensor | None = None,
+    sample_weight: tf.Tensor | None = None,
 ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
     """Weighted softmax cross-entropy of each positive against its negatives.
 

@@ -1,0 +1,80 @@
+"""HitRate@K by exact (brute-force) top-K over the whole corpus, streamed in query batches,
+and the popularity figures of paper Table 3 from the accumulated top-K lists."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+import numpy as np
+import tensorflow as tf
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluatorConfig:
+    """ks: the K of HitRate@K (the largest K sets the top-K lists kept for popularity figures).
+    top_popular: size of the 'most popular items' set (paper: top 100).
+    min_recommended: N for 'share of the catalogue recommended at least N times'."""
+
+    ks: tuple[int, ...] = (50, 100)
+    batch_size: int = 4096
+    top_popular: int = 100
+    min_recommended: tuple[int, ...] = (1, 10, 100)
+
+    def __post_init__(self):
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"ks must be positive, got {self.ks}")
+
+
+@tf.function
+def _batch_top_k(queries: tf.Tensor, candidates: tf.Tensor, targets: tf.Tensor, k: int):
+    """queries [B, d], candidates [V, d], targets [B] index -> (rank of target [B], top-k indices [B, k]).
+
+    The rank is the number of candidates scoring strictly higher than the target (0 = first).
+    """
+    scores = tf.matmul(queries, candidates, transpose_b=True)  # [B, V]
+    target_scores = tf.gather(scores, targets, batch_dims=1)[:, None]
+    rank = tf.reduce_sum(tf.cast(scores > target_scores, tf.int32), axis=1)
+    return rank, tf.math.top_k(scores, k=k).indices
+
+
+def evaluate(query_batches: Iterable[tuple[np.ndarray, np.ndarray]], candidates: np.ndarray,
+             config: EvaluatorConfig) -> dict:
+    """query_batches: (query embeddings [B, d], target item index [B], -1 = not in the corpus).
+
+    Returns hit rates, counts and per-item top-K appearance counts [V] (for popularity).
+    A target outside the corpus is a miss (it cannot be retrieved) and is counted apart.
+    """
+    k_max = min(max(config.ks), len(candidates))
+    candidates_t = tf.constant(candidates, tf.float32)
+    hits = {k: 0 for k in config.ks}
+    appearances = np.zeros(len(candidates), np.int64)
+    total = unknown = 0
+    for queries, targets in query_batches:
+        known = targets >= 0
+        total += len(targets)
+        unknown += int((~known).sum())
+        rank, top = _batch_top_k(tf.constant(queries, tf.float32), candidates_t,
+                                 tf.constant(np.where(known, targets, 0), tf.int64), k_max)
+        rank = rank.numpy()
+        for k in config.ks:
+            hits[k] += int(((rank < k) & known).sum())
+        appearances += np.bincount(top.numpy().ravel(), minlength=len(candidates))
+    if total == 0:
+        raise ValueError("no positive evaluation examples to score")
+    metrics = {f"hit_rate@{k}": hits[k] / total for k in config.ks}
+    metrics.update(num_queries=total, targets_not_in_corpus=unknown, corpus_size=len(candidates))
+    return {"metrics": metrics, "appearances": appearances, "k": k_max}
+
+
+def popularity_figures(appearances: np.ndarray, train_counts: np.ndarray, k: int, config: EvaluatorConfig) -> dict:
+    """Paper Table 3 figures from top-K appearance counts [V] and training counts [V]."""
+    top = np.argsort(-train_counts, kind="stable")[:config.top_popular]
+    slots = max(1, int(appearances.sum()))
+    figures = {
+        f"top{config.top_popular}_popular_share_of_top{k}": float(appearances[top].sum() / slots),
+        f"distinct_items_in_top{k}": int((appearances > 0).sum()),
+    }
+    for n in config.min_recommended:
+        figures[f"share_of_catalogue_recommended_at_least_{n}x"] = float((appearances >= n).mean())
+    return figures

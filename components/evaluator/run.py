@@ -1,0 +1,48 @@
+"""run_evaluator: HitRate@K of a trained model on every positive evaluation example."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from components.common.models import embed_items, load_towers, read_item_table
+from components.common.progress import Progress
+from components.evaluator.core import EvaluatorConfig, evaluate, popularity_figures
+from components.trainer.data import example_files, make_dataset
+
+
+def run_evaluator(config: EvaluatorConfig, model_dir: str, examples_dir: str, output_dir: str,
+                  history_length: int = 20) -> dict:
+    """Writes metrics.json (hit rates, popularity figures) to output_dir and returns it."""
+    query_model, candidate_model = load_towers(model_dir)
+    table = read_item_table(os.path.join(examples_dir, "items"))
+    item_ids = table["item_id"]
+    candidates = embed_items(candidate_model, item_ids)
+    index_of = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(item_ids.tolist()), tf.range(len(item_ids), dtype=tf.int64)),
+        default_value=-1)
+    dataset = make_dataset(example_files(examples_dir, "eval"), config.batch_size, history_length,
+                           positives_only=True)
+    progress = Progress("evaluator", "queries", every_s=15)
+
+    def batches():
+        for batch in dataset:
+            queries = query_model(batch["user_id"], batch["history_item_ids"])["embedding"].numpy()
+            progress.update(len(queries))
+            yield queries, index_of.lookup(batch["item_id"]).numpy()
+
+    result = evaluate(batches(), candidates, config)
+    progress.report(final=True)
+    metrics = dict(result["metrics"])
+    metrics["popularity"] = popularity_figures(result["appearances"], table["train_count"].astype(np.int64),
+                                               result["k"], config)
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "metrics.json"), "w", encoding="utf-8") as f:
+        json.dump(metrics, f, indent=2)
+    hr = ", ".join(f"HR@{k} {metrics[f'hit_rate@{k}']:.4f}" for k in config.ks)
+    print(f"[evaluator] {metrics['num_queries']:,} positive eval examples in -> {hr} over {len(item_ids):,} items "
+          f"({metrics['targets_not_in_corpus']} targets not in the corpus, counted as misses); dropped 0", flush=True)
+    return metrics

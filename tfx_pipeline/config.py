@@ -1,0 +1,116 @@
+"""The pipeline configuration: one frozen dataclass per step, overridable from the command line.
+
+Flags are `--<section>.<field> VALUE`, e.g. `--trainer.strategy oob --trainer.epochs 5`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from components.evaluator.core import EvaluatorConfig
+from components.example_gen.config import ExampleGenConfig
+from components.exporter.core import ExporterConfig
+from components.item_clusterer.config import ItemClustererConfig
+from components.item_embedder.config import ItemEmbedderConfig
+from components.trainer.config import TrainerConfig
+
+SECTIONS = {
+    "example_gen": ExampleGenConfig,
+    "item_embedder": ItemEmbedderConfig,
+    "item_clusterer": ItemClustererConfig,
+    "trainer": TrainerConfig,
+    "evaluator": EvaluatorConfig,
+    "exporter": ExporterConfig,
+}
+DEFAULT_ML1M_DIR = os.path.join("..", "shared", "data", "ml-1m")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Everything a run needs. `pipeline_root` holds every step's artifacts; `image` is the
+    container image of every step on Kubeflow/Vertex; `beam_args` go to the Beam steps
+    (e.g. ['--runner=DataflowRunner', '--project=...', '--region=...', '--temp_location=gs://...'])."""
+
+    example_gen: ExampleGenConfig
+    item_embedder: ItemEmbedderConfig = ItemEmbedderConfig()
+    item_clusterer: ItemClustererConfig = ItemClustererConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    evaluator: EvaluatorConfig = EvaluatorConfig()
+    exporter: ExporterConfig = ExporterConfig()
+    pipeline_name: str = "llm-hardneg"
+    pipeline_root: str = "runs"
+    image: str = "python:3.11"
+    beam_args: tuple[str, ...] = ("--runner=DirectRunner",)
+
+    def section_json(self, section: str) -> str:
+        return json.dumps(dataclasses.asdict(getattr(self, section)))
+
+
+def section_from_json(section: str, payload: str):
+    """Rebuilds a step config from its JSON (lists become tuples where the default is a tuple)."""
+    cls = SECTIONS[section]
+    values = json.loads(payload)
+    for field in dataclasses.fields(cls):
+        if isinstance(field.default, tuple) and field.name in values:
+            values[field.name] = tuple(values[field.name])
+    return cls(**values)
+
+
+def _parse_value(text: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        if text.lower() in ("1", "true", "yes"):
+            return True
+        if text.lower() in ("0", "false", "no"):
+            return False
+        raise ValueError(f"expected true/false, got {text!r}")
+    if isinstance(default, tuple):
+        return tuple(type(default[0])(t) if default else t for t in text.split(",") if t)
+    return type(default)(text) if default is not None else text
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """Adds --<section>.<field> for every config field, and the top-level fields."""
+    for section, cls in SECTIONS.items():
+        group = parser.add_argument_group(section)
+        for field in dataclasses.fields(cls):
+            group.add_argument(f"--{section}.{field.name}", dest=f"{section}.{field.name}", default=None,
+                               metavar=type(field.default).__name__.upper())
+    parser.add_argument("--data-dir", default=os.environ.get("ML1M_DIR", DEFAULT_ML1M_DIR),
+                        help="MovieLens-1M directory (env ML1M_DIR; default ../shared/data/ml-1m)")
+    parser.add_argument("--pipeline-root", default="runs")
+    parser.add_argument("--image", default="python:3.11")
+    parser.add_argument("--beam-arg", action="append", default=None,
+                        help="a Beam pipeline option for the data steps; repeatable")
+
+
+def from_flags(args: argparse.Namespace) -> PipelineConfig:
+    """Builds the PipelineConfig: MovieLens under --data-dir unless example_gen flags say otherwise."""
+    overrides: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    for key, text in vars(args).items():
+        if "." in key and text is not None:
+            section, name = key.split(".", 1)
+            default = {f.name: f.default for f in dataclasses.fields(SECTIONS[section])}[name]
+            try:
+                overrides[section][name] = _parse_value(text, default)
+            except ValueError as error:
+                raise SystemExit(f"--{key}: {error}") from None
+    eg = overrides["example_gen"]
+    if eg.get("source", "movielens") == "movielens" and not eg.get("items"):
+        example_gen = ExampleGenConfig.movielens(os.path.abspath(args.data_dir), **eg)
+    else:
+        example_gen = ExampleGenConfig(**eg)
+    sections = {s: SECTIONS[s](**overrides[s]) for s in SECTIONS if s != "example_gen"}
+    return PipelineConfig(example_gen=example_gen, pipeline_root=os.path.abspath(args.pipeline_root),
+                          image=args.image, beam_args=tuple(args.beam_arg or ("--runner=DirectRunner",)),
+                          **sections)
+
+
+def parse(argv: Sequence[str] | None = None, description: str = "") -> PipelineConfig:
+    parser = argparse.ArgumentParser(description=description)
+    add_flags(parser)
+    return from_flags(parser.parse_args(argv))

@@ -1,0 +1,71 @@
+"""Runs the pipeline on this machine: kfp.local subprocess runner, Beam DirectRunner in the steps.
+
+    python -m tfx_pipeline.local_runner [--data-dir ../shared/data/ml-1m] [--trainer.strategy oob] ...
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+import components.common.env  # noqa: F401  (before TensorFlow)
+from tfx_pipeline.config import parse
+from tfx_pipeline.pipeline import create_pipeline
+
+OUTPUTS = {"example-gen": "examples", "item-embedder": "embeddings", "item-clusterer": "clusters",
+           "trainer": "model", "evaluator": "metrics", "exporter": "export"}
+
+
+def _artifacts(run_dir: str) -> dict[str, str]:
+    """{task: artifact directory} of one local run."""
+    found = {}
+    for task, output in OUTPUTS.items():
+        matches = sorted(glob.glob(os.path.join(run_dir, task, output)))
+        if matches:
+            found[task] = matches[0]
+    return found
+
+
+def _report(run_dir: str, total_seconds: float) -> None:
+    artifacts = _artifacts(run_dir)
+    print("\n== llm-hardneg: results ==")
+    metrics_path = os.path.join(artifacts.get("evaluator", ""), "metrics.json")
+    if os.path.exists(metrics_path):
+        with open(metrics_path, encoding="utf-8") as f:
+            metrics = json.load(f)
+        print("| metric | value |\n|---|---|")
+        for key in sorted(k for k in metrics if k.startswith("hit_rate@")):
+            print(f"| {key.replace('hit_rate@', 'HitRate@')} | {metrics[key]:.4f} |")
+        print(f"| eval queries | {metrics['num_queries']:,} |\n| corpus size | {metrics['corpus_size']:,} |")
+    print("\n| step | wall time (s) | artifact |\n|---|---|---|")
+    for task, path in artifacts.items():
+        timing = os.path.join(path, "step.json")
+        seconds = json.load(open(timing, encoding="utf-8"))["wall_seconds"] if os.path.exists(timing) else float("nan")
+        print(f"| {task} | {seconds:,.1f} | {path} |")
+    print(f"\ntotal wall time {total_seconds:,.0f}s; run directory {run_dir}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from kfp import local
+
+    config = parse(argv, description=__doc__)
+    os.makedirs(config.pipeline_root, exist_ok=True)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=config.pipeline_root,
+               raise_on_error=True)
+    before = set(glob.glob(os.path.join(config.pipeline_root, "*")))
+    started = time.monotonic()
+    create_pipeline(config)()
+    new = sorted(set(glob.glob(os.path.join(config.pipeline_root, "*"))) - before, key=os.path.getmtime)
+    if not new:
+        print("no run directory was created", file=sys.stderr)
+        return 1
+    _report(new[-1], time.monotonic() - started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
