@@ -85,7 +85,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pipeline-root", default="runs")
     parser.add_argument("--image", default="python:3.11")
     parser.add_argument("--beam-arg", action="append", default=None,
-                        help="a Beam pipeline option for the data steps; repeatable")
+                        help="a Beam option for the data steps, as --beam-arg=--runner=DataflowRunner; repeatable")
 
 
 def from_flags(args: argparse.Namespace) -> PipelineConfig:

@@ -88,6 +88,12 @@ def _write_json(path: str, payload) -> None:
         json.dump(payload, f, indent=2)
 
 
+def read_num_clusters(path: str) -> int:
+    """C of a cluster table directory (empty clusters included), from its meta.json."""
+    with open(os.path.join(path, "meta.json"), encoding="utf-8") as f:
+        return int(json.load(f)["num_clusters"])
+
+
 def read_cluster_table(path: str) -> dict[str, int]:
     """Reads a cluster table directory (or file) -> {item_id: cluster_id}."""
     files = sorted(glob.glob(os.path.join(path, "*.parquet"))) if os.path.isdir(path) else [path]
@@ -117,7 +123,8 @@ def _plot_sizes(report: dict, path: str) -> None:
 
 def run_item_clusterer(config: ItemClustererConfig, embeddings_dir: str, items_path: str, output_dir: str,
                        beam_args: Sequence[str] | None = None) -> dict:
-    """Writes llm/ and category/ cluster tables, report.json and cluster_sizes.png to output_dir."""
+    """Writes llm/ and category/ cluster tables (each with meta.json: num_clusters), report.json
+    and cluster_sizes.png to output_dir. Empty clusters are kept (ids stay in [0, C)) and counted."""
     files = sorted(glob.glob(os.path.join(embeddings_dir, "*.parquet")))
     if not files:
         raise FileNotFoundError(f"no embeddings (*.parquet) under {embeddings_dir}")
@@ -135,6 +142,7 @@ def run_item_clusterer(config: ItemClustererConfig, embeddings_dir: str, items_p
         n = config.clusters_for(num_items) if kind == "llm" else int(ids.max()) + 1
         report[kind] = core.size_summary(ids, n)
         report[kind]["items_assigned"] = counters.get(f"{kind}_assigned", 0)
+        _write_json(os.path.join(output_dir, kind, "meta.json"), {"num_clusters": n})
     _write_json(os.path.join(output_dir, "report.json"), report)
     _plot_sizes(report, os.path.join(output_dir, "cluster_sizes.png"))
     for kind in KINDS:

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import tensorflow as tf
 
-from components.item_clusterer.pipeline import read_cluster_table
+from components.item_clusterer.pipeline import read_cluster_table, read_num_clusters
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +53,11 @@ def load_catalogue(items_path: str, clusters_path: str) -> ItemCatalogue:
     if missing:
         raise ValueError(f"{len(missing)} items have no cluster in {clusters_path}, e.g. {missing[:5]}")
     cluster_ids = np.asarray([clusters[i] for i in item_ids], dtype=np.int64)
-    return ItemCatalogue(item_ids, cluster_ids, counts, int(cluster_ids.max()) + 1)
+    num_clusters = read_num_clusters(clusters_path)
+    if cluster_ids.min() < 0 or cluster_ids.max() >= num_clusters:
+        raise ValueError(f"cluster ids in {clusters_path} must lie in [0, {num_clusters}), "
+                         f"found [{cluster_ids.min()}, {cluster_ids.max()}]")
+    return ItemCatalogue(item_ids, cluster_ids, counts, num_clusters)
 
 
 def example_files(examples_dir: str, split: str) -> list[str]:
@@ -86,15 +90,19 @@ def parse_batch(serialized: tf.Tensor, history_length: int) -> dict[str, tf.Tens
 
 
 def make_dataset(files: list[str], batch_size: int, history_length: int, shuffle_buffer: int = 0,
-                 seed: int = 0, positives_only: bool = False) -> tf.data.Dataset:
-    """Streams batches from TFRecord shards; with shuffle_buffer > 0 shuffles (seeded) every epoch."""
+                 seed: int = 0, positives_only: bool = False, reshuffle: bool = True) -> tf.data.Dataset:
+    """Streams batches from TFRecord shards.
+
+    With shuffle_buffer > 0 the file order and the examples are shuffled with `seed`
+    (again at every iteration when `reshuffle`).
+    """
     ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle_buffer:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=reshuffle)
     ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)), num_parallel_calls=2,
                        deterministic=True)
     if shuffle_buffer:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=reshuffle)
     ds = ds.batch(batch_size).map(lambda s: parse_batch(s, history_length), num_parallel_calls=tf.data.AUTOTUNE,
                                   deterministic=True)
     if positives_only:

@@ -40,6 +40,7 @@ class ClusterPool(tf_keras.layers.Layer):
     def __init__(self, num_clusters: int, slots_per_cluster: int,
                  feature_specs: Mapping[str, tuple[tuple[int, ...], str]],
                  sampling: str = "filled", seed: int = 0, **kwargs):
+        kwargs.pop("trainable", None)  # the pool is never trainable
         super().__init__(trainable=False, **kwargs)
         if num_clusters < 1:
             raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")

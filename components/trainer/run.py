@@ -118,14 +118,17 @@ def run_trainer(config: TrainerConfig, examples_dir: str, clusters_dir: str, out
               f"{float(model.pool.fill_rate()):.1%} filled; negatives per example: "
               f"{model.num_random} random + {model.num_cluster} cluster", flush=True)
 
-    dataset = make_dataset(example_files(examples_dir, "train"), config.batch_size, config.history_length,
-                           config.shuffle_buffer, config.seed)
+    files = example_files(examples_dir, "train")
     progress = _Progress(config.log_every_steps, config.batch_size, steps_per_epoch, config.epochs)
+    callbacks = [progress, _CheckpointEachEpoch(manager, epoch),
+                 tf_keras.callbacks.TensorBoard(os.path.join(output_dir, "logs"), update_freq=config.log_every_steps)]
     started = time.monotonic()
-    model.fit(dataset, epochs=config.epochs, initial_epoch=int(epoch.numpy()), verbose=0, callbacks=[
-        progress, _CheckpointEachEpoch(manager, epoch),
-        tf_keras.callbacks.TensorBoard(os.path.join(output_dir, "logs"), update_freq=config.log_every_steps),
-    ])
+    for e in range(int(epoch.numpy()), config.epochs):
+        # One fit per epoch with an epoch-specific shuffle seed: the order of epoch e is the same
+        # whether or not the run was interrupted and resumed before it.
+        dataset = make_dataset(files, config.batch_size, config.history_length, config.shuffle_buffer,
+                               seed=config.seed * 100_003 + e, reshuffle=False)
+        model.fit(dataset, epochs=e + 1, initial_epoch=e, verbose=0, callbacks=callbacks)
     train_seconds = time.monotonic() - started
 
     tf.saved_model.save(QueryServing(model.query_tower), os.path.join(output_dir, "query_model"))
@@ -147,6 +150,6 @@ def run_trainer(config: TrainerConfig, examples_dir: str, clusters_dir: str, out
     }
     with open(os.path.join(output_dir, "train_summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
-    print(f"[trainer] {train_examples:,} examples x {config.epochs - 0} epochs ({config.strategy}) in "
+    print(f"[trainer] {train_examples:,} examples x {config.epochs} epochs ({config.strategy}) in "
           f"{train_seconds:.0f}s; models in {output_dir}", flush=True)
     return summary

@@ -1,0 +1,51 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from components.evaluator import EvaluatorConfig, evaluate, popularity_figures, run_evaluator
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hit_rate_matches_numpy_oracle(seed):
+    rng = np.random.default_rng(seed)
+    candidates = rng.normal(size=(300, 6)).astype(np.float32)
+    queries = rng.normal(size=(250, 6)).astype(np.float32)
+    targets = rng.integers(-1, 300, size=250)  # -1: target not in the corpus
+    config = EvaluatorConfig(ks=(5, 50), batch_size=64)
+    batches = [(queries[i:i + 64], targets[i:i + 64]) for i in range(0, 250, 64)]
+    result = evaluate(batches, candidates, config)
+    scores = queries @ candidates.T
+    for k in (5, 50):
+        topk = np.argsort(-scores, axis=1)[:, :k]
+        expected = np.mean([t >= 0 and t in row for t, row in zip(targets, topk)])
+        assert result["metrics"][f"hit_rate@{k}"] == pytest.approx(expected)
+    assert result["metrics"]["targets_not_in_corpus"] == int((targets < 0).sum())
+    top50 = np.argsort(-scores, axis=1)[:, :50]
+    np.testing.assert_array_equal(result["appearances"], np.bincount(top50.ravel(), minlength=300))
+
+
+def test_popularity_figures():
+    appearances = np.array([10, 0, 5, 5, 0])
+    train_counts = np.array([100, 90, 1, 0, 0])
+    figures = popularity_figures(appearances, train_counts, 2,
+                                 EvaluatorConfig(top_popular=2, min_recommended=(1, 6)))
+    assert figures["top2_popular_share_of_top2"] == pytest.approx(10 / 20)
+    assert figures["distinct_items_in_top2"] == 3
+    assert figures["share_of_catalogue_recommended_at_least_1x"] == pytest.approx(3 / 5)
+    assert figures["share_of_catalogue_recommended_at_least_6x"] == pytest.approx(1 / 5)
+
+
+def test_run_evaluator(examples_dir, clusters_dir, tmp_path):
+    from components.trainer import TrainerConfig, run_trainer
+
+    model = str(tmp_path / "model")
+    run_trainer(TrainerConfig(batch_size=32, epochs=1, embedding_dim=8, history_length=5), examples_dir,
+                clusters_dir, model)
+    metrics = run_evaluator(EvaluatorConfig(ks=(5, 40)), model, examples_dir, str(tmp_path / "eval"), 5)
+    summary = json.load(open(os.path.join(examples_dir, "summary.json")))
+    assert metrics["num_queries"] == summary["eval_positives"]
+    assert metrics["hit_rate@40"] == 1.0  # the corpus has 40 items
+    assert 0.0 <= metrics["hit_rate@5"] <= 1.0
+    assert json.load(open(tmp_path / "eval" / "metrics.json"))["hit_rate@5"] == metrics["hit_rate@5"]

@@ -1,0 +1,137 @@
+import glob
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from components.common.schema import SchemaViolation, load_schema, validate_row
+from components.example_gen import ExampleGenConfig, core, run_example_gen
+from tests import helpers
+
+
+def read_examples(directory):
+    out = []
+    for path in sorted(glob.glob(os.path.join(directory, "*.tfrecord"))):
+        for record in tf.data.TFRecordDataset(path):
+            e = tf.train.Example.FromString(record.numpy()).features.feature
+            out.append({
+                "user_id": e["user_id"].bytes_list.value[0].decode(),
+                "item_id": e["item_id"].bytes_list.value[0].decode(),
+                "label": e["label"].int64_list.value[0],
+                "timestamp": e["timestamp"].int64_list.value[0],
+                "history": [v.decode() for v in e["history_item_ids"].bytes_list.value],
+            })
+    return out
+
+
+# -- schema ------------------------------------------------------------------------------------
+def test_validate_row_coerces_types():
+    row = validate_row(load_schema("interactions"), {"user_id": 7, "item_id": "12", "rating": "4",
+                                                     "timestamp": "1000"}, "f", 3)
+    assert row == {"user_id": "7", "item_id": "12", "rating": 4.0, "timestamp": 1000}
+
+
+@pytest.mark.parametrize("field,value,problem", [
+    ("rating", "x", "not a number"), ("rating", "9", "above maximum"), ("timestamp", "-5", "below minimum"),
+    ("timestamp", "1.5e", "not an integer"), ("user_id", "", "missing"), ("rating", "nan", "not finite"),
+])
+def test_validate_row_names_file_line_field(field, value, problem):
+    row = {"user_id": "1", "item_id": "2", "rating": "3", "timestamp": "10", field: value}
+    with pytest.raises(SchemaViolation) as info:
+        validate_row(load_schema("interactions"), row, "ratings.dat", 42)
+    assert (info.value.source, info.value.line, info.value.field) == ("ratings.dat", 42, field)
+    assert problem in str(info.value) and "ratings.dat:42" in str(info.value)
+
+
+# -- split and histories against brute-force oracles ---------------------------------------------
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("fraction", [0.5, 0.8, 0.95])
+def test_cut_matches_sorted_position(seed, fraction):
+    ts = np.random.default_rng(seed).integers(0, 50, size=500)
+    cut = core.compute_cut(zip(*np.unique(ts, return_counts=True)), fraction)
+    assert cut == np.sort(ts)[int(len(ts) * fraction)]
+    assert (ts < cut).sum() <= int(len(ts) * fraction) < (ts <= cut).sum()
+
+
+def test_cut_rejects_empty_input():
+    with pytest.raises(ValueError, match="empty"):
+        core.compute_cut([], 0.8)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abcdef"), st.integers(1, 5), st.integers(0, 30)), max_size=40),
+       st.integers(1, 4), st.integers(0, 30))
+def test_history_is_strictly_before_and_most_recent_positives(rows, history_length, cut):
+    out = list(core.user_examples("u", rows, cut, history_length, 3.0))
+    assert len(out) == len(rows)
+    for split, e in out:
+        assert split == (core.TRAIN if e["timestamp"] < cut else core.EVAL)
+        earlier = sorted((t, i) for i, r, t in rows if t < e["timestamp"] and r >= 3)
+        # history = last N earlier positives, most recent first (ties ordered by item id)
+        assert e["history_item_ids"] == [i for _, i in earlier][::-1][:history_length]
+
+
+# -- the Beam pipeline ---------------------------------------------------------------------------
+def test_pipeline_outputs_match_oracle(examples_dir, movielens_dir):
+    log = helpers.synthetic_log()
+    ts = np.array([t for *_, t in log])
+    cut = np.sort(ts)[int(len(ts) * 0.8)]
+    train = read_examples(os.path.join(examples_dir, "train"))
+    evaluation = read_examples(os.path.join(examples_dir, "eval"))
+    assert len(train) == (ts < cut).sum() and len(evaluation) == (ts >= cut).sum()
+    assert max(e["timestamp"] for e in train) < cut <= min(e["timestamp"] for e in evaluation)
+    by_user = {}
+    for u, i, r, t in log:
+        by_user.setdefault(str(u), []).append((str(i), r, t))
+    for e in train + evaluation:
+        assert e["label"] in (0, 1)
+        positives_before = {i for i, r, t in by_user[e["user_id"]] if r >= 3 and t < e["timestamp"]}
+        assert set(e["history"]) <= positives_before and len(e["history"]) <= 5
+    assert sorted(open(os.path.join(examples_dir, "users.txt")).read().split()) == sorted({e["user_id"] for e in train})
+    import pyarrow.parquet as pq
+
+    items = pq.read_table(os.path.join(examples_dir, "items", "items.parquet")).to_pylist()
+    assert len(items) == 40
+    counts = {}
+    for e in train:
+        counts[e["item_id"]] = counts.get(e["item_id"], 0) + 1
+    assert all(row["train_count"] == counts.get(row["item_id"], 0) for row in items)
+
+
+def test_pipeline_is_deterministic(tmp_path, movielens_dir):
+    outputs = []
+    for run in ("a", "b"):
+        out = str(tmp_path / run)
+        run_example_gen(ExampleGenConfig.movielens(movielens_dir, num_train_shards=3, num_eval_shards=2), out)
+        outputs.append([open(p, "rb").read() for p in sorted(glob.glob(os.path.join(out, "*", "*.tfrecord")))])
+    assert len(outputs[0]) == 5 and outputs[0] == outputs[1]
+
+
+def test_unknown_items_are_dropped_and_counted(tmp_path):
+    data = str(tmp_path / "ml")
+    helpers.write_movielens(data, extra_lines=("1::999::5::1100", "2::998::4::1200"))
+    summary = run_example_gen(ExampleGenConfig.movielens(data), str(tmp_path / "out"))
+    assert summary["dropped"]["unknown_item"] == 2
+    assert summary["interactions_in"] == 602
+    assert summary["train_examples"] + summary["eval_examples"] == 600
+
+
+def test_bad_line_stops_with_file_line_field(tmp_path):
+    data = str(tmp_path / "ml")
+    helpers.write_movielens(data, extra_lines=("1::2::five::1100",))
+    with pytest.raises(Exception, match=r"ratings.dat:601: field 'rating': not a number"):
+        run_example_gen(ExampleGenConfig.movielens(data), str(tmp_path / "out"))
+
+
+def test_generic_csv_source(tmp_path):
+    (tmp_path / "inter.csv").write_text(
+        "user_id,item_id,rating,timestamp\na,x,5,1\na,y,4,2\nb,x,1,3\nb,y,5,4\na,x,3,5\n")
+    (tmp_path / "items.csv").write_text("item_id,text,categories\nx,Item X,cat1|cat2\ny,Item Y,cat2\n")
+    summary = run_example_gen(ExampleGenConfig(source="generic", interactions=str(tmp_path / "inter.csv"),
+                                               items=str(tmp_path / "items.csv")), str(tmp_path / "out"))
+    assert (summary["train_examples"], summary["eval_examples"]) == (4, 1)
+    evaluation = read_examples(str(tmp_path / "out" / "eval"))
+    assert evaluation[0]["history"] == ["y", "x"]  # a's positives before t=5, most recent first

@@ -1,0 +1,176 @@
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+from scipy import stats
+
+from components.trainer.pool import ClusterPool
+
+SPEC = {"item_index": ((), "int64"), "dense": ((3,), "float32")}
+
+
+def make_pool(c=4, s=8, sampling="filled", seed=0):
+    return ClusterPool(c, s, SPEC, sampling=sampling, seed=seed)
+
+
+def numpy_update(c, s, ids, clusters):
+    """Oracle of Algorithm 1 with 'last occurrence wins': {slot: item id}."""
+    state = {}
+    for i, cl in zip(ids, clusters):
+        state[cl * s + i % s] = i
+    return state
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("c,s", [(1, 4), (5, 8), (16, 3)])
+def test_update_matches_numpy_oracle(seed, c, s):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, 50, size=64)
+    clusters = rng.integers(0, c, size=64)
+    pool = make_pool(c, s)
+    pool.update(tf.constant(ids), tf.constant(clusters),
+                {"item_index": tf.constant(ids), "dense": tf.constant(np.repeat(ids[:, None], 3, 1), tf.float32)})
+    expected = numpy_update(c, s, ids, clusters)
+    np.testing.assert_array_equal(np.flatnonzero(pool.valid.numpy()), sorted(expected))
+    for slot, item in expected.items():
+        assert pool.stored["item_index"].numpy()[slot] == item == pool.item_key.numpy()[slot]
+        np.testing.assert_array_equal(pool.stored["dense"].numpy()[slot], [item] * 3)
+
+
+def test_string_ids_are_hashed_into_their_segment():
+    pool = make_pool(3, 16)
+    ids = tf.constant(["a", "b", "c", "d"])
+    slots = pool.slots(ids, tf.constant([0, 1, 2, 2])).numpy()
+    keys = tf.strings.to_hash_bucket_fast(ids, 2**63 - 1).numpy()
+    np.testing.assert_array_equal(slots, np.array([0, 1, 2, 2]) * 16 + keys % 16)
+
+
+def _filled_pool(seed=0, c=4, s=8, n=20):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, 1000, size=n)
+    clusters = rng.integers(0, c, size=n)
+    pool = make_pool(c, s, seed=seed)
+    pool.update(tf.constant(ids), tf.constant(clusters),
+                {"item_index": tf.constant(ids), "dense": tf.zeros([n, 3])})
+    return pool, numpy_update(c, s, ids, clusters)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cluster_draws_stay_in_segment_and_hit_only_filled_slots(seed):
+    pool, state = _filled_pool(seed)
+    queries = tf.constant([0, 1, 2, 3] * 50, tf.int64)
+    out = pool.sample_cluster(queries, 16)
+    for q, items, valid in zip(queries.numpy(), out["item_index"].numpy(), out["valid"].numpy()):
+        segment = {item for slot, item in state.items() if slot // 8 == q}
+        assert valid.all() == bool(segment)
+        if segment:
+            assert set(items) <= segment
+
+
+def test_cluster_draws_are_uniform_over_filled_slots():
+    pool, state = _filled_pool(0, c=2, s=32, n=40)
+    segment = sorted(slot for slot in state if slot // 32 == 0)
+    out = pool.sample_cluster(tf.zeros([2000], tf.int64), 8)["item_index"].numpy().ravel()
+    counts = np.array([(out == state[slot]).sum() for slot in segment])
+    assert counts.sum() == out.size
+    assert stats.chisquare(counts).pvalue > 1e-3
+
+
+def test_random_draws_are_uniform_over_the_whole_pool():
+    pool, state = _filled_pool(1, c=4, s=8, n=25)
+    out = pool.sample_random(tf.constant(1000), 10)
+    items = out["item_index"].numpy().ravel()
+    counts = np.array([(items == state[slot]).sum() for slot in sorted(state)])
+    assert counts.sum() == items.size and stats.chisquare(counts).pvalue > 1e-3
+    np.testing.assert_allclose(out["log_q"].numpy(), -np.log(len(state)), rtol=1e-6)
+
+
+def test_slot_sampling_marks_empty_slots_invalid():
+    pool = make_pool(2, 8, sampling="slot")
+    pool.update(tf.constant([0, 1], tf.int64), tf.constant([0, 0], tf.int64),
+                {"item_index": tf.constant([0, 1], tf.int64), "dense": tf.zeros([2, 3])})
+    out = pool.sample_cluster(tf.zeros([500], tf.int64), 4)
+    valid, items = out["valid"].numpy(), out["item_index"].numpy()
+    assert 0.15 < valid.mean() < 0.35  # 2 of 8 slots filled
+    assert set(items[valid]) <= {0, 1}
+
+
+def test_empty_pool_gives_invalid_draws():
+    out = make_pool().sample_cluster(tf.constant([0, 3], tf.int64), 5)
+    assert not out["valid"].numpy().any()
+
+
+def test_out_of_range_cluster_is_an_error():
+    with pytest.raises(tf.errors.InvalidArgumentError, match="cluster id out of range"):
+        make_pool(2, 4).update(tf.constant([1], tf.int64), tf.constant([2], tf.int64),
+                               {"item_index": tf.constant([1], tf.int64), "dense": tf.zeros([1, 3])})
+
+
+def test_bad_construction_names_value():
+    with pytest.raises(ValueError, match="slots_per_cluster must be >= 1, got 0"):
+        ClusterPool(2, 0, SPEC)
+    with pytest.raises(ValueError, match="sampling"):
+        ClusterPool(2, 2, SPEC, sampling="bogus")
+
+
+# -- the four layer tests ---------------------------------------------------------------------
+def test_call_shapes_and_tf_function():
+    pool, _ = _filled_pool(0)
+    sample = tf.function(lambda c: pool(c, num_random=2, num_cluster=3))
+    out = sample(tf.constant([0, 1, 2], tf.int64))
+    assert out["item_index"].shape == (3, 5) and out["dense"].shape == (3, 5, 3)
+    assert out["valid"].dtype == tf.bool and out["log_q"].shape == (3, 5)
+
+
+def test_inside_a_model_fit_updates_and_samples():
+    class Model(tf_keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.pool = ClusterPool(2, 4, {"item_index": ((), "int64")})
+            self.w = tf.Variable(1.0)
+
+        def train_step(self, batch):
+            ids, clusters = batch
+            drawn = self.pool(clusters, num_cluster=2)
+            self.pool.update(ids, clusters, {"item_index": ids})
+            loss = self.w * tf.reduce_mean(tf.cast(drawn["valid"], tf.float32))
+            return {"loss": loss, "fill": self.pool.fill_rate()}
+
+    model = Model()
+    model.compile(optimizer="sgd")
+    data = tf.data.Dataset.from_tensor_slices((tf.range(8, dtype=tf.int64), tf.range(8, dtype=tf.int64) // 4))
+    history = model.fit(data.batch(4), epochs=2, verbose=0)
+    assert history.history["fill"][-1] == 1.0  # ids 0..7 fill both 4-slot segments exactly
+    assert history.history["loss"][-1] == 1.0  # every draw of epoch 2 finds an item
+
+
+def test_config_round_trip():
+    pool = make_pool(3, 5, sampling="slot", seed=7)
+    clone = ClusterPool.from_config(pool.get_config())
+    assert (clone.num_clusters, clone.slots_per_cluster, clone.sampling, clone.seed) == (3, 5, "slot", 7)
+    assert clone.feature_specs == pool.feature_specs
+
+
+def test_checkpoint_and_savedmodel_round_trip(tmp_path):
+    pool, _ = _filled_pool(2)
+    checkpoint = tf.train.Checkpoint(pool=pool)
+    path = checkpoint.save(str(tmp_path / "ckpt"))
+    restored = make_pool(seed=2)
+    tf.train.Checkpoint(pool=restored).restore(path).assert_existing_objects_matched()
+    for a, b in zip(pool.weights, restored.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # the random generator state travels too: both draw the same samples next
+    np.testing.assert_array_equal(pool.sample_cluster(tf.constant([0, 1]), 4)["item_index"].numpy(),
+                                  restored.sample_cluster(tf.constant([0, 1]), 4)["item_index"].numpy())
+
+    module = tf.Module()
+    module.pool = pool
+    module.slots = tf.function(lambda ids, c: pool.slots(ids, c),
+                               input_signature=[tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int64)])
+    tf.saved_model.save(module, str(tmp_path / "sm"))
+    loaded = tf.saved_model.load(str(tmp_path / "sm"))
+    ids, clusters = tf.constant([3, 9, 14], tf.int64), tf.constant([0, 3, 1], tf.int64)
+    np.testing.assert_array_equal(loaded.slots(ids, clusters).numpy(), pool.slots(ids, clusters).numpy())
+    assert os.path.isdir(tmp_path / "sm" / "variables")
