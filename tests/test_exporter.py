@@ -21,10 +21,14 @@ def export_dir(examples_dir, clusters_dir, tmp_path_factory):
     return root
 
 
-def test_serving_model_matches_numpy_brute_force_in_a_fresh_process(export_dir):
+@pytest.mark.parametrize("model", ["serving_model", "serving_model_scann"])
+def test_serving_model_matches_numpy_brute_force_in_a_fresh_process(export_dir, model):
+    # the ScaNN model needs only `import scann` (its ops) before loading; the other stock TF
+    preamble = "import scann" if model.endswith("scann") else ""
     script = f"""
 import json, components.common.env, tensorflow as tf
-m = tf.saved_model.load({str(export_dir / 'export' / 'serving_model')!r})
+{preamble}
+m = tf.saved_model.load({str(export_dir / 'export' / model)!r})
 q = tf.saved_model.load({str(export_dir / 'model' / 'query_model')!r})
 users, hist = tf.constant(["1", "2", "nobody"]), tf.constant([["3", "4"], ["", ""], ["unknown", "5"]])
 out = m(users, hist)

@@ -27,35 +27,54 @@ def test_bad_flag_value_names_flag(tmp_path):
 
 def test_compiles_to_pipeline_ir(tmp_path, movielens_dir):
     import yaml
-    from kfp import compiler
 
-    from tfx_pipeline.pipeline import create_pipeline
 
-    config = parse(["--data-dir", movielens_dir, "--image", "registry.example/llm-hardneg:1"])
     path = str(tmp_path / "pipeline.yaml")
-    compiler.Compiler().compile(create_pipeline(config), path)
+    from tfx_pipeline import kubeflow_runner
+
+    assert kubeflow_runner.main(["--output", path, "--data-dir", "gs://bucket/ml-1m", "--pipeline-root", "gs://b/r",
+                                 "--image", "registry.example/llm-hardneg:1", "--beam-arg=--runner=DataflowRunner",
+                                 "--beam-arg=--project=p"]) == 0
     spec = yaml.safe_load(open(path))
     tasks = spec["root"]["dag"]["tasks"]
     assert sorted(tasks) == sorted(n.replace("-", "-") for n in STEP_NAMES)
     assert tasks["trainer"]["inputs"]["artifacts"]["clusters"]["taskOutputArtifact"]["producerTask"] == "item-clusterer"
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert images == {"registry.example/llm-hardneg:1"}
+    params = tasks["example-gen"]["inputs"]["parameters"]
+    assert params["beam_args"]["runtimeValue"]["constant"] == ["--runner=DataflowRunner", "--project=p"]
+    assert params["cache_root"]["runtimeValue"]["constant"] == ""  # the cluster's own caching applies
+    config = json.loads(params["config_json"]["runtimeValue"]["constant"])
+    assert config["interactions"] == "gs://bucket/ml-1m/ratings.dat" and config["items"] == "gs://bucket/ml-1m/movies.dat"
+    assert spec["defaultPipelineRoot"] == "gs://b/r"
+    for name, task in tasks.items():  # the trainer's inputs come from example-gen and item-clusterer
+        for artifact in task["inputs"].get("artifacts", {}).values():
+            assert artifact["taskOutputArtifact"]["producerTask"] in tasks, name
 
 
 def test_local_run_end_to_end(tmp_path, movielens_dir, tiny_bert, capsys):
-    code = local_runner.main([
+    args = [
         "--data-dir", movielens_dir, "--pipeline-root", str(tmp_path / "runs"),
         "--item_embedder.model", tiny_bert, "--item_clusterer.num_clusters", "3",
         "--trainer.epochs", "1", "--trainer.batch_size", "64", "--trainer.embedding_dim", "8",
         "--trainer.num_negatives", "4", "--trainer.random_ratio", "1", "--trainer.cluster_ratio", "3",
         "--evaluator.ks", "5,10", "--exporter.k", "5",
-    ])
-    assert code == 0
+    ]
+    assert local_runner.main(args) == 0
     out = capsys.readouterr().out
     assert "HitRate@5" in out and "HitRate@10" in out
-    (run,) = os.listdir(tmp_path / "runs")
+    (run,) = [p for p in os.listdir(tmp_path / "runs") if p != "cache"]
     metrics = json.load(open(tmp_path / "runs" / run / "evaluator" / "metrics" / "metrics.json"))
     assert 0 <= metrics["hit_rate@5"] <= metrics["hit_rate@10"] <= 1
     for step, output in local_runner.OUTPUTS.items():
         assert os.path.exists(tmp_path / "runs" / run / step / output / "step.json"), step
     assert os.path.isdir(tmp_path / "runs" / run / "exporter" / "export" / "serving_model")
+
+    # a second identical run reuses every step; a new trainer setting reruns trainer and what follows
+    assert local_runner.main(args + ["--trainer.temperature", "0.1"]) == 0
+    runs = sorted((p for p in os.listdir(tmp_path / "runs") if p != "cache"), key=lambda p: os.path.getmtime(
+        tmp_path / "runs" / p))
+    reused = {step: json.load(open(tmp_path / "runs" / runs[-1] / step / output / "step.json"))["reused"]
+              for step, output in local_runner.OUTPUTS.items()}
+    assert reused == {"example-gen": True, "item-embedder": True, "item-clusterer": True, "trainer": False,
+                      "evaluator": False, "exporter": False}

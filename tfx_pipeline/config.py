@@ -34,7 +34,9 @@ DEFAULT_ML1M_DIR = os.path.join("..", "shared", "data", "ml-1m")
 class PipelineConfig:
     """Everything a run needs. `pipeline_root` holds every step's artifacts; `image` is the
     container image of every step on Kubeflow/Vertex; `beam_args` go to the Beam steps
-    (e.g. ['--runner=DataflowRunner', '--project=...', '--region=...', '--temp_location=gs://...'])."""
+    (e.g. ['--runner=DataflowRunner', '--project=...', '--region=...', '--temp_location=gs://...']).
+    `cache_root`: where steps keep outputs for reuse by identical later runs ('' = off; the
+    local runner uses <pipeline_root>/cache, Kubeflow/Vertex use their own caching)."""
 
     example_gen: ExampleGenConfig
     item_embedder: ItemEmbedderConfig = ItemEmbedderConfig()
@@ -46,6 +48,7 @@ class PipelineConfig:
     pipeline_root: str = "runs"
     image: str = "python:3.11"
     beam_args: tuple[str, ...] = ("--runner=DirectRunner",)
+    cache_root: str = ""
 
     def section_json(self, section: str) -> str:
         return json.dumps(dataclasses.asdict(getattr(self, section)))
@@ -84,12 +87,21 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                         help="MovieLens-1M directory (env ML1M_DIR; default ../shared/data/ml-1m)")
     parser.add_argument("--pipeline-root", default="runs")
     parser.add_argument("--image", default="python:3.11")
+    parser.add_argument("--no-cache", action="store_true", help="local runs: rerun every step")
     parser.add_argument("--beam-arg", action="append", default=None,
                         help="a Beam option for the data steps, as --beam-arg=--runner=DataflowRunner; repeatable")
 
 
-def from_flags(args: argparse.Namespace) -> PipelineConfig:
-    """Builds the PipelineConfig: MovieLens under --data-dir unless example_gen flags say otherwise."""
+def _resolve(path: str, resolve_paths: bool) -> str:
+    """Local paths become absolute (steps run elsewhere); remote URIs (gs://...) stay as they are."""
+    return os.path.abspath(path) if resolve_paths and "://" not in path else path
+
+
+def from_flags(args: argparse.Namespace, resolve_paths: bool = True) -> PipelineConfig:
+    """Builds the PipelineConfig: MovieLens under --data-dir unless example_gen flags say otherwise.
+
+    resolve_paths: make local paths absolute (local runs); off when compiling for a cluster.
+    """
     overrides: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     for key, text in vars(args).items():
         if "." in key and text is not None:
@@ -101,12 +113,14 @@ def from_flags(args: argparse.Namespace) -> PipelineConfig:
                 raise SystemExit(f"--{key}: {error}") from None
     eg = overrides["example_gen"]
     if eg.get("source", "movielens") == "movielens" and not eg.get("items"):
-        example_gen = ExampleGenConfig.movielens(os.path.abspath(args.data_dir), **eg)
+        example_gen = ExampleGenConfig.movielens(_resolve(args.data_dir, resolve_paths), **eg)
     else:
         example_gen = ExampleGenConfig(**eg)
     sections = {s: SECTIONS[s](**overrides[s]) for s in SECTIONS if s != "example_gen"}
-    return PipelineConfig(example_gen=example_gen, pipeline_root=os.path.abspath(args.pipeline_root),
+    return PipelineConfig(example_gen=example_gen, pipeline_root=_resolve(args.pipeline_root, resolve_paths),
                           image=args.image, beam_args=tuple(args.beam_arg or ("--runner=DirectRunner",)),
+                          cache_root="" if args.no_cache or not resolve_paths else
+                          os.path.join(_resolve(args.pipeline_root, True), "cache"),
                           **sections)
 
 

@@ -44,8 +44,9 @@ def _report(run_dir: str, total_seconds: float) -> None:
     print("\n| step | wall time (s) | artifact |\n|---|---|---|")
     for task, path in artifacts.items():
         timing = os.path.join(path, "step.json")
-        seconds = json.load(open(timing, encoding="utf-8"))["wall_seconds"] if os.path.exists(timing) else float("nan")
-        print(f"| {task} | {seconds:,.1f} | {path} |")
+        step = json.load(open(timing, encoding="utf-8")) if os.path.exists(timing) else {}
+        reused = " (reused)" if step.get("reused") else ""
+        print(f"| {task} | {step.get('wall_seconds', float('nan')):,.1f}{reused} | {path} |")
     print(f"\ntotal wall time {total_seconds:,.0f}s; run directory {run_dir}")
 
 
@@ -57,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=config.pipeline_root,
                raise_on_error=True)
     before = set(glob.glob(os.path.join(config.pipeline_root, "*")))
+    before.add(os.path.join(config.pipeline_root, "cache"))
     started = time.monotonic()
     create_pipeline(config)()
     new = sorted(set(glob.glob(os.path.join(config.pipeline_root, "*"))) - before, key=os.path.getmtime)

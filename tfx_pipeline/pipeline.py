@@ -17,29 +17,21 @@ STEP_NAMES = ("example-gen", "item-embedder", "item-clusterer", "trainer", "eval
 def create_pipeline(config: PipelineConfig):
     """Returns the KFP pipeline function for `config` (steps' configs are baked in as parameters)."""
     c = components_for(config.image)
-    beam_args = list(config.beam_args)
+    beam = {"beam_args": list(config.beam_args)}
+
+    def step(name: str, **inputs):
+        task = c[name](config_json=config.section_json(name), cache_root=config.cache_root, **inputs)
+        task.set_display_name(name.replace("_", "-"))
+        return task
 
     @dsl.pipeline(name=config.pipeline_name, pipeline_root=config.pipeline_root,
                   description="Two-tower retrieval with LLM-cluster out-of-batch hard negatives")
     def llm_hardneg_pipeline():
-        examples = c["example_gen"](config_json=config.section_json("example_gen"), beam_args=beam_args)
-        examples.set_display_name("example-gen")
-        embeddings = c["item_embedder"](config_json=config.section_json("item_embedder"), beam_args=beam_args,
-                                        examples=examples.outputs["examples"])
-        embeddings.set_display_name("item-embedder")
-        clusters = c["item_clusterer"](config_json=config.section_json("item_clusterer"), beam_args=beam_args,
-                                       examples=examples.outputs["examples"],
-                                       embeddings=embeddings.outputs["embeddings"])
-        clusters.set_display_name("item-clusterer")
-        model = c["trainer"](config_json=config.section_json("trainer"), examples=examples.outputs["examples"],
-                             clusters=clusters.outputs["clusters"])
-        model.set_display_name("trainer")
-        evaluation = c["evaluator"](config_json=config.section_json("evaluator"),
-                                    history_length=config.trainer.history_length,
-                                    examples=examples.outputs["examples"], model=model.outputs["model"])
-        evaluation.set_display_name("evaluator")
-        export = c["exporter"](config_json=config.section_json("exporter"), examples=examples.outputs["examples"],
-                               model=model.outputs["model"])
-        export.set_display_name("exporter")
+        examples = step("example_gen", **beam).outputs["examples"]
+        embeddings = step("item_embedder", examples=examples, **beam).outputs["embeddings"]
+        clusters = step("item_clusterer", examples=examples, embeddings=embeddings, **beam).outputs["clusters"]
+        model = step("trainer", examples=examples, clusters=clusters).outputs["model"]
+        step("evaluator", history_length=config.trainer.history_length, examples=examples, model=model)
+        step("exporter", examples=examples, model=model)
 
     return llm_hardneg_pipeline

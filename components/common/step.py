@@ -1,21 +1,88 @@
-"""Step bookkeeping shared by every entry point: wall time recorded next to the outputs."""
+"""Step bookkeeping shared by every pipeline step: timing, and reuse of identical earlier outputs.
+
+A step's fingerprint hashes its name, its configuration, the fingerprints of its input
+artifacts and the source code of the package. With a cache root, a step whose fingerprint
+was completed before gets that output (hard links, no copy of the bytes) instead of running,
+so a pipeline that failed restarts at the failed step. Every output gets `fingerprint.txt`
+and `step.json` (wall time, whether it was reused).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
+import hashlib
 import json
 import os
+import shutil
 import time
+
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """Hash of every .py and .pbtxt file of the package (components/, tfx_pipeline/, schemas/)."""
+    digest = hashlib.sha256()
+    for folder in ("components", "tfx_pipeline", "schemas"):
+        for root, dirs, files in os.walk(os.path.join(PACKAGE_ROOT, folder)):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            for name in sorted(f for f in files if f.endswith((".py", ".pbtxt"))):
+                path = os.path.join(root, name)
+                digest.update(os.path.relpath(path, PACKAGE_ROOT).encode())
+                with open(path, "rb") as f:
+                    digest.update(f.read())
+    return digest.hexdigest()
+
+
+def fingerprint(name: str, config_json: str, input_dirs: list[str]) -> str:
+    digest = hashlib.sha256(f"{name}\n{config_json}\n{code_fingerprint()}\n".encode())
+    for path in input_dirs:
+        marker = os.path.join(path, "fingerprint.txt")
+        if os.path.exists(marker):
+            with open(marker, encoding="utf-8") as f:
+                digest.update(f.read().strip().encode())
+        else:  # an input not made by a step (external data): its path identifies it
+            digest.update(os.path.abspath(path).encode())
+    return digest.hexdigest()[:32]
+
+
+@dataclasses.dataclass
+class StepRun:
+    needed: bool
+    fingerprint: str
+
+
+def _link_tree(source: str, target: str) -> None:
+    shutil.copytree(source, target, copy_function=os.link, dirs_exist_ok=True)
 
 
 @contextlib.contextmanager
-def timed_step(name: str, output_dir: str):
-    """Runs the body and writes {step, wall_seconds} to output_dir/step.json."""
+def step_run(name: str, output_dir: str, config_json: str = "", input_dirs: tuple[str, ...] = (),
+             cache_root: str = ""):
+    """Context for one step: yields StepRun(needed=False) when a cached identical output was linked in."""
     started = time.monotonic()
-    print(f"[{name}] starting", flush=True)
-    yield
-    seconds = time.monotonic() - started
+    print_ = functools.partial(print, flush=True)
+    fp = fingerprint(name, config_json, list(input_dirs))
+    cached = os.path.join(cache_root, name, fp) if cache_root else ""
     os.makedirs(output_dir, exist_ok=True)
+    reused = bool(cached) and os.path.isdir(cached)
+    if reused:
+        _link_tree(cached, output_dir)
+        print_(f"[{name}] reused the outputs of an identical earlier run (fingerprint {fp})")
+        yield StepRun(needed=False, fingerprint=fp)
+    else:
+        print_(f"[{name}] starting")
+        yield StepRun(needed=True, fingerprint=fp)
+        with open(os.path.join(output_dir, "fingerprint.txt"), "w", encoding="utf-8") as f:
+            f.write(fp + "\n")
+        if cached:
+            partial = cached + ".partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            _link_tree(output_dir, partial)
+            os.replace(partial, cached)  # a cache entry exists only once complete
+    seconds = time.monotonic() - started
     with open(os.path.join(output_dir, "step.json"), "w", encoding="utf-8") as f:
-        json.dump({"step": name, "wall_seconds": seconds}, f)
-    print(f"[{name}] finished in {seconds:,.1f}s", flush=True)
+        json.dump({"step": name, "wall_seconds": seconds, "reused": reused}, f)
+    print_(f"[{name}] finished in {seconds:,.1f}s")

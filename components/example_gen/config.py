@@ -43,9 +43,10 @@ class ExampleGenConfig:
 
     @classmethod
     def movielens(cls, data_dir: str, **overrides) -> ExampleGenConfig:
-        """MovieLens-1M layout: ratings from reconstructed/ratings.dat when present."""
+        """MovieLens-1M layout: ratings from reconstructed/ratings.dat when present locally, else
+        ratings.dat (remote URIs are not probed: pass `interactions` to choose)."""
         ratings = os.path.join(data_dir, "reconstructed", "ratings.dat")
-        if not os.path.exists(ratings):
+        if "://" in data_dir or not os.path.exists(ratings):
             ratings = os.path.join(data_dir, "ratings.dat")
         overrides.setdefault("interactions", ratings)
         return cls(source="movielens", items=os.path.join(data_dir, "movies.dat"), **overrides)

@@ -4,7 +4,9 @@ ScaNN index of the same embeddings."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
+import uuid
 
 import numpy as np
 import tensorflow as tf
@@ -48,20 +50,64 @@ class TopKServing(tf.Module):
         return {"item_ids": tf.gather(self.item_ids, indices), "scores": scores}
 
 
-def build_scann_index(candidates: np.ndarray, config: ExporterConfig):
-    """A ScaNN searcher over L2-normalised candidates [V, d] (dot product)."""
-    try:
-        from scann.scann_ops.py import scann_ops_pybind
-    except ImportError as error:  # pragma: no cover - scann is in the pinned stack
-        raise ImportError("ScaNN export needs `pip install scann[tf]==1.4.2`") from error
-    n = len(candidates)
+def _scann_config(builder, n: int, config: ExporterConfig):
+    """Applies the index configuration (tree + AH + reorder, or brute force) to a ScaNN builder."""
     k = min(config.k, n)
-    builder = scann_ops_pybind.builder(np.asarray(candidates, np.float32), k, "dot_product")
     if n < config.brute_force_below:
-        return builder.score_brute_force().build()
+        return builder.score_brute_force()
     leaves = max(2, int(math.sqrt(n)))
     to_search = max(1, int(leaves * config.leaves_to_search_fraction))
     return (builder.tree(num_leaves=leaves, num_leaves_to_search=to_search, training_sample_size=min(n, 250_000))
             .score_ah(2, anisotropic_quantization_threshold=0.2)
-            .reorder(max(k, config.reorder))
-            .build())
+            .reorder(max(k, config.reorder)))
+
+
+def _import_scann(module: str):
+    try:
+        return importlib.import_module(f"scann.scann_ops.py.{module}")
+    except ImportError as error:  # pragma: no cover - scann[tf] is in the pinned stack
+        raise ImportError("ScaNN export needs `pip install scann[tf]==1.4.2` (the [tf] extra has the ops)") from error
+
+
+def build_scann_index(candidates: np.ndarray, config: ExporterConfig):
+    """A ScaNN searcher (pybind, for serialize()/load_searcher) over candidates [V, d], dot product."""
+    scann_ops_pybind = _import_scann("scann_ops_pybind")
+    candidates = np.asarray(candidates, np.float32)
+    builder = scann_ops_pybind.builder(candidates, min(config.k, len(candidates)), "dot_product")
+    return _scann_config(builder, len(candidates), config).build()
+
+
+class ScannTopKServing(tf.Module):
+    """Serving model: raw request features -> approximate top-K with ScaNN TF ops in the graph.
+
+    Same signature as TopKServing. Loading needs the ScaNN ops registered: `import scann` (or
+    a TF Serving build with the ScaNN ops linked in) before `tf.saved_model.load`.
+    Save with `save_options()` (the `Scann` op namespace must be allowed).
+    """
+
+    def __init__(self, query_model, item_ids: np.ndarray, candidates: np.ndarray, config: ExporterConfig):
+        super().__init__()
+        scann_ops = _import_scann("scann_ops")
+        candidates = np.asarray(candidates, np.float32)
+        self.k = min(config.k, len(candidates))
+        builder = scann_ops.builder(candidates, self.k, "dot_product")
+        searcher = _scann_config(builder, len(candidates), config).build(shared_name=f"llm-hardneg-{uuid.uuid4()}")
+        self.state = searcher.serialize_to_module()
+        self.query_model = query_model
+        self.item_ids = tf.constant(np.asarray(item_ids).tolist(), tf.string)
+
+    @staticmethod
+    def save_options() -> tf.saved_model.SaveOptions:
+        return tf.saved_model.SaveOptions(namespace_whitelist=["Scann"])
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id"),
+                                  tf.TensorSpec([None, None], tf.string, name="history_item_ids")])
+    def __call__(self, user_id, history_item_ids):
+        scann_ops = _import_scann("scann_ops")
+        query = self.query_model(user_id, history_item_ids)["embedding"]
+        # As TFRS's ScaNN layer does: the searcher is rebuilt from its saved tensors in the call.
+        # (Holding it as a TrackableResource fails at save time: re-creating it in the export
+        # graph captures the original eager variables.)
+        searcher = scann_ops.searcher_from_module(self.state)
+        result = searcher.search_batched_parallel(query, final_num_neighbors=self.k)
+        return {"item_ids": tf.gather(self.item_ids, result.indices), "scores": result.distances}

@@ -1,4 +1,5 @@
-"""run_exporter: writes candidates.parquet, scann_index/ and serving_model/ to output_dir."""
+"""run_exporter: writes candidates.parquet, scann_index/, serving_model/ (brute force, stock TF ops)
+and serving_model_scann/ (ScaNN TF ops) to output_dir."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pyarrow.parquet as pq
 import tensorflow as tf
 
 from components.common.models import embed_items, load_towers, read_item_table
-from components.exporter.core import ExporterConfig, TopKServing, build_scann_index
+from components.exporter.core import ExporterConfig, ScannTopKServing, TopKServing, build_scann_index
 
 
 def run_exporter(config: ExporterConfig, model_dir: str, items_path: str, output_dir: str) -> dict:
@@ -33,11 +34,14 @@ def run_exporter(config: ExporterConfig, model_dir: str, items_path: str, output
 
     serving_dir = os.path.join(output_dir, "serving_model")
     tf.saved_model.save(TopKServing(query_model, item_ids, candidates, config.k), serving_dir)
+    scann_serving_dir = os.path.join(output_dir, "serving_model_scann")
+    tf.saved_model.save(ScannTopKServing(query_model, item_ids, candidates, config), scann_serving_dir,
+                        options=ScannTopKServing.save_options())
     summary = {"items": len(item_ids), "dim": int(candidates.shape[1]), "k": config.k,
-               "candidates": os.path.join(output_dir, "candidates.parquet"),
-               "scann_index": index_dir, "serving_model": serving_dir}
+               "candidates": os.path.join(output_dir, "candidates.parquet"), "scann_index": index_dir,
+               "serving_model": serving_dir, "serving_model_scann": scann_serving_dir}
     with open(os.path.join(output_dir, "export_summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
     print(f"[exporter] {len(item_ids):,} items in -> {len(item_ids):,} candidate embeddings, ScaNN index and "
-          f"top-{config.k} serving SavedModel in {output_dir}; dropped 0", flush=True)
+          f"top-{config.k} serving SavedModels (brute force, ScaNN) in {output_dir}; dropped 0", flush=True)
     return summary

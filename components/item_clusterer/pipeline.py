@@ -90,7 +90,10 @@ def _write_json(path: str, payload) -> None:
 
 def read_num_clusters(path: str) -> int:
     """C of a cluster table directory (empty clusters included), from its meta.json."""
-    with open(os.path.join(path, "meta.json"), encoding="utf-8") as f:
+    meta = os.path.join(path, "meta.json")
+    if not os.path.exists(meta):
+        raise FileNotFoundError(f"{meta} is missing: {path} is not an item_clusterer output (re-run item_clusterer)")
+    with open(meta, encoding="utf-8") as f:
         return int(json.load(f)["num_clusters"])
 
 
