@@ -10,8 +10,8 @@ import dataclasses
 import json
 import os
 from collections.abc import Sequence
-from typing import Any
 
+from components.common.cli import add_config_flags, config_from_json, config_overrides
 from components.evaluator.core import EvaluatorConfig
 from components.example_gen.config import ExampleGenConfig
 from components.exporter.core import ExporterConfig
@@ -55,34 +55,14 @@ class PipelineConfig:
 
 
 def section_from_json(section: str, payload: str):
-    """Rebuilds a step config from its JSON (lists become tuples where the default is a tuple)."""
-    cls = SECTIONS[section]
-    values = json.loads(payload)
-    for field in dataclasses.fields(cls):
-        if isinstance(field.default, tuple) and field.name in values:
-            values[field.name] = tuple(values[field.name])
-    return cls(**values)
-
-
-def _parse_value(text: str, default: Any) -> Any:
-    if isinstance(default, bool):
-        if text.lower() in ("1", "true", "yes"):
-            return True
-        if text.lower() in ("0", "false", "no"):
-            return False
-        raise ValueError(f"expected true/false, got {text!r}")
-    if isinstance(default, tuple):
-        return tuple(type(default[0])(t) if default else t for t in text.split(",") if t)
-    return type(default)(text) if default is not None else text
+    """Rebuilds a step config from its JSON."""
+    return config_from_json(SECTIONS[section], payload)
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
-    """Adds --<section>.<field> for every config field, and the top-level fields."""
+    """Adds --<section>.<field> for every config field, and the top-level options."""
     for section, cls in SECTIONS.items():
-        group = parser.add_argument_group(section)
-        for field in dataclasses.fields(cls):
-            group.add_argument(f"--{section}.{field.name}", dest=f"{section}.{field.name}", default=None,
-                               metavar=type(field.default).__name__.upper())
+        add_config_flags(parser, cls, prefix=f"{section}.")
     parser.add_argument("--data-dir", default=os.environ.get("ML1M_DIR", DEFAULT_ML1M_DIR),
                         help="MovieLens-1M directory (env ML1M_DIR; default ../shared/data/ml-1m)")
     parser.add_argument("--pipeline-root", default="runs")
@@ -102,15 +82,7 @@ def from_flags(args: argparse.Namespace, resolve_paths: bool = True) -> Pipeline
 
     resolve_paths: make local paths absolute (local runs); off when compiling for a cluster.
     """
-    overrides: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
-    for key, text in vars(args).items():
-        if "." in key and text is not None:
-            section, name = key.split(".", 1)
-            default = {f.name: f.default for f in dataclasses.fields(SECTIONS[section])}[name]
-            try:
-                overrides[section][name] = _parse_value(text, default)
-            except ValueError as error:
-                raise SystemExit(f"--{key}: {error}") from None
+    overrides = {section: config_overrides(args, cls, f"{section}.") for section, cls in SECTIONS.items()}
     eg = overrides["example_gen"]
     if eg.get("source", "movielens") == "movielens" and not eg.get("items"):
         example_gen = ExampleGenConfig.movielens(_resolve(args.data_dir, resolve_paths), **eg)

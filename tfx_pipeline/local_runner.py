@@ -41,12 +41,13 @@ def _report(run_dir: str, total_seconds: float) -> None:
         for key in sorted(k for k in metrics if k.startswith("hit_rate@")):
             print(f"| {key.replace('hit_rate@', 'HitRate@')} | {metrics[key]:.4f} |")
         print(f"| eval queries | {metrics['num_queries']:,} |\n| corpus size | {metrics['corpus_size']:,} |")
-    print("\n| step | wall time (s) | artifact |\n|---|---|---|")
+    print("\n| step | wall time (s) | peak memory (MB) | artifact |\n|---|---|---|---|")
     for task, path in artifacts.items():
         timing = os.path.join(path, "step.json")
         step = json.load(open(timing, encoding="utf-8")) if os.path.exists(timing) else {}
         reused = " (reused)" if step.get("reused") else ""
-        print(f"| {task} | {step.get('wall_seconds', float('nan')):,.1f}{reused} | {path} |")
+        print(f"| {task} | {step.get('wall_seconds', float('nan')):,.1f}{reused} | "
+              f"{step.get('peak_rss_mb', float('nan')):,.0f} | {path} |")
     print(f"\ntotal wall time {total_seconds:,.0f}s; run directory {run_dir}")
 
 

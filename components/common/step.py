@@ -4,7 +4,7 @@ A step's fingerprint hashes its name, its configuration, the fingerprints of its
 artifacts and the source code of the package. With a cache root, a step whose fingerprint
 was completed before gets that output (hard links, no copy of the bytes) instead of running,
 so a pipeline that failed restarts at the failed step. Every output gets `fingerprint.txt`
-and `step.json` (wall time, whether it was reused).
+and `step.json` (wall time, whether it was reused, peak memory of the step's process).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import functools
 import hashlib
 import json
 import os
+import resource
 import shutil
 import time
 
@@ -84,5 +85,10 @@ def step_run(name: str, output_dir: str, config_json: str = "", input_dirs: tupl
             os.replace(partial, cached)  # a cache entry exists only once complete
     seconds = time.monotonic() - started
     with open(os.path.join(output_dir, "step.json"), "w", encoding="utf-8") as f:
-        json.dump({"step": name, "wall_seconds": seconds, "reused": reused}, f)
-    print_(f"[{name}] finished in {seconds:,.1f}s")
+        json.dump({"step": name, "wall_seconds": seconds, "reused": reused, "peak_rss_mb": peak_rss_mb()}, f)
+    print_(f"[{name}] finished in {seconds:,.1f}s (peak memory of the process {peak_rss_mb():,.0f} MB)")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (Linux reports KB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,0 +1,75 @@
+"""Command-line entry points of the steps: a frozen config dataclass <-> flags and JSON."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import components.common.env  # noqa: F401
+
+
+def parse_value(text: str, default: Any) -> Any:
+    """Parses a flag value to the type of the field's default."""
+    if isinstance(default, bool):
+        if text.lower() in ("1", "true", "yes"):
+            return True
+        if text.lower() in ("0", "false", "no"):
+            return False
+        raise ValueError(f"expected true/false, got {text!r}")
+    if isinstance(default, tuple):
+        return tuple(type(default[0])(t) if default else t for t in text.split(",") if t)
+    return type(default)(text) if default is not None else text
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
+    """Adds --<prefix><field> for every field of the dataclass `cls`."""
+    group = parser.add_argument_group(prefix.rstrip(".") or cls.__name__)
+    for field in dataclasses.fields(cls):
+        default = field.default if field.default is not dataclasses.MISSING else None
+        group.add_argument(f"--{prefix}{field.name}", dest=f"{prefix}{field.name}", default=None,
+                           metavar=type(default).__name__.upper(), help=f"default: {default!r}")
+
+
+def config_overrides(args: argparse.Namespace, cls: type, prefix: str = "") -> dict[str, Any]:
+    """The flags given for `cls`, parsed to field types; a bad value exits naming the flag."""
+    out = {}
+    for field in dataclasses.fields(cls):
+        text = getattr(args, f"{prefix}{field.name}", None)
+        if text is not None:
+            try:
+                out[field.name] = parse_value(text, field.default)
+            except ValueError as error:
+                raise SystemExit(f"--{prefix}{field.name}: {error}") from None
+    return out
+
+
+def config_from_json(cls: type, payload: str):
+    """Rebuilds a config from JSON (lists become tuples where the default is a tuple)."""
+    values = json.loads(payload)
+    for field in dataclasses.fields(cls):
+        if isinstance(field.default, tuple) and field.name in values:
+            values[field.name] = tuple(values[field.name])
+    return cls(**values)
+
+
+def step_main(cls: type, paths: Sequence[str], run: Callable, description: str,
+              argv: Sequence[str] | None = None, beam: bool = False) -> int:
+    """A step's command line: --<path> for each path argument, the config's flags (or
+    --config-json), and --beam-arg=... for Beam steps; calls run(config, *paths[, beam_args])."""
+    parser = argparse.ArgumentParser(description=description)
+    for name in paths:
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True)
+    parser.add_argument("--config-json", default=None, help="the whole config as JSON (flags override it)")
+    if beam:
+        parser.add_argument("--beam-arg", action="append", default=None,
+                            help="a Beam option, as --beam-arg=--runner=DataflowRunner; repeatable")
+    add_config_flags(parser, cls)
+    args = parser.parse_args(argv)
+    base = json.loads(args.config_json) if args.config_json else {}
+    config = config_from_json(cls, json.dumps({**base, **config_overrides(args, cls)}))
+    extra = [args.beam_arg] if beam else []
+    run(config, *[getattr(args, name) for name in paths], *extra)
+    return 0

@@ -1,0 +1,10 @@
+"""Runs example_gen alone: python -m components.example_gen --help"""
+
+import sys
+
+from components.common.cli import step_main
+from components.example_gen import ExampleGenConfig, run_example_gen
+
+if __name__ == "__main__":
+    paths = ["output_dir"]
+    sys.exit(step_main(ExampleGenConfig, paths, run_example_gen, __doc__, beam=True))

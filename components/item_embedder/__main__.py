@@ -1,0 +1,10 @@
+"""Runs item_embedder alone: python -m components.item_embedder --help"""
+
+import sys
+
+from components.common.cli import step_main
+from components.item_embedder import ItemEmbedderConfig, run_item_embedder
+
+if __name__ == "__main__":
+    paths = ["items_path", "output_dir"]
+    sys.exit(step_main(ItemEmbedderConfig, paths, run_item_embedder, __doc__, beam=True))
