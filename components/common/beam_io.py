@@ -8,7 +8,7 @@ file and line, and byte-identical outputs for identical inputs (deterministic tr
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -24,20 +24,6 @@ def expand_patterns(patterns: Iterable[str]) -> list[str]:
             raise FileNotFoundError(f"no input file matches {pattern!r}")
         paths.extend(sorted(matched))
     return paths
-
-
-def read_numbered_lines(path: str, encoding: str = "utf-8") -> Iterator[tuple[str, int, str]]:
-    """Streams (path, 1-based line number, line without newline) from a text file.
-
-    Bytes that do not decode in `encoding` raise a ValueError naming file and line.
-    """
-    with FileSystems.open(path) as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                text = raw.decode(encoding)
-            except UnicodeDecodeError as error:
-                raise ValueError(f"{path}:{number}: bytes not valid {encoding}: {error}") from None
-            yield path, number, text.rstrip("\r\n")
 
 
 class ReadNumberedRecords(beam.PTransform):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
-SOURCES = ("movielens", "generic")
+SOURCES = ("movielens", "generic", "amazon")
+BAD_ROW_POLICIES = ("fail", "dead_letter")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -13,13 +14,21 @@ class ExampleGenConfig:
     """What to read and how to split it (paper §5.1 defaults).
 
     source: 'movielens' (`user::item::rating::timestamp` ratings, `id::title::genres` movies,
-      latin-1) or 'generic' (CSV with a header, Parquet or JSON lines; columns as in
+      latin-1), 'amazon' (Amazon Reviews 2018 JSON lines, gzipped or not: reviews/ratings +
+      meta_*.json) or 'generic' (CSV with a header, Parquet or JSON lines; columns as in
       schemas/interactions.pbtxt and schemas/items.pbtxt; CSV categories separated by '|').
     interactions: file path or glob of the interactions.
     items: file path or glob of the item catalogue.
     train_fraction: share of interactions, in time order, that form the training period.
     positive_threshold: ratings >= this are positives (label 1), others label 0.
     history_length: the last N positive items strictly before each example's timestamp.
+    bad_rows: what a row that breaks the schema does (malformed line, wrong field count,
+      non-numeric or out-of-range value, bytes not valid in the file's encoding):
+      'fail' stops the step with file, line and field; 'dead_letter' drops the row, counts it
+      and writes it with its reason to dead_letter/rows.jsonl. Whatever the policy: an empty
+      input file stops the step; duplicate item ids with different text stop the step; an
+      item without text and an interaction whose item is not in the item table are dropped,
+      counted and dead-lettered; users with only negative ratings are kept (counted).
     """
 
     source: str = "movielens"
@@ -30,10 +39,13 @@ class ExampleGenConfig:
     history_length: int = 20
     num_train_shards: int = 8
     num_eval_shards: int = 4
+    bad_rows: str = "fail"
 
     def __post_init__(self):
         if self.source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
+        if self.bad_rows not in BAD_ROW_POLICIES:
+            raise ValueError(f"bad_rows must be one of {BAD_ROW_POLICIES}, got {self.bad_rows!r}")
         if not 0.0 < self.train_fraction < 1.0:
             raise ValueError(f"train_fraction must be in (0, 1), got {self.train_fraction}")
         if self.history_length < 1:

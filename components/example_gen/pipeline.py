@@ -20,7 +20,7 @@ from apache_beam.metrics import Metrics
 
 from components.common.beam_io import Counted, ReadNumberedRecords, WriteDeterministicTFRecords, expand_patterns
 from components.common.beam_run import run_pipeline
-from components.common.schema import load_schema, validate_row
+from components.common.schema import SchemaViolation, load_schema, validate_row
 from components.example_gen import core, readers
 from components.example_gen.config import ExampleGenConfig
 
@@ -36,13 +36,50 @@ ITEM_TABLE_SCHEMA = pa.schema([
 ])
 
 
-def _validated(record, schema_name: str):
-    source, line, row = record
-    return validate_row(load_schema(schema_name), row, source, line)
+DEAD_LETTER = "dead_letter"
+DROP_REASONS = ("bad_interactions_row", "bad_items_row", "unknown_item", "item_without_text", "repeated_item_row")
+
+
+class _Validate(beam.DoFn):
+    """Record -> validated row, or per the policy: stop with the problem, or a dead letter.
+
+    Always fatal: an empty input file. Always a counted drop (dead letter), whatever the policy:
+    an item without text (its interactions then drop as unknown items).
+    """
+
+    def __init__(self, schema_name: str, policy: str):
+        self._schema_name, self._policy = schema_name, policy
+        self.bad = Metrics.counter(NAMESPACE, f"dropped_bad_{schema_name}_row")
+        self.no_text = Metrics.counter(NAMESPACE, "dropped_item_without_text")
+
+    def _dead(self, record: readers.Record, field: str, problem: str) -> beam.pvalue.TaggedOutput:
+        return beam.pvalue.TaggedOutput(DEAD_LETTER, {"input": self._schema_name, "source": record.source,
+                                                      "line": record.line, "field": field, "problem": problem,
+                                                      "raw": record.raw})
+
+    def process(self, record: readers.Record):
+        field, problem = record.field, record.problem
+        if not problem:
+            try:
+                yield validate_row(load_schema(self._schema_name), record.row, record.source, record.line)
+                return
+            except SchemaViolation as violation:
+                field, problem = violation.field, violation.problem
+        if field == "<file>":
+            raise SchemaViolation(record.source, record.line, field, problem)
+        if self._schema_name == "items" and field == "text":
+            self.no_text.inc()
+            yield self._dead(record, field, f"item without text ({problem})")
+        elif self._policy == "fail":
+            raise SchemaViolation(record.source, record.line, field,
+                                  f"{problem} (set bad_rows='dead_letter' to drop such rows instead)")
+        else:
+            self.bad.inc()
+            yield self._dead(record, field, problem)
 
 
 class _KeepKnownItems(beam.DoFn):
-    """Drops (and counts) interactions whose item is not in the catalogue."""
+    """Drops (counts, dead-letters) interactions whose item is not in the catalogue."""
 
     def __init__(self):
         self.kept = Metrics.counter(NAMESPACE, "interactions_kept")
@@ -54,6 +91,25 @@ class _KeepKnownItems(beam.DoFn):
             yield row
         else:
             self.unknown.inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, {"input": "interactions", "field": "item_id",
+                                                         "problem": "item not in the item table", "row": row})
+
+
+class _OneRowPerItem(beam.DoFn):
+    """Keeps one catalogue row per id: repeats with the same text are dropped and counted;
+    the same id with different texts stops the step (which one is right cannot be known)."""
+
+    def __init__(self):
+        self.repeats = Metrics.counter(NAMESPACE, "dropped_repeated_item_row")
+
+    def process(self, element):
+        item_id, rows = element
+        rows = list(rows)
+        texts = sorted({r["text"] for r in rows})
+        if len(texts) > 1:
+            raise ValueError(f"item id {item_id!r} appears {len(rows)} times with different text: {texts[:3]}")
+        self.repeats.inc(len(rows) - 1)
+        yield item_id, rows[0]
 
 
 class _UserExamples(beam.DoFn):
@@ -62,16 +118,21 @@ class _UserExamples(beam.DoFn):
         self._threshold = positive_threshold
         self.counters = {s: Metrics.counter(NAMESPACE, f"{s}_examples") for s in (core.TRAIN, core.EVAL)}
         self.positives = {s: Metrics.counter(NAMESPACE, f"{s}_positives") for s in (core.TRAIN, core.EVAL)}
+        self.no_positive_users = Metrics.counter(NAMESPACE, "users_without_positives")
 
     def process(self, element, cut):
         user_id, rows = element
+        positives = 0
         for split, example in core.user_examples(
                 user_id, ((r["item_id"], r["rating"], r["timestamp"]) for r in rows),
                 cut, self._history_length, self._threshold):
             self.counters[split].inc()
             if example["label"]:
                 self.positives[split].inc()
+                positives += 1
             yield beam.pvalue.TaggedOutput(split, example)
+        if not positives:  # kept: their items are in-batch candidates; nothing of theirs trains
+            self.no_positive_users.inc()
 
 
 def _item_row(element) -> dict:
@@ -81,16 +142,6 @@ def _item_row(element) -> dict:
     total, positives = counts[0] if counts else (0, 0)
     return {"item_id": item_id, "text": item["text"], "categories": list(item["categories"]),
             "train_count": total, "train_positive_count": positives}
-
-
-def _first_item(items):
-    """Keeps one catalogue row per id; duplicate ids with different text are an error."""
-    items = list(items)
-    texts = {i["text"] for i in items}
-    if len(texts) > 1:
-        raise ValueError(f"item id {items[0]['item_id']!r} appears {len(items)} times with different text: "
-                         f"{sorted(texts)[:3]}")
-    return items[0]
 
 
 class _SumCounts(beam.CombineFn):
@@ -110,26 +161,42 @@ class _SumCounts(beam.CombineFn):
 
 def build(pipeline: beam.Pipeline, config: ExampleGenConfig, output_dir: str) -> None:
     """Adds the example_gen transforms to `pipeline`."""
-    ratings_reader = readers.movielens_ratings if config.source == "movielens" else readers.generic_rows
-    items_reader = readers.movielens_movies if config.source == "movielens" else readers.generic_rows
+    ratings_reader, items_reader = readers.READERS[config.source]
+    dead_letters = []
 
     items = (
         pipeline
         | "ReadItems" >> ReadNumberedRecords(expand_patterns([config.items]), items_reader)
-        | "ValidateItems" >> beam.Map(_validated, schema_name="items")
+        | "CountItemsIn" >> Counted(NAMESPACE, "item_rows_in")
+        | "ValidateItems" >> beam.ParDo(_Validate("items", config.bad_rows)).with_outputs(DEAD_LETTER, main="rows")
+    )
+    dead_letters.append(items[DEAD_LETTER])
+    catalogue = (
+        items.rows
         | "KeyItems" >> beam.Map(lambda r: (r["item_id"], r))
         | "GroupItemIds" >> beam.GroupByKey()
-        | "OneRowPerItem" >> beam.MapTuple(lambda item_id, rows: (item_id, _first_item(rows)))
+        | "OneRowPerItem" >> beam.ParDo(_OneRowPerItem())
     )
-    catalogue_ids = items | "Ids" >> beam.Keys()
+    catalogue_ids = catalogue | "Ids" >> beam.Keys()
 
-    interactions = (
+    parsed = (
         pipeline
         | "ReadInteractions" >> ReadNumberedRecords(expand_patterns([config.interactions]), ratings_reader)
-        | "ValidateInteractions" >> beam.Map(_validated, schema_name="interactions")
         | "CountIn" >> Counted(NAMESPACE, "interactions_in")
-        | "KnownItems" >> beam.ParDo(_KeepKnownItems(),
-                                     catalogue_ids=beam.pvalue.AsDict(catalogue_ids | beam.Map(lambda i: (i, None))))
+        | "ValidateInteractions" >> beam.ParDo(_Validate("interactions", config.bad_rows)).with_outputs(
+            DEAD_LETTER, main="rows")
+    )
+    known = parsed.rows | "KnownItems" >> beam.ParDo(
+        _KeepKnownItems(), catalogue_ids=beam.pvalue.AsDict(catalogue_ids | beam.Map(lambda i: (i, None)))
+    ).with_outputs(DEAD_LETTER, main="rows")
+    dead_letters += [parsed[DEAD_LETTER], known[DEAD_LETTER]]
+    interactions = known.rows
+    _ = (
+        dead_letters
+        | "AllDeadLetters" >> beam.Flatten()
+        | "DeadLetterJson" >> beam.Map(lambda d: json.dumps(d, sort_keys=True, default=str))
+        | "WriteDeadLetters" >> beam.io.WriteToText(os.path.join(output_dir, DEAD_LETTER, "rows"),
+                                                    file_name_suffix=".jsonl", shard_name_template="")
     )
 
     cut = (
@@ -161,7 +228,7 @@ def build(pipeline: beam.Pipeline, config: ExampleGenConfig, output_dir: str) ->
         | "CountPerItem" >> beam.CombinePerKey(_SumCounts())
     )
     _ = (
-        {"item": items, "counts": counts}
+        {"item": catalogue, "counts": counts}
         | "JoinCounts" >> beam.CoGroupByKey()
         | "ItemRows" >> beam.Map(_item_row)
         | "CountItems" >> Counted(NAMESPACE, "items_out")
@@ -191,8 +258,8 @@ def _write_json(path: str, payload: dict) -> None:
 
 def run_example_gen(config: ExampleGenConfig, output_dir: str,
                     beam_args: Sequence[str] | None = None) -> dict:
-    """Runs example_gen; writes train/, eval/, items/items.parquet, users.txt (training users)
-    and summary.json to output_dir.
+    """Runs example_gen; writes train/, eval/, items/items.parquet, users.txt (training users),
+    dead_letter/rows.jsonl (every dropped row with its reason) and summary.json to output_dir.
 
     Returns the summary: rows in, examples out per split, rows dropped and why.
     """
@@ -207,7 +274,9 @@ def run_example_gen(config: ExampleGenConfig, output_dir: str,
         "train_positives": counters.get("train_positives", 0),
         "eval_positives": counters.get("eval_positives", 0),
         "items_out": counters.get("items_out", 0),
-        "dropped": {"unknown_item": counters.get("dropped_unknown_item", 0)},
+        "dropped": {reason: counters.get(f"dropped_{reason}", 0) for reason in DROP_REASONS},
+        "users_without_positives": counters.get("users_without_positives", 0),
+        "dead_letter_file": os.path.join(output_dir, DEAD_LETTER, "rows.jsonl"),
         "cut_timestamp": cut,
         "config": dataclasses.asdict(config),
     }
@@ -216,5 +285,6 @@ def run_example_gen(config: ExampleGenConfig, output_dir: str,
     print(f"[example_gen] {summary['interactions_in']:,} interactions in -> {summary['train_examples']:,} train + "
           f"{summary['eval_examples']:,} eval examples, {summary['items_out']:,} items; "
           f"dropped {dropped:,} ({', '.join(f'{k}: {v:,}' for k, v in summary['dropped'].items())}); "
-          f"cut at timestamp {cut}", flush=True)
+          f"{summary['users_without_positives']:,} users without positives (kept); cut at timestamp {cut}"
+          + (f"; dropped rows in {summary['dead_letter_file']}" if dropped else ""), flush=True)
     return summary

@@ -1,7 +1,9 @@
-"""Readers: a file -> stream of (source, line, raw row dict), one per supported format.
+"""Readers: a file -> stream of `Record`s, one per line (or Parquet row), for every supported format.
 
-Every reader is a generator (streams; never holds a file in memory). Rows are validated
-against schemas/ by the pipeline, so readers only split fields.
+A reader never stops at a bad line: it yields the line with its problem, and the pipeline
+applies the bad-row policy (stop with the problem, or drop the row to the dead-letter file).
+Readers are generators: they stream and never hold a file in memory. Rows are validated
+against schemas/ afterwards, so readers only decode and split fields.
 """
 
 from __future__ import annotations
@@ -10,89 +12,170 @@ import csv
 import io
 import json
 from collections.abc import Iterator
+from typing import NamedTuple
 
-from components.common.beam_io import read_numbered_lines
-from components.common.schema import SchemaViolation
-
-Row = tuple[str, int, dict]
+from apache_beam.io.filesystems import FileSystems
 
 
-def _split_ml(path: str, number: int, line: str, names: tuple[str, ...]) -> dict:
-    parts = line.split("::")
-    if len(parts) != len(names):
-        raise SchemaViolation(path, number, names[0], f"expected {len(names)} '::'-separated fields, got {len(parts)}")
-    return dict(zip(names, parts))
+class Record(NamedTuple):
+    """One input line: where it is, its raw text, the fields read from it or why they could not be."""
+
+    source: str
+    line: int
+    raw: str
+    row: dict | None
+    field: str = ""
+    problem: str = ""
 
 
-def movielens_ratings(path: str) -> Iterator[Row]:
+def _lines(path: str, encoding: str) -> Iterator[tuple[int, str, str | None]]:
+    """(line number, text, decoding problem or None) for every line; gzip is detected by name."""
+    with FileSystems.open(path) as handle:
+        for number, raw in enumerate(iter(handle.readline, b""), start=1):  # gzip handles only readline
+            try:
+                yield number, raw.decode(encoding).rstrip("\r\n"), None
+            except UnicodeDecodeError as error:
+                text = raw.decode(encoding, errors="replace").rstrip("\r\n")
+                yield number, text, f"bytes not valid {encoding}: {error}"
+
+
+def _empty_file(path: str) -> Record:
+    return Record(path, 0, "", None, "<file>", "empty input file")
+
+
+def _delimited(path: str, encoding: str, names: tuple[str, ...], build=None) -> Iterator[Record]:
+    seen = False
+    for number, text, problem in _lines(path, encoding):
+        seen = True
+        if problem:
+            yield Record(path, number, text, None, "<bytes>", problem)
+        elif not text.strip():
+            continue
+        else:
+            parts = text.split("::")
+            if len(parts) != len(names):
+                yield Record(path, number, text, None, "<line>",
+                             f"expected {len(names)} '::'-separated fields, got {len(parts)}")
+            else:
+                row = dict(zip(names, parts))
+                yield Record(path, number, text, build(row) if build else row)
+    if not seen:
+        yield _empty_file(path)
+
+
+def movielens_ratings(path: str) -> Iterator[Record]:
     """MovieLens `UserID::MovieID::Rating::Timestamp` (ratings.dat)."""
-    for _, number, line in read_numbered_lines(path, "utf-8"):
-        if line.strip():
-            yield path, number, _split_ml(path, number, line, ("user_id", "item_id", "rating", "timestamp"))
+    return _delimited(path, "utf-8", ("user_id", "item_id", "rating", "timestamp"))
 
 
-def movielens_movies(path: str) -> Iterator[Row]:
+def _movie(row: dict) -> dict:
+    genres = [g for g in row["genres"].split("|") if g]
+    title = row["title"].strip()
+    text = f"{title}. Genres: {', '.join(genres)}" if title else ""
+    return {"item_id": row["item_id"], "text": text, "categories": genres}
+
+
+def movielens_movies(path: str) -> Iterator[Record]:
     """MovieLens `MovieID::Title::Genre|Genre` (movies.dat, latin-1). Text = title + genres."""
-    for _, number, line in read_numbered_lines(path, "latin-1"):
-        if not line.strip():
-            continue
-        row = _split_ml(path, number, line, ("item_id", "title", "genres"))
-        genres = [g for g in row["genres"].split("|") if g]
-        text = f"{row['title']}. Genres: {', '.join(genres)}" if row["title"].strip() else ""
-        yield path, number, {"item_id": row["item_id"], "text": text, "categories": genres}
+    return _delimited(path, "latin-1", ("item_id", "title", "genres"), _movie)
 
 
-def _csv_rows(path: str) -> Iterator[Row]:
-    lines = read_numbered_lines(path, "utf-8")
-    try:
-        _, _, header_line = next(lines)
-    except StopIteration:
-        return
-    header = next(csv.reader([header_line]))
-    for path, number, line in lines:
-        if not line.strip():
+def _csv_rows(path: str) -> Iterator[Record]:
+    header = None
+    for number, text, problem in _lines(path, "utf-8"):
+        if problem:
+            yield Record(path, number, text, None, "<bytes>", problem)
             continue
-        values = next(csv.reader(io.StringIO(line)))
+        if header is None:
+            header = next(csv.reader([text]))
+            continue
+        if not text.strip():
+            continue
+        values = next(csv.reader(io.StringIO(text)))
         if len(values) != len(header):
-            raise SchemaViolation(path, number, header[0], f"expected {len(header)} fields, got {len(values)}")
+            yield Record(path, number, text, None, "<line>", f"expected {len(header)} fields, got {len(values)}")
+            continue
         row = dict(zip(header, values))
         if "categories" in row:
             row["categories"] = [c for c in row["categories"].split("|") if c]
-        yield path, number, row
+        yield Record(path, number, text, row)
+    if header is None:
+        yield _empty_file(path)
 
 
-def _jsonl_rows(path: str) -> Iterator[Row]:
-    for _, number, line in read_numbered_lines(path, "utf-8"):
-        if not line.strip():
+def _jsonl_rows(path: str, convert=None) -> Iterator[Record]:
+    seen = False
+    for number, text, problem in _lines(path, "utf-8"):
+        seen = True
+        if problem:
+            yield Record(path, number, text, None, "<bytes>", problem)
+            continue
+        if not text.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(text)
         except json.JSONDecodeError as error:
-            raise SchemaViolation(path, number, "<json>", f"malformed JSON: {error.msg}") from None
+            yield Record(path, number, text, None, "<json>", f"malformed JSON: {error.msg}")
+            continue
         if not isinstance(row, dict):
-            raise SchemaViolation(path, number, "<json>", "a line must be a JSON object")
-        yield path, number, row
+            yield Record(path, number, text, None, "<json>", "a line must be a JSON object")
+            continue
+        yield Record(path, number, text, convert(row) if convert else row)
+    if not seen:
+        yield _empty_file(path)
 
 
-def _parquet_rows(path: str) -> Iterator[Row]:
+def _parquet_rows(path: str) -> Iterator[Record]:
     import pyarrow.parquet as pq
-    from apache_beam.io.filesystems import FileSystems
 
+    number = 0
     with FileSystems.open(path) as handle:
-        number = 0
         for batch in pq.ParquetFile(handle).iter_batches(batch_size=8192):
             for row in batch.to_pylist():
                 number += 1
-                yield path, number, row
+                yield Record(path, number, "", row)
+    if number == 0:
+        yield _empty_file(path)
 
 
-def generic_rows(path: str) -> Iterator[Row]:
-    """CSV (with header), JSON lines (.jsonl/.json) or Parquet, chosen by file extension."""
-    lowered = path.lower()
+def generic_rows(path: str) -> Iterator[Record]:
+    """CSV (with header), JSON lines (.jsonl/.json[.gz]) or Parquet, chosen by file extension."""
+    lowered = path.lower().removesuffix(".gz")
     if lowered.endswith(".parquet"):
         return _parquet_rows(path)
     if lowered.endswith((".jsonl", ".json", ".ndjson")):
         return _jsonl_rows(path)
-    if lowered.endswith((".csv", ".tsv", ".txt")):
+    if lowered.endswith((".csv", ".txt")):
         return _csv_rows(path)
     raise ValueError(f"{path}: unknown generic format; use .csv, .jsonl or .parquet")
+
+
+def _amazon_review(row: dict) -> dict:
+    return {"user_id": row.get("reviewerID"), "item_id": row.get("asin"), "rating": row.get("overall"),
+            "timestamp": row.get("unixReviewTime")}
+
+
+def _amazon_item(row: dict) -> dict:
+    title = str(row.get("title") or "").strip()
+    brand = str(row.get("brand") or "").strip()
+    categories = [str(c) for c in row.get("category") or [] if str(c).strip()]
+    text = title if not brand or brand.lower() in title.lower() else f"{title}. Brand: {brand}"
+    return {"item_id": row.get("asin"), "text": text if title else "", "categories": categories}
+
+
+def amazon_reviews(path: str) -> Iterator[Record]:
+    """Amazon Reviews 2018 ratings/reviews JSON lines (gzipped or not): reviewerID, asin, overall,
+    unixReviewTime."""
+    return _jsonl_rows(path, _amazon_review)
+
+
+def amazon_meta(path: str) -> Iterator[Record]:
+    """Amazon Reviews 2018 `meta_*.json(.gz)`: asin, title (+ brand) as text, category list."""
+    return _jsonl_rows(path, _amazon_item)
+
+
+READERS = {
+    "movielens": (movielens_ratings, movielens_movies),
+    "generic": (generic_rows, generic_rows),
+    "amazon": (amazon_reviews, amazon_meta),
+}

@@ -1,0 +1,132 @@
+"""Every bad-input case: a clear error naming file, line and field, or a counted, dead-lettered drop."""
+
+import gzip
+import json
+import os
+
+import numpy as np
+import pytest
+
+from components.example_gen import ExampleGenConfig, run_example_gen
+from tests import helpers
+
+
+def run(tmp_path, extra_ratings=(), movies_extra=(), bad_rows="fail", ratings_bytes=b""):
+    data = str(tmp_path / "ml")
+    helpers.write_movielens(data, extra_lines=extra_ratings)
+    if movies_extra:
+        with open(os.path.join(data, "movies.dat"), "a", encoding="latin-1") as f:
+            f.writelines(line + "\n" for line in movies_extra)
+    if ratings_bytes:
+        with open(os.path.join(data, "ratings.dat"), "ab") as f:
+            f.write(ratings_bytes)
+    out = str(tmp_path / "out")
+    return run_example_gen(ExampleGenConfig.movielens(data, bad_rows=bad_rows), out), out
+
+
+def dead_letters(out):
+    with open(os.path.join(out, "dead_letter", "rows.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+BAD_ROWS = [
+    ("1::2::3", "<line>", "expected 4 '::'-separated fields, got 3"),  # wrong field count
+    ("garbage", "<line>", "expected 4"),  # malformed line
+    ("1::2::five::1100", "rating", "not a number"),  # non-numeric rating
+    ("1::2::9::1100", "rating", "9.0 above maximum 5.0"),  # out-of-range rating
+    ("1::2::4::soon", "timestamp", "not an integer"),  # non-numeric timestamp
+    ("1::2::4::-7", "timestamp", "-7 below minimum 0"),  # out-of-range timestamp
+]
+
+
+@pytest.mark.parametrize("line,field,problem", BAD_ROWS)
+def test_bad_row_fails_by_default_naming_file_line_field(tmp_path, line, field, problem):
+    with pytest.raises(Exception, match=rf"ratings.dat:601: field '{field}': {problem}"):
+        run(tmp_path, extra_ratings=(line,))
+
+
+@pytest.mark.parametrize("line,field,problem", BAD_ROWS)
+def test_bad_row_dead_letter_policy_drops_counts_and_writes(tmp_path, line, field, problem):
+    summary, out = run(tmp_path, extra_ratings=(line,), bad_rows="dead_letter")
+    assert summary["dropped"]["bad_interactions_row"] == 1
+    assert summary["train_examples"] + summary["eval_examples"] == 600
+    (letter,) = dead_letters(out)
+    assert (letter["line"], letter["field"], letter["raw"]) == (601, field, line)
+    assert problem in letter["problem"]
+
+
+def test_non_utf8_bytes(tmp_path):
+    with pytest.raises(Exception, match=r"ratings.dat:601: field '<bytes>': bytes not valid utf-8"):
+        run(tmp_path, ratings_bytes=b"1::2::\xff\xfe::1100\n")
+    summary, out = run(tmp_path, ratings_bytes=b"1::2::\xff\xfe::1100\n", bad_rows="dead_letter")
+    assert summary["dropped"]["bad_interactions_row"] == 1 and dead_letters(out)[0]["field"] == "<bytes>"
+
+
+def test_unknown_item_is_dropped_counted_and_dead_lettered(tmp_path):
+    summary, out = run(tmp_path, extra_ratings=("1::999::5::1100",))
+    assert summary["dropped"]["unknown_item"] == 1
+    (letter,) = dead_letters(out)
+    assert letter["row"]["item_id"] == "999" and "not in the item table" in letter["problem"]
+
+
+def test_item_without_text_is_dropped_with_its_interactions(tmp_path):
+    summary, out = run(tmp_path, movies_extra=("77:: ::Drama",), extra_ratings=("1::77::5::1100",))
+    assert summary["dropped"]["item_without_text"] == 1 and summary["dropped"]["unknown_item"] == 1
+    assert summary["items_out"] == 40
+    problems = sorted(letter["problem"] for letter in dead_letters(out))
+    assert problems[0].startswith("item not in the item table") and problems[1].startswith("item without text")
+
+
+def test_duplicate_item_ids(tmp_path):
+    summary, _ = run(tmp_path, movies_extra=("3::Movie number 3 (1993)::Horror|Romance",))  # same text as id 3
+    assert summary["dropped"]["repeated_item_row"] == 1 and summary["items_out"] == 40
+    with pytest.raises(Exception, match=r"item id '3' appears 2 times with different text"):
+        run(tmp_path, movies_extra=("3::Another title::Drama",))
+
+
+def test_empty_input_file(tmp_path):
+    data = str(tmp_path / "ml")
+    helpers.write_movielens(data)
+    open(os.path.join(data, "ratings.dat"), "w").close()
+    with pytest.raises(Exception, match=r"ratings.dat:0: field '<file>': empty input file"):
+        run_example_gen(ExampleGenConfig.movielens(data, bad_rows="dead_letter"), str(tmp_path / "out"))
+
+
+def test_user_with_only_negatives_is_kept_and_counted(tmp_path):
+    summary, _ = run(tmp_path, extra_ratings=("500::1::1::1100", "500::2::2::1250"))
+    assert summary["users_without_positives"] >= 1
+    assert summary["train_examples"] + summary["eval_examples"] == 602
+
+
+def test_nan_embedding_is_an_error():
+    from apache_beam.ml.inference.base import PredictionResult
+
+    from components.item_embedder.pipeline import _to_row
+
+    with pytest.raises(ValueError, match=r"item 'x': the text model produced a non-finite embedding"):
+        _to_row(("x", PredictionResult("some text", np.array([0.1, np.nan], np.float32))))
+
+
+def test_empty_cluster_is_kept_and_counted():
+    from components.item_clusterer import core
+
+    summary = core.size_summary(np.array([0, 0, 2, 2, 2]), 4)
+    assert summary["empty_clusters"] == 2 and summary["sizes"] == [2, 0, 3, 0]
+
+
+def test_amazon_source(tmp_path):
+    reviews = [{"reviewerID": f"U{u}", "asin": f"B{i}", "overall": float(1 + (u + i) % 5),
+                "unixReviewTime": 1_400_000_000 + 1000 * u + i} for u in range(8) for i in range(5)]
+    meta = [{"asin": f"B{i}", "title": f"Gift card {i}", "brand": "Acme", "category": ["Gift Cards", f"c{i % 2}"]}
+            for i in range(5)] + [{"asin": "B9", "title": "", "category": []}]
+    for name, rows in (("reviews.json.gz", reviews), ("meta.json.gz", meta)):
+        with gzip.open(tmp_path / name, "wt", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+    summary = run_example_gen(ExampleGenConfig(source="amazon", interactions=str(tmp_path / "reviews.json.gz"),
+                                               items=str(tmp_path / "meta.json.gz")), str(tmp_path / "out"))
+    assert summary["interactions_in"] == 40 and summary["train_examples"] + summary["eval_examples"] == 40
+    assert summary["items_out"] == 5 and summary["dropped"]["item_without_text"] == 1
+    import pyarrow.parquet as pq
+
+    items = {r["item_id"]: r for r in pq.read_table(tmp_path / "out" / "items" / "items.parquet").to_pylist()}
+    assert items["B1"]["text"] == "Gift card 1. Brand: Acme" and items["B1"]["categories"] == ["Gift Cards", "c1"]
