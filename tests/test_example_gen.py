@@ -135,3 +135,27 @@ def test_generic_csv_source(tmp_path):
     assert (summary["train_examples"], summary["eval_examples"]) == (4, 1)
     evaluation = read_examples(str(tmp_path / "out" / "eval"))
     assert evaluation[0]["history"] == ["y", "x"]  # a's positives before t=5, most recent first
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("uvw"), st.sampled_from("abcdef"), st.integers(1, 5), st.integers(0, 20)),
+                min_size=1, max_size=60),
+       st.sampled_from([0.5, 0.8, 0.9]))
+def test_split_has_no_leakage_over_random_logs(log, fraction):
+    cut = core.compute_cut([(t, 1) for *_, t in log], fraction)
+    examples = {core.TRAIN: [], core.EVAL: []}
+    for user in {u for u, *_ in log}:
+        for split, e in core.user_examples(user, [(i, r, t) for u, i, r, t in log if u == user], cut, 3, 3.0):
+            examples[split].append(e)
+    train, evaluation = examples[core.TRAIN], examples[core.EVAL]
+    assert len(train) + len(evaluation) == len(log)
+    # exact at the cut: train is every interaction strictly before it, eval the rest
+    assert len(train) == sum(t < cut for *_, t in log) <= int(len(log) * fraction)
+    assert all(e["timestamp"] < cut for e in train) and all(e["timestamp"] >= cut for e in evaluation)
+    # no eval interaction appears among the training examples
+    train_keys = {(e["user_id"], e["item_id"], e["timestamp"]) for e in train}
+    assert not any((e["user_id"], e["item_id"], e["timestamp"]) in train_keys for e in evaluation)
+    # every history item is an earlier positive of the same user
+    for e in train + evaluation:
+        earlier = {i for u, i, r, t in log if u == e["user_id"] and r >= 3 and t < e["timestamp"]}
+        assert set(e["history_item_ids"]) <= earlier

@@ -73,3 +73,81 @@ def test_same_seed_same_model_and_resume_equals_uninterrupted(examples_dir, clus
     run_trainer(tiny_config(epochs=1), examples_dir, clusters_dir, resumed)  # "killed" after epoch 1
     run_trainer(tiny_config(epochs=2), examples_dir, clusters_dir, resumed)  # restarts at epoch 2
     np.testing.assert_allclose(embeddings(resumed), embeddings(full), atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_in_history_matches_numpy(seed):
+    from components.trainer.model import in_history
+
+    rng = np.random.default_rng(seed)
+    ids, history = rng.integers(1, 6, size=(7, 4)), rng.integers(0, 6, size=(7, 3))
+    expected = np.array([[i in set(h[h > 0]) for i in row] for row, h in zip(ids, history)])
+    np.testing.assert_array_equal(in_history(tf.constant(ids), tf.constant(history)).numpy(), expected)
+
+
+def test_edis_virtual_negatives_lie_between_negative_and_positive(examples_dir, clusters_dir):
+    from components.trainer.model import TwoTowerModel
+
+    config = tiny_config(edis_negatives=3, edis_max_weight=0.5)
+    catalogue = load_catalogue(os.path.join(examples_dir, "items"), os.path.join(clusters_dir, "llm"))
+    model = TwoTowerModel(config, catalogue, ["1", "2"])
+    rng = np.random.default_rng(0)
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    positive, negatives = unit(rng.normal(size=(5, 8))), unit(rng.normal(size=(5, 4, 8)))
+    valid = rng.uniform(size=(5, 4)) > 0.3
+    virtual, virtual_valid = model._edis(tf.constant(positive, tf.float32), tf.constant(negatives, tf.float32),
+                                         tf.constant(valid))
+    virtual = virtual.numpy()
+    assert virtual.shape == (5, 3, 8) and virtual_valid.shape == (5, 3)
+    np.testing.assert_allclose(np.linalg.norm(virtual, axis=-1), 1.0, rtol=1e-5)
+    for b in range(5):
+        for e in range(3):  # each virtual negative comes from one source negative, moved towards the positive
+            sims = negatives[b] @ virtual[b, e]
+            k = int(np.argmax(sims))
+            assert virtual_valid.numpy()[b, e] == valid[b, k]
+            assert virtual[b, e] @ positive[b] >= negatives[b, k] @ positive[b] - 1e-5
+
+
+def test_history_mask_and_edis_train(examples_dir, clusters_dir, tmp_path):
+    summary = run_trainer(tiny_config(mask_history_negatives=True, edis_negatives=2), examples_dir, clusters_dir,
+                          str(tmp_path))
+    assert np.isfinite(summary["final_metrics"]["loss"])
+
+
+MIRRORED = """
+import json, sys, components, numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from components.trainer import TrainerConfig, run_trainer
+from components.trainer.data import example_files, load_catalogue, make_dataset
+from components.trainer.model import TwoTowerModel
+import tf_keras, os
+examples, clusters, out = sys.argv[1:4]
+config = TrainerConfig(batch_size=32, epochs=1, embedding_dim=8, num_negatives=4, random_ratio=1, cluster_ratio=3,
+                       history_length=5, distribute="mirrored", slots_per_cluster=64)
+strategy = tf.distribute.MirroredStrategy()
+catalogue = load_catalogue(os.path.join(examples, "items"), os.path.join(clusters, "llm"))
+with strategy.scope():
+    model = TwoTowerModel(config, catalogue, ["1", "2", "3"])
+    model.compile(optimizer=tf_keras.optimizers.Adam(1e-3))
+history = model.fit(make_dataset(example_files(examples, "train"), 32, 5, 1000, 0), epochs=1, verbose=0)
+copies = [v.numpy() for v in model.pool.valid.values]
+items = [v.numpy() for v in model.pool.stored["item_index"].values]
+summary = run_trainer(config, examples, clusters, out)
+print(json.dumps({"replicas": len(copies), "same_valid": bool((copies[0] == copies[1]).all()),
+                  "same_items": bool((items[0] == items[1]).all()), "fill": float(copies[0].mean()),
+                  "loss": history.history["loss"][-1], "run_loss": summary["final_metrics"]["loss"]}))
+"""
+
+
+def test_mirrored_strategy_keeps_replica_pools_identical(examples_dir, clusters_dir, tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", MIRRORED, examples_dir, clusters_dir, str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["replicas"] == 2 and report["same_valid"] and report["same_items"]
+    assert report["fill"] > 0.05  # the batches' items were written (4 clusters x 64 slots, 40 items)
+    assert np.isfinite(report["loss"]) and np.isfinite(report["run_loss"])

@@ -20,6 +20,12 @@ class TrainerConfig:
     slots_per_cluster: S; 0 = the next power of two >= 2 * items / clusters (at least 16).
     pool_sampling: 'filled' (uniform over filled slots) or 'slot' (Algorithm 2 literally).
     pool_logq: subtract log q of pool draws (q uniform over the filled slots drawn from).
+    mask_history_negatives: also mask pool draws that are in the user's history (likely false negatives).
+    edis_negatives: per example, this many virtual negatives (ESANS's EDIS) interpolated in
+      embedding space between the positive and pool negatives: normalize((1 - a) n + a p) with
+      a ~ U[0, edis_max_weight) (0 = off).
+    distribute: 'none' (default device) or 'mirrored' (tf.distribute.MirroredStrategy over
+      all local devices; batch_size is the global batch).
     """
 
     strategy: str = "cluster_oob"
@@ -35,6 +41,10 @@ class TrainerConfig:
     slots_per_cluster: int = 0
     pool_sampling: str = "filled"
     pool_logq: bool = False
+    mask_history_negatives: bool = False
+    edis_negatives: int = 0
+    edis_max_weight: float = 0.5
+    distribute: str = "none"
     history_length: int = 20
     shuffle_buffer: int = 1_000_000
     seed: int = 0
@@ -52,6 +62,13 @@ class TrainerConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.strategy != "in_batch" and self.num_negatives < 1:
             raise ValueError(f"strategy {self.strategy!r} needs num_negatives >= 1, got {self.num_negatives}")
+        if self.distribute not in ("none", "mirrored"):
+            raise ValueError(f"distribute must be 'none' or 'mirrored', got {self.distribute!r}")
+        if self.edis_negatives < 0 or not 0.0 <= self.edis_max_weight < 1.0:
+            raise ValueError(f"edis_negatives must be >= 0 and edis_max_weight in [0, 1), got "
+                             f"{self.edis_negatives}, {self.edis_max_weight}")
+        if self.edis_negatives and self.strategy == "in_batch":
+            raise ValueError("edis_negatives interpolates pool negatives: use strategy 'oob' or 'cluster_oob'")
         if self.random_ratio < 0 or self.cluster_ratio < 0 or self.random_ratio + self.cluster_ratio == 0:
             raise ValueError(f"bad random:cluster ratio {self.random_ratio}:{self.cluster_ratio}")
 

@@ -14,6 +14,13 @@ from components.trainer.losses import mixed_negatives_loss
 from components.trainer.pool import ClusterPool
 
 
+def in_history(ids: tf.Tensor, history: tf.Tensor) -> tf.Tensor:
+    """ids [B, K] item indices, history [B, N] item indices (0 = padding) -> [B, K] bool:
+    whether each draw is one of its own user's history items."""
+    same = tf.equal(ids[:, :, None], history[:, None, :])
+    return tf.reduce_any(tf.logical_and(same, history[:, None, :] > 0), axis=-1)
+
+
 class ItemFeatures(tf_keras.layers.Layer):
     """Item id -> vocabulary index and cluster id, from the catalogue (a lookup in the model, so
     cluster tables can be swapped without rewriting examples).
@@ -127,6 +134,14 @@ class TwoTowerModel(tf_keras.Model):
             index, cluster = self.items(tf.constant(catalogue.item_ids[start:start + chunk].tolist()))
             self.pool.update(index, cluster, {"item_index": index})
 
+    def _edis(self, positive: tf.Tensor, negatives: tf.Tensor, valid: tf.Tensor):
+        """ESANS EDIS: virtual negatives between the positive [B, d] and pool negatives [B, K, d]."""
+        batch, k, e = tf.shape(negatives)[0], tf.shape(negatives)[1], self.config.edis_negatives
+        source = self.pool.rng.uniform([batch, e], 0, k, dtype=tf.int32)
+        weight = self.pool.rng.uniform([batch, e, 1], 0.0, self.config.edis_max_weight)
+        mixed = (1.0 - weight) * tf.gather(negatives, source, batch_dims=1) + weight * positive[:, None, :]
+        return tf.math.l2_normalize(mixed, axis=-1), tf.gather(valid, source, batch_dims=1)
+
     def train_step(self, batch):
         index, cluster = self.items(batch["item_id"])
         samples = self.pool(cluster, self.num_random, self.num_cluster) if self.pool is not None else None
@@ -136,15 +151,27 @@ class TwoTowerModel(tf_keras.Model):
             kwargs = {}
             if samples is not None:
                 shape = tf.shape(samples["item_index"])
-                negatives = self.candidate_tower(tf.reshape(samples["item_index"], [-1]))
-                kwargs = dict(negatives=tf.reshape(negatives, [shape[0], shape[1], -1]),
-                              negative_ids=samples["item_index"], negative_valid=samples["valid"],
-                              negative_log_q=samples["log_q"] if self.config.pool_logq else None)
+                negatives = tf.reshape(self.candidate_tower(tf.reshape(samples["item_index"], [-1])),
+                                       [shape[0], shape[1], -1])
+                ids, valid, log_q = samples["item_index"], samples["valid"], samples["log_q"]
+                if self.config.mask_history_negatives:
+                    history, _ = self.items(batch["history_item_ids"])
+                    valid = tf.logical_and(valid, tf.logical_not(in_history(ids, history)))
+                if self.config.edis_negatives:
+                    virtual, virtual_valid = self._edis(positive, negatives, valid)
+                    negatives = tf.concat([negatives, virtual], axis=1)
+                    ids = tf.concat([ids, -tf.ones_like(virtual_valid, dtype=ids.dtype)], axis=1)  # never a hit
+                    valid = tf.concat([valid, virtual_valid], axis=1)
+                    log_q = tf.concat([log_q, tf.zeros_like(virtual_valid, dtype=log_q.dtype)], axis=1)
+                kwargs = dict(negatives=negatives, negative_ids=ids, negative_valid=valid,
+                              negative_log_q=log_q if self.config.pool_logq else None)
             loss, stats = mixed_negatives_loss(
                 query, positive, index, self.config.temperature,
                 positive_sampling_probability=tf.gather(self.items.probability_of_index, index),
                 sample_weight=batch["label"], **kwargs)
-        gradients = tape.gradient(loss, self.trainable_variables)
+            # gradients are summed over replicas: scale so that they average over the global batch
+            scaled = loss / tf.distribute.get_strategy().num_replicas_in_sync
+        gradients = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
         if self.pool is not None:
             self.pool.update(index, cluster, {"item_index": index})

@@ -24,6 +24,10 @@ class ClusterPool(tf_keras.layers.Layer):
     All of it is checkpointed with the model (training state) and none of it is part of a
     serving SavedModel.
 
+    Under a `tf.distribute` strategy every replica holds a copy of the pool: `update` all-gathers
+    the batch's items from every replica and each replica applies the same update, so the copies
+    stay identical (variables aggregate ONLY_FIRST_REPLICA); sampling draws differ per replica.
+
     Update engine (Algorithm 1): item with key x in cluster c goes to slot c*S + x % S. Items
     colliding on a slot overwrite each other (the newest stays: the pool tracks fresh items);
     duplicates within one batch are resolved deterministically, the last occurrence wins.
@@ -57,15 +61,12 @@ class ClusterPool(tf_keras.layers.Layer):
         self.feature_specs = {k: (tuple(v[0]), str(v[1])) for k, v in feature_specs.items()}
         capacity = self.num_clusters * self.slots_per_cluster
         self.capacity = capacity
-        self.stored = {
-            name: self.add_weight(name=name, shape=(capacity, *shape), dtype=dtype,
-                                  initializer="zeros", trainable=False)
-            for name, (shape, dtype) in self.feature_specs.items()
-        }
-        self.item_key = self.add_weight(name="item_key", shape=(capacity,), dtype=tf.int64,
-                                        initializer="zeros", trainable=False)
-        self.valid = self.add_weight(name="valid", shape=(capacity,), dtype=tf.bool,
-                                     initializer="zeros", trainable=False)
+        state = dict(initializer="zeros", trainable=False, synchronization=tf.VariableSynchronization.ON_WRITE,
+                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.stored = {name: self.add_weight(name=name, shape=(capacity, *shape), dtype=dtype, **state)
+                       for name, (shape, dtype) in self.feature_specs.items()}
+        self.item_key = self.add_weight(name="item_key", shape=(capacity,), dtype=tf.int64, **state)
+        self.valid = self.add_weight(name="valid", shape=(capacity,), dtype=tf.bool, **state)
         self.rng = tf.random.Generator.from_seed(self.seed)
 
     # -- keys and slots -------------------------------------------------------------------
@@ -91,6 +92,10 @@ class ClusterPool(tf_keras.layers.Layer):
         if missing:
             raise ValueError(f"update() is missing stored features {sorted(missing)}")
         cluster_ids = tf.cast(cluster_ids, tf.int64)
+        replica = tf.distribute.get_replica_context()
+        if replica is not None and replica.num_replicas_in_sync > 1:  # every replica writes every item
+            item_ids, cluster_ids = replica.all_gather(item_ids, 0), replica.all_gather(cluster_ids, 0)
+            features = {name: replica.all_gather(features[name], 0) for name in self.feature_specs}
         tf.debugging.assert_less(cluster_ids, tf.constant(self.num_clusters, tf.int64),
                                  message=f"cluster id out of range [0, {self.num_clusters})")
         tf.debugging.assert_non_negative(cluster_ids, message="negative cluster id")

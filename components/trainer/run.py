@@ -103,9 +103,11 @@ def run_trainer(config: TrainerConfig, examples_dir: str, clusters_dir: str, out
         train_examples = json.load(f)["train_examples"]
     steps_per_epoch = -(-train_examples // config.batch_size)
 
-    model = TwoTowerModel(config, catalogue, users)
-    model.compile(optimizer=tf_keras.optimizers.Adam(config.learning_rate))
-    epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    strategy = tf.distribute.MirroredStrategy() if config.distribute == "mirrored" else tf.distribute.get_strategy()
+    with strategy.scope():
+        model = TwoTowerModel(config, catalogue, users)
+        model.compile(optimizer=tf_keras.optimizers.Adam(config.learning_rate))
+        epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch)
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(output_dir, "checkpoints"), max_to_keep=2)
     if manager.latest_checkpoint:
