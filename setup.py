@@ -24,7 +24,8 @@ INSTALL_REQUIRES = [
 
 EXTRAS_REQUIRE = {
     "test": ["pytest>=8", "hypothesis>=6", "ruff>=0.6"],
-    "vertex": ["google-cloud-aiplatform>=1.60"],
+    # Vertex AI Pipelines submission and Dataflow/GCS I/O for the Beam steps
+    "vertex": ["google-cloud-aiplatform>=1.60", "apache-beam[gcp]==2.77.*"],
 }
 
 setup(

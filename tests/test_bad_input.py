@@ -130,3 +130,30 @@ def test_amazon_source(tmp_path):
 
     items = {r["item_id"]: r for r in pq.read_table(tmp_path / "out" / "items" / "items.parquet").to_pylist()}
     assert items["B1"]["text"] == "Gift card 1. Brand: Acme" and items["B1"]["categories"] == ["Gift Cards", "c1"]
+
+
+def test_tfds_source_with_a_mocked_prepared_dataset(tmp_path):
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    def as_dataset(self, *args, **kwargs):
+        if "ratings" in self.name + str(self.builder_config.name):
+            rows = [{"movie_id": str(1 + i % 3), "user_id": str(i % 4), "user_rating": float(1 + i % 5),
+                     "timestamp": 100 + i, "movie_title": "t", "movie_genres": [0]} for i in range(20)]
+        else:
+            rows = [{"movie_id": str(i), "movie_title": f"Film {i}", "movie_genres": [i, 7]} for i in (1, 2, 3)]
+        keys = rows[0].keys()
+        features = {k: v for k, v in self.info.features.items() if k in keys}
+        return tf.data.Dataset.from_generator(
+            lambda: iter(rows), output_signature={k: tf.TensorSpec(shape=f.shape, dtype=f.dtype)
+                                                  for k, f in features.items()})
+
+    with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+        summary = run_example_gen(ExampleGenConfig(source="tfds", interactions="movielens/1m-ratings",
+                                                   items="movielens/1m-movies"), str(tmp_path))
+    assert summary["interactions_in"] == 20 and summary["items_out"] == 3
+    assert summary["train_examples"] + summary["eval_examples"] == 20
+    import pyarrow.parquet as pq
+
+    items = {r["item_id"]: r for r in pq.read_table(tmp_path / "items" / "items.parquet").to_pylist()}
+    assert items["2"]["categories"] == ["Animation", "Drama"] and items["2"]["text"].startswith("Film 2. Genres:")

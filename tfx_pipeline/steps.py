@@ -12,45 +12,47 @@ from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
 def example_gen(config_json: str, cache_root: str, beam_args: list, examples: Output[Dataset]):
     import components.common.env  # noqa: F401
+    from components.common.fileio import for_beam
     from components.common.step import step_run
     from components.example_gen import run_example_gen
     from tfx_pipeline.config import section_from_json
 
     with step_run("example_gen", examples.path, config_json, [], cache_root) as run:
         if run.needed:
-            run_example_gen(section_from_json("example_gen", config_json), examples.path, beam_args)
+            run_example_gen(section_from_json("example_gen", config_json), for_beam(examples.path, examples.uri),
+                            beam_args)
 
 
 def item_embedder(config_json: str, cache_root: str, beam_args: list, examples: Input[Dataset],
                   embeddings: Output[Dataset]):
-    import os
-
     import components.common.env  # noqa: F401
+    from components.common.fileio import for_beam, join
     from components.common.step import step_run
     from components.item_embedder import run_item_embedder
     from tfx_pipeline.config import section_from_json
 
-    items = os.path.join(examples.path, "items", "*.parquet")
+    items = join(for_beam(examples.path, examples.uri), "items", "*.parquet")
     with step_run("item_embedder", embeddings.path, config_json, [examples.path], cache_root) as run:
         if run.needed:
-            run_item_embedder(section_from_json("item_embedder", config_json), items, embeddings.path, beam_args)
+            run_item_embedder(section_from_json("item_embedder", config_json), items,
+                              for_beam(embeddings.path, embeddings.uri), beam_args)
 
 
 def item_clusterer(config_json: str, cache_root: str, beam_args: list, examples: Input[Dataset],
                    embeddings: Input[Dataset], clusters: Output[Dataset]):
-    import os
-
     import components.common.env  # noqa: F401
+    from components.common.fileio import for_beam, join
     from components.common.step import step_run
     from components.item_clusterer import run_item_clusterer
     from tfx_pipeline.config import section_from_json
 
-    items = os.path.join(examples.path, "items", "*.parquet")
+    items = join(for_beam(examples.path, examples.uri), "items", "*.parquet")
     inputs = [examples.path, embeddings.path]
     with step_run("item_clusterer", clusters.path, config_json, inputs, cache_root) as run:
         if run.needed:
-            run_item_clusterer(section_from_json("item_clusterer", config_json), embeddings.path, items,
-                               clusters.path, beam_args)
+            run_item_clusterer(section_from_json("item_clusterer", config_json),
+                               for_beam(embeddings.path, embeddings.uri), items, for_beam(clusters.path, clusters.uri),
+                               beam_args)
 
 
 def trainer(config_json: str, cache_root: str, examples: Input[Dataset], clusters: Input[Dataset],

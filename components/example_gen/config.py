@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-SOURCES = ("movielens", "generic", "amazon")
+SOURCES = ("movielens", "generic", "amazon", "tfds")
 BAD_ROW_POLICIES = ("fail", "dead_letter")
 
 
@@ -16,7 +16,9 @@ class ExampleGenConfig:
     source: 'movielens' (`user::item::rating::timestamp` ratings, `id::title::genres` movies,
       latin-1), 'amazon' (Amazon Reviews 2018 JSON lines, gzipped or not: reviews/ratings +
       meta_*.json) or 'generic' (CSV with a header, Parquet or JSON lines; columns as in
-      schemas/interactions.pbtxt and schemas/items.pbtxt; CSV categories separated by '|').
+      schemas/interactions.pbtxt and schemas/items.pbtxt; CSV categories separated by '|'),
+      or 'tfds' (a prepared TensorFlow Datasets directory `tfds_data_dir`; `interactions` and
+      `items` name data sets, e.g. 'movielens/1m-ratings' and 'movielens/1m-movies').
     interactions: file path or glob of the interactions.
     items: file path or glob of the item catalogue.
     train_fraction: share of interactions, in time order, that form the training period.
@@ -40,6 +42,7 @@ class ExampleGenConfig:
     num_train_shards: int = 8
     num_eval_shards: int = 4
     bad_rows: str = "fail"
+    tfds_data_dir: str = ""
 
     def __post_init__(self):
         if self.source not in SOURCES:

@@ -9,15 +9,16 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
-import os
 from collections.abc import Sequence
 
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
+from components.common import fileio
 from components.common.beam_io import Counted, ReadNumberedRecords, WriteDeterministicTFRecords, expand_patterns
 from components.common.beam_run import run_pipeline
 from components.common.schema import SchemaViolation, load_schema, validate_row
@@ -161,12 +162,17 @@ class _SumCounts(beam.CombineFn):
 
 def build(pipeline: beam.Pipeline, config: ExampleGenConfig, output_dir: str) -> None:
     """Adds the example_gen transforms to `pipeline`."""
-    ratings_reader, items_reader = readers.READERS[config.source]
+    if config.source == "tfds":  # data set names, not files
+        ratings_reader = items_reader = functools.partial(readers.tfds_records, data_dir=config.tfds_data_dir)
+        interaction_paths, item_paths = [config.interactions], [config.items]
+    else:
+        ratings_reader, items_reader = readers.READERS[config.source]
+        interaction_paths, item_paths = expand_patterns([config.interactions]), expand_patterns([config.items])
     dead_letters = []
 
     items = (
         pipeline
-        | "ReadItems" >> ReadNumberedRecords(expand_patterns([config.items]), items_reader)
+        | "ReadItems" >> ReadNumberedRecords(item_paths, items_reader)
         | "CountItemsIn" >> Counted(NAMESPACE, "item_rows_in")
         | "ValidateItems" >> beam.ParDo(_Validate("items", config.bad_rows)).with_outputs(DEAD_LETTER, main="rows")
     )
@@ -181,7 +187,7 @@ def build(pipeline: beam.Pipeline, config: ExampleGenConfig, output_dir: str) ->
 
     parsed = (
         pipeline
-        | "ReadInteractions" >> ReadNumberedRecords(expand_patterns([config.interactions]), ratings_reader)
+        | "ReadInteractions" >> ReadNumberedRecords(interaction_paths, ratings_reader)
         | "CountIn" >> Counted(NAMESPACE, "interactions_in")
         | "ValidateInteractions" >> beam.ParDo(_Validate("interactions", config.bad_rows)).with_outputs(
             DEAD_LETTER, main="rows")
@@ -195,7 +201,7 @@ def build(pipeline: beam.Pipeline, config: ExampleGenConfig, output_dir: str) ->
         dead_letters
         | "AllDeadLetters" >> beam.Flatten()
         | "DeadLetterJson" >> beam.Map(lambda d: json.dumps(d, sort_keys=True, default=str))
-        | "WriteDeadLetters" >> beam.io.WriteToText(os.path.join(output_dir, DEAD_LETTER, "rows"),
+        | "WriteDeadLetters" >> beam.io.WriteToText(fileio.join(output_dir, DEAD_LETTER, "rows"),
                                                     file_name_suffix=".jsonl", shard_name_template="")
     )
 
@@ -215,11 +221,11 @@ def build(pipeline: beam.Pipeline, config: ExampleGenConfig, output_dir: str) ->
                                    cut=beam.pvalue.AsSingleton(cut)).with_outputs(core.TRAIN, core.EVAL)
     )
     for split, shards in ((core.TRAIN, config.num_train_shards), (core.EVAL, config.num_eval_shards)):
-        os.makedirs(os.path.join(output_dir, split), exist_ok=True)
+        fileio.makedirs(fileio.join(output_dir, split))
         _ = (
             examples[split]
             | f"Serialize{split}" >> beam.Map(lambda e: (core.example_key(e), core.to_tf_example(e)))
-            | f"Write{split}" >> WriteDeterministicTFRecords(os.path.join(output_dir, split, "part"), shards)
+            | f"Write{split}" >> WriteDeterministicTFRecords(fileio.join(output_dir, split, "part"), shards)
         )
 
     counts = (
@@ -232,7 +238,7 @@ def build(pipeline: beam.Pipeline, config: ExampleGenConfig, output_dir: str) ->
         | "JoinCounts" >> beam.CoGroupByKey()
         | "ItemRows" >> beam.Map(_item_row)
         | "CountItems" >> Counted(NAMESPACE, "items_out")
-        | "WriteItems" >> beam.io.WriteToParquet(os.path.join(output_dir, "items", "items"), ITEM_TABLE_SCHEMA,
+        | "WriteItems" >> beam.io.WriteToParquet(fileio.join(output_dir, "items", "items"), ITEM_TABLE_SCHEMA,
                                                  file_name_suffix=".parquet", num_shards=1,
                                                  shard_name_template="")
     )
@@ -241,19 +247,13 @@ def build(pipeline: beam.Pipeline, config: ExampleGenConfig, output_dir: str) ->
         | "TrainUsers" >> beam.Map(lambda e: e["user_id"])
         | "DistinctUsers" >> beam.Distinct()
         | "AllUsers" >> beam.combiners.ToList()
-        | "WriteUsers" >> beam.Map(lambda users: _write_lines(os.path.join(output_dir, "users.txt"), sorted(users)))
+        | "WriteUsers" >> beam.Map(lambda users: _write_lines(fileio.join(output_dir, "users.txt"), sorted(users)))
     )
-    _ = cut | "WriteCut" >> beam.Map(lambda c: _write_json(os.path.join(output_dir, "cut.json"), {"cut": c}))
+    _ = cut | "WriteCut" >> beam.Map(lambda c: fileio.write_json(fileio.join(output_dir, "cut.json"), {"cut": c}))
 
 
 def _write_lines(path: str, lines: list[str]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(f"{line}\n" for line in lines)
-
-
-def _write_json(path: str, payload: dict) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2)
+    fileio.write_text(path, "".join(f"{line}\n" for line in lines))
 
 
 def run_example_gen(config: ExampleGenConfig, output_dir: str,
@@ -263,10 +263,9 @@ def run_example_gen(config: ExampleGenConfig, output_dir: str,
 
     Returns the summary: rows in, examples out per split, rows dropped and why.
     """
-    os.makedirs(output_dir, exist_ok=True)
+    fileio.makedirs(output_dir)
     counters = run_pipeline(lambda p: build(p, config, output_dir), NAMESPACE, beam_args)
-    with open(os.path.join(output_dir, "cut.json"), encoding="utf-8") as f:
-        cut = json.load(f)["cut"]
+    cut = fileio.read_json(fileio.join(output_dir, "cut.json"))["cut"]
     summary = {
         "interactions_in": counters.get("interactions_in", 0),
         "train_examples": counters.get("train_examples", 0),
@@ -276,11 +275,11 @@ def run_example_gen(config: ExampleGenConfig, output_dir: str,
         "items_out": counters.get("items_out", 0),
         "dropped": {reason: counters.get(f"dropped_{reason}", 0) for reason in DROP_REASONS},
         "users_without_positives": counters.get("users_without_positives", 0),
-        "dead_letter_file": os.path.join(output_dir, DEAD_LETTER, "rows.jsonl"),
+        "dead_letter_file": fileio.join(output_dir, DEAD_LETTER, "rows.jsonl"),
         "cut_timestamp": cut,
         "config": dataclasses.asdict(config),
     }
-    _write_json(os.path.join(output_dir, "summary.json"), summary)
+    fileio.write_json(fileio.join(output_dir, "summary.json"), summary)
     dropped = sum(summary["dropped"].values())
     print(f"[example_gen] {summary['interactions_in']:,} interactions in -> {summary['train_examples']:,} train + "
           f"{summary['eval_examples']:,} eval examples, {summary['items_out']:,} items; "

@@ -179,3 +179,31 @@ READERS = {
     "generic": (generic_rows, generic_rows),
     "amazon": (amazon_reviews, amazon_meta),
 }
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def tfds_records(name: str, data_dir: str = "") -> Iterator[Record]:
+    """A prepared TensorFlow Datasets MovieLens data set ('movielens/1m-ratings' for interactions,
+    'movielens/1m-movies' for items; any `movielens/*` config), read from `data_dir` (never
+    downloaded: prepare it beforehand with `tfds build`). Item text = title + genre names."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(name, data_dir=data_dir or None)
+    genre_names = builder.info.features["movie_genres"].feature.names
+    source = f"tfds:{name}"
+    number = 0
+    for number, example in enumerate(tfds.as_numpy(builder.as_dataset(split="train", shuffle_files=False)), 1):
+        if "user_id" in example:
+            row = {"user_id": _text(example["user_id"]), "item_id": _text(example["movie_id"]),
+                   "rating": float(example["user_rating"]), "timestamp": int(example["timestamp"])}
+        else:
+            genres = [genre_names[g] for g in example["movie_genres"]]
+            title = _text(example["movie_title"]).strip()
+            row = {"item_id": _text(example["movie_id"]), "categories": genres,
+                   "text": f"{title}. Genres: {', '.join(genres)}" if title else ""}
+        yield Record(source, number, "", row)
+    if number == 0:
+        yield Record(source, 0, "", None, "<file>", "empty input file")

@@ -16,11 +16,12 @@ import tensorflow as tf
 class ExporterConfig:
     """k: items returned per request. ScaNN: a partitioning tree with about sqrt(n) leaves
     (searching `leaves_to_search_fraction` of them), asymmetric hashing and exact re-ordering of
-    `reorder` candidates; below `brute_force_below` items the index is exact brute force."""
+    `reorder` candidates; below `brute_force_below` items the index is exact brute force.
+    Defaults from benchmarks/scann_vs_bruteforce.py: recall@100 0.9999 at 12.9x brute force (1M items)."""
 
     k: int = 100
-    leaves_to_search_fraction: float = 0.1
-    reorder: int = 500
+    leaves_to_search_fraction: float = 0.05
+    reorder: int = 1000
     brute_force_below: int = 2000
 
     def __post_init__(self):
@@ -57,7 +58,8 @@ def _scann_config(builder, n: int, config: ExporterConfig):
         return builder.score_brute_force()
     leaves = max(2, int(math.sqrt(n)))
     to_search = max(1, int(leaves * config.leaves_to_search_fraction))
-    return (builder.tree(num_leaves=leaves, num_leaves_to_search=to_search, training_sample_size=min(n, 250_000))
+    return (builder.tree(num_leaves=leaves, num_leaves_to_search=to_search, training_sample_size=min(n, 250_000),
+                         spherical=True)  # the towers' embeddings are unit vectors
             .score_ah(2, anisotropic_quantization_threshold=0.2)
             .reorder(max(k, config.reorder)))
 

@@ -9,16 +9,16 @@ then a report (sizes summary JSON + histogram PNG) from the two tables.
 from __future__ import annotations
 
 import dataclasses
-import glob
-import json
-import os
+import io
 from collections.abc import Sequence
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
 
+from components.common import fileio
 from components.common.beam_io import Counted
 from components.common.beam_run import run_pipeline
 from components.item_clusterer import core
@@ -61,7 +61,7 @@ def build(pipeline, config: ItemClustererConfig, embeddings_pattern: str, items_
         | "Batch" >> beam.BatchElements(min_batch_size=256, max_batch_size=8192)
         | "Assign" >> beam.FlatMap(_assign_batch, centroids=beam.pvalue.AsSingleton(centroids))
     )
-    _write_table(llm, "llm", os.path.join(output_dir, "llm", "clusters"))
+    _write_table(llm, "llm", fileio.join(output_dir, "llm", "clusters"))
 
     first = (
         pipeline
@@ -77,32 +77,30 @@ def build(pipeline, config: ItemClustererConfig, embeddings_pattern: str, items_
     )
     category = first | "CategoryId" >> beam.Map(
         lambda kv, vocab: {"item_id": kv[0], "cluster_id": vocab[kv[1]]}, vocab=beam.pvalue.AsSingleton(vocabulary))
-    _write_table(category, "category", os.path.join(output_dir, "category", "clusters"))
+    _write_table(category, "category", fileio.join(output_dir, "category", "clusters"))
     _ = vocabulary | "SaveVocabulary" >> beam.Map(
-        lambda v: _write_json(os.path.join(output_dir, "category", "vocabulary.json"), v))
-
-
-def _write_json(path: str, payload) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2)
+        lambda v: fileio.write_json(fileio.join(output_dir, "category", "vocabulary.json"), v))
 
 
 def read_num_clusters(path: str) -> int:
     """C of a cluster table directory (empty clusters included), from its meta.json."""
-    meta = os.path.join(path, "meta.json")
-    if not os.path.exists(meta):
+    meta = fileio.join(path, "meta.json")
+    if not fileio.exists(meta):
         raise FileNotFoundError(f"{meta} is missing: {path} is not an item_clusterer output (re-run item_clusterer)")
-    with open(meta, encoding="utf-8") as f:
-        return int(json.load(f)["num_clusters"])
+    return int(fileio.read_json(meta)["num_clusters"])
+
+
+def _read_parquet(path: str) -> pa.Table:
+    with FileSystems.open(path) as handle:
+        return pq.read_table(handle)
 
 
 def read_cluster_table(path: str) -> dict[str, int]:
     """Reads a cluster table directory (or file) -> {item_id: cluster_id}."""
-    files = sorted(glob.glob(os.path.join(path, "*.parquet"))) if os.path.isdir(path) else [path]
+    files = [path] if path.endswith(".parquet") else fileio.match(fileio.join(path, "*.parquet"))
     if not files:
         raise FileNotFoundError(f"no cluster table (*.parquet) under {path}")
-    table = pa.concat_tables([pq.read_table(f) for f in files])
+    table = pa.concat_tables([_read_parquet(f) for f in files])
     return dict(zip(table.column("item_id").to_pylist(), table.column("cluster_id").to_pylist()))
 
 
@@ -120,34 +118,40 @@ def _plot_sizes(report: dict, path: str) -> None:
         ax.set_xlabel("items per cluster")
         ax.set_ylabel("clusters")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
+    with FileSystems.create(path) as f:
+        f.write(buffer.getvalue())
 
 
 def run_item_clusterer(config: ItemClustererConfig, embeddings_dir: str, items_path: str, output_dir: str,
                        beam_args: Sequence[str] | None = None) -> dict:
     """Writes llm/ and category/ cluster tables (each with meta.json: num_clusters), report.json
     and cluster_sizes.png to output_dir. Empty clusters are kept (ids stay in [0, C)) and counted."""
-    files = sorted(glob.glob(os.path.join(embeddings_dir, "*.parquet")))
+    files = fileio.match(fileio.join(embeddings_dir, "*.parquet"))
     if not files:
         raise FileNotFoundError(f"no embeddings (*.parquet) under {embeddings_dir}")
-    num_items = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    num_items = 0
+    for f in files:
+        with FileSystems.open(f) as handle:
+            num_items += pq.ParquetFile(handle).metadata.num_rows
     if num_items < 2:
         raise ValueError(f"need at least 2 items to cluster, found {num_items} in {embeddings_dir}")
-    os.makedirs(output_dir, exist_ok=True)
+    fileio.makedirs(output_dir)
     counters = run_pipeline(
-        lambda p: build(p, config, os.path.join(embeddings_dir, "*.parquet"), items_path, output_dir, num_items),
+        lambda p: build(p, config, fileio.join(embeddings_dir, "*.parquet"), items_path, output_dir, num_items),
         NAMESPACE, beam_args)
     report = {"config": dataclasses.asdict(config), "items_in": num_items}
     for kind in KINDS:
-        table = read_cluster_table(os.path.join(output_dir, kind))
+        table = read_cluster_table(fileio.join(output_dir, kind))
         ids = np.asarray(list(table.values()), dtype=np.int64)
         n = config.clusters_for(num_items) if kind == "llm" else int(ids.max()) + 1
         report[kind] = core.size_summary(ids, n)
         report[kind]["items_assigned"] = counters.get(f"{kind}_assigned", 0)
-        _write_json(os.path.join(output_dir, kind, "meta.json"), {"num_clusters": n})
-    _write_json(os.path.join(output_dir, "report.json"), report)
-    _plot_sizes(report, os.path.join(output_dir, "cluster_sizes.png"))
+        fileio.write_json(fileio.join(output_dir, kind, "meta.json"), {"num_clusters": n})
+    fileio.write_json(fileio.join(output_dir, "report.json"), report)
+    _plot_sizes(report, fileio.join(output_dir, "cluster_sizes.png"))
     for kind in KINDS:
         r = report[kind]
         print(f"[item_clusterer] {kind}: {num_items:,} items in -> {r['items_assigned']:,} assigned to "

@@ -6,8 +6,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from collections.abc import Sequence
 
 import apache_beam as beam
@@ -15,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
+from components.common import fileio
 from components.common.beam_io import Counted
 from components.common.beam_run import run_pipeline
 from components.common.progress import ProgressDoFn
@@ -46,7 +45,7 @@ def build(pipeline: beam.Pipeline, config: ItemEmbedderConfig, items_path: str, 
         | "Progress" >> beam.ParDo(ProgressDoFn("item_embedder", "items embedded"))
         | "ToRow" >> beam.Map(_to_row)
         | "CountOut" >> Counted(NAMESPACE, "items_out")
-        | "Write" >> beam.io.WriteToParquet(os.path.join(output_dir, "embeddings"), EMBEDDING_SCHEMA,
+        | "Write" >> beam.io.WriteToParquet(fileio.join(output_dir, "embeddings"), EMBEDDING_SCHEMA,
                                             file_name_suffix=".parquet")
     )
 
@@ -54,7 +53,7 @@ def build(pipeline: beam.Pipeline, config: ItemEmbedderConfig, items_path: str, 
 def run_item_embedder(config: ItemEmbedderConfig, items_path: str, output_dir: str,
                       beam_args: Sequence[str] | None = None) -> dict:
     """Embeds every item of the item table; writes embeddings*.parquet and summary.json."""
-    os.makedirs(output_dir, exist_ok=True)
+    fileio.makedirs(output_dir)
     counters = run_pipeline(lambda p: build(p, config, items_path, output_dir), NAMESPACE, beam_args)
     summary = {
         "items_in": counters.get("items_in", 0),
@@ -63,8 +62,7 @@ def run_item_embedder(config: ItemEmbedderConfig, items_path: str, output_dir: s
         "model": config.model_path(),
         "config": dataclasses.asdict(config),
     }
-    with open(os.path.join(output_dir, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
+    fileio.write_json(fileio.join(output_dir, "summary.json"), summary)
     print(f"[item_embedder] {summary['items_in']:,} items in -> {summary['items_out']:,} embeddings out; "
           f"{summary['texts_truncated']:,} texts truncated to {config.max_length} tokens; dropped 0", flush=True)
     return summary
