@@ -94,7 +94,7 @@ def pool_share(config: TrainerConfig, examples: str, clusters: str, step_seconds
     from components.trainer.data import load_catalogue
     from components.trainer.model import TwoTowerModel
 
-    catalogue = load_catalogue(os.path.join(examples, "items"), clusters)
+    catalogue = load_catalogue(os.path.join(examples, "items"), os.path.join(clusters, config.cluster_source))
     model = TwoTowerModel(config, catalogue, ["u"])
     model.preload_pool(catalogue)
     rng = np.random.default_rng(0)
@@ -275,7 +275,7 @@ def main() -> None:
             items=os.path.join(amazon, "meta_Gift_Cards.json.gz"))), {"batch_size": 128, "epochs": 10}),
     }
     started = time.monotonic()
-    result = {"seeds": seeds, "epochs": args.epochs, "table2": table2(recon[0], os.path.join(recon[1], "llm"))}
+    result = {"seeds": seeds, "epochs": args.epochs, "table2": table2(*recon)}
     result["table1"] = table1({k: (e, c, o) for k, (e, c, o) in datasets.items()}, seeds, args.epochs)
     counts = [int(c) for c in args.granularity.split(",") if c]
     result["granularity"] = granularity(ml, counts, args.epochs) if counts else []

@@ -109,9 +109,13 @@ def test_edis_virtual_negatives_lie_between_negative_and_positive(examples_dir, 
 
 
 def test_history_mask_and_edis_train(examples_dir, clusters_dir, tmp_path):
-    summary = run_trainer(tiny_config(mask_history_negatives=True, edis_negatives=2), examples_dir, clusters_dir,
-                          str(tmp_path))
-    assert np.isfinite(summary["final_metrics"]["loss"])
+    metrics = run_trainer(tiny_config(mask_history_negatives=True), examples_dir, clusters_dir,
+                          str(tmp_path / "mask"))["final_metrics"]
+    # draws in the user's history are a subset of the masked draws
+    assert 0.0 < metrics["negative_history_rate"] <= metrics["negative_masked_rate"] <= 1.0
+    both = run_trainer(tiny_config(mask_history_negatives=True, edis_negatives=2), examples_dir, clusters_dir,
+                       str(tmp_path / "both"))
+    assert np.isfinite(both["final_metrics"]["loss"])
 
 
 MIRRORED = """

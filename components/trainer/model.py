@@ -120,7 +120,7 @@ class TwoTowerModel(tf_keras.Model):
             self.pool = ClusterPool(catalogue.num_clusters, slots, {"item_index": ((), "int64")},
                                     sampling=config.pool_sampling, seed=config.seed, name="pool")
         self.trackers = {name: tf_keras.metrics.Mean(name=name) for name in
-                         ("loss", "negative_masked_rate", "negative_hit_rate", "pool_fill")}
+                         ("loss", "negative_masked_rate", "negative_hit_rate", "negative_history_rate", "pool_fill")}
 
     @property
     def metrics(self):
@@ -156,7 +156,9 @@ class TwoTowerModel(tf_keras.Model):
                 ids, valid, log_q = samples["item_index"], samples["valid"], samples["log_q"]
                 if self.config.mask_history_negatives:
                     history, _ = self.items(batch["history_item_ids"])
-                    valid = tf.logical_and(valid, tf.logical_not(in_history(ids, history)))
+                    seen = tf.logical_and(valid, in_history(ids, history))
+                    history_rate = tf.reduce_mean(tf.cast(seen, tf.float32))
+                    valid = tf.logical_and(valid, tf.logical_not(seen))
                 if self.config.edis_negatives:
                     virtual, virtual_valid = self._edis(positive, negatives, valid)
                     negatives = tf.concat([negatives, virtual], axis=1)
@@ -176,6 +178,8 @@ class TwoTowerModel(tf_keras.Model):
         if self.pool is not None:
             self.pool.update(index, cluster, {"item_index": index})
             stats["pool_fill"] = self.pool.fill_rate()
+            if self.config.mask_history_negatives:
+                stats["negative_history_rate"] = history_rate
         stats["loss"] = loss
         for name, value in stats.items():
             self.trackers[name].update_state(value)
