@@ -108,22 +108,27 @@ class ClusterPool(tf_keras.layers.Layer):
         self.valid.scatter_update(tf.IndexedSlices(tf.ones_like(unique_slots, dtype=tf.bool), unique_slots))
 
     # -- sampling engine ------------------------------------------------------------------
-    def _draw(self, valid_rows: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """Draws k positions per row of valid_rows [R, W] -> (position [R,k], ok [R,k], log_q [R,k])."""
-        rows, width = tf.shape(valid_rows)[0], tf.shape(valid_rows)[1]
+    def _draw(self, valid_rows: tf.Tensor, rows: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """k draws for each example from its row of valid_rows [R, W] (rows: [B] row per example).
+
+        Returns (position in the row [B, k] int32, found [B, k] bool, log q [B, k]).
+        'filled' orders each row's filled positions first once (an argsort of R x W, not B x W)
+        and picks the rank-th filled position for a uniform rank.
+        """
+        batch, width = tf.shape(rows)[0], tf.shape(valid_rows)[1]
+        rows = tf.cast(rows, tf.int32)
         if self.sampling == "slot":
-            position = self.rng.uniform([rows, k], 0, width, dtype=tf.int32)
-            ok = tf.gather(valid_rows, position, batch_dims=1)
-            log_q = tf.fill([rows, k], -tf.math.log(tf.cast(width, tf.float32)))
+            position = self.rng.uniform([batch, k], 0, width, dtype=tf.int32)
+            ok = tf.gather_nd(valid_rows, tf.stack([tf.broadcast_to(rows[:, None], [batch, k]), position], -1))
+            log_q = tf.fill([batch, k], -tf.math.log(tf.cast(width, tf.float32)))
             return position, ok, log_q
-        cumulative = tf.cumsum(tf.cast(valid_rows, tf.int32), axis=1)  # [R, W]
-        filled = cumulative[:, -1:]  # [R, 1]
-        u = self.rng.uniform([rows, k], dtype=tf.float32)
+        filled_first = tf.argsort(tf.cast(tf.logical_not(valid_rows), tf.int32), axis=1, stable=True)  # [R, W]
+        filled = tf.gather(tf.reduce_sum(tf.cast(valid_rows, tf.int32), axis=1), rows)[:, None]  # [B, 1]
+        u = self.rng.uniform([batch, k], dtype=tf.float32)
         rank = tf.minimum(tf.cast(u * tf.cast(filled, tf.float32), tf.int32), tf.maximum(filled - 1, 0))
-        position = tf.searchsorted(cumulative, rank + 1, side="left", out_type=tf.int32)  # first slot reaching rank+1
-        ok = tf.broadcast_to(filled > 0, [rows, k])
-        position = tf.where(ok, position, tf.zeros_like(position))
-        log_q = tf.broadcast_to(-tf.math.log(tf.cast(tf.maximum(filled, 1), tf.float32)), [rows, k])
+        position = tf.gather_nd(filled_first, tf.stack([tf.broadcast_to(rows[:, None], [batch, k]), rank], -1))
+        ok = tf.broadcast_to(filled > 0, [batch, k])
+        log_q = tf.broadcast_to(-tf.math.log(tf.cast(tf.maximum(filled, 1), tf.float32)), [batch, k])
         return position, ok, log_q
 
     def _gather(self, slots: tf.Tensor, ok: tf.Tensor, log_q: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -141,15 +146,14 @@ class ClusterPool(tf_keras.layers.Layer):
         """
         cluster_ids = tf.cast(cluster_ids, tf.int64)
         segments = tf.reshape(self.valid, [self.num_clusters, self.slots_per_cluster])
-        position, ok, log_q = self._draw(tf.gather(segments, cluster_ids), k)
+        position, ok, log_q = self._draw(segments, cluster_ids, k)
         slots = cluster_ids[:, None] * self.slots_per_cluster + tf.cast(position, tf.int64)
         return self._gather(slots, ok, log_q)
 
     def sample_random(self, batch_size: tf.Tensor, k: int) -> dict[str, tf.Tensor]:
         """k draws per example from the whole pool; same outputs as `sample_cluster`."""
-        position, ok, log_q = self._draw(self.valid[None, :], k * batch_size)
-        reshape = lambda t: tf.reshape(t, [batch_size, k])  # noqa: E731
-        return self._gather(reshape(tf.cast(position, tf.int64)), reshape(ok), reshape(log_q))
+        position, ok, log_q = self._draw(self.valid[None, :], tf.zeros([batch_size], tf.int64), k)
+        return self._gather(tf.cast(position, tf.int64), ok, log_q)
 
     def fill_rate(self) -> tf.Tensor:
         """Share of filled slots (scalar float32)."""
