@@ -43,6 +43,14 @@ def run_evaluator(config: EvaluatorConfig, model_dir: str, examples_dir: str, ou
     with open(os.path.join(output_dir, "metrics.json"), "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=2)
     hr = ", ".join(f"HR@{k} {metrics[f'hit_rate@{k}']:.4f}" for k in config.ks)
-    print(f"[evaluator] {metrics['num_queries']:,} positive eval examples in -> {hr} over {len(item_ids):,} items "
-          f"({metrics['targets_not_in_corpus']} targets not in the corpus, counted as misses); dropped 0", flush=True)
+    summary_path = os.path.join(examples_dir, "summary.json")
+    negatives = ""
+    if os.path.exists(summary_path):
+        with open(summary_path, encoding="utf-8") as f:
+            counts = json.load(f)
+        unscored = counts["eval_examples"] - counts["eval_positives"]
+        negatives = f" ({unscored:,} negative-label ones not scored, as the protocol says)"
+    print(f"[evaluator] {metrics['num_queries']:,} positive eval examples in{negatives} -> {hr} over "
+          f"{len(item_ids):,} items; {metrics['targets_not_in_corpus']} targets not in the corpus (counted as "
+          f"misses); dropped 0", flush=True)
     return metrics

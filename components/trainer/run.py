@@ -152,6 +152,7 @@ def run_trainer(config: TrainerConfig, examples_dir: str, clusters_dir: str, out
     }
     with open(os.path.join(output_dir, "train_summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
-    print(f"[trainer] {train_examples:,} examples x {config.epochs} epochs ({config.strategy}) in "
-          f"{train_seconds:.0f}s; models in {output_dir}", flush=True)
+    print(f"[trainer] {train_examples:,} training examples in (x {config.epochs} epochs, {config.strategy}) -> "
+          f"query and candidate models in {output_dir} after {train_seconds:.0f}s; dropped 0 (every batch is "
+          f"trained, the last one smaller)", flush=True)
     return summary
