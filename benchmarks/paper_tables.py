@@ -59,10 +59,34 @@ def prepare(name: str, example_gen: ExampleGenConfig, clusters: int = 0) -> tupl
     return examples, cluster_dir
 
 
+def _finished(out: str, config: TrainerConfig) -> bool:
+    """A run of exactly this config already trained and evaluated in `out` (benchmarks resume)."""
+    summary, metrics = os.path.join(out, "train_summary.json"), os.path.join(out, "eval", "metrics.json")
+    if not (os.path.exists(summary) and os.path.exists(metrics)):
+        return False
+    with open(summary, encoding="utf-8") as f:
+        return json.load(f)["config"] == json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def _finished_training(out: str, config: TrainerConfig) -> bool:
+    summary = os.path.join(out, "train_summary.json")
+    if not os.path.exists(summary):
+        return False
+    with open(summary, encoding="utf-8") as f:
+        return json.load(f)["config"] == json.loads(json.dumps(dataclasses.asdict(config)))
+
+
 def train_and_evaluate(config: TrainerConfig, examples: str, clusters: str, tag: str) -> dict:
     out = os.path.join(WORK, "models", tag)
-    summary = run_trainer(config, examples, clusters, out)
-    metrics = run_evaluator(EvaluatorConfig(), out, examples, os.path.join(out, "eval"), config.history_length)
+    if _finished(out, config):
+        print(f"[benchmark] {tag}: reusing the finished run in {out}", flush=True)
+        with open(os.path.join(out, "train_summary.json"), encoding="utf-8") as f:
+            summary = json.load(f)
+        with open(os.path.join(out, "eval", "metrics.json"), encoding="utf-8") as f:
+            metrics = json.load(f)
+    else:
+        summary = run_trainer(config, examples, clusters, out)
+        metrics = run_evaluator(EvaluatorConfig(), out, examples, os.path.join(out, "eval"), config.history_length)
     return {"hr50": metrics["hit_rate@50"], "hr100": metrics["hit_rate@100"], "popularity": metrics["popularity"],
             "examples_per_second": statistics.mean(summary["examples_per_second"]),
             "negative_masked_rate": summary["final_metrics"].get("negative_masked_rate")}
@@ -74,8 +98,8 @@ def table1(datasets: dict, seeds: list[int], epochs: int) -> list[dict]:
         for strategy, source in VARIANTS:
             runs = []
             for seed in seeds:
-                config = TrainerConfig(strategy=strategy, cluster_source=source, epochs=epochs, seed=seed,
-                                       **overrides)
+                config = TrainerConfig(**{"strategy": strategy, "cluster_source": source, "epochs": epochs,
+                                          "seed": seed, **overrides})
                 runs.append(train_and_evaluate(config, examples, clusters, f"{name}-{strategy}-{source}-{seed}"))
             rows.append({"dataset": name, "strategy": strategy, "clusters": source, "runs": runs,
                          **{f"{m}_{f.__name__}": f([r[m] for r in runs]) for m in ("hr50", "hr100")
@@ -118,7 +142,12 @@ def table2(examples: str, clusters: str) -> dict:
     rows = {}
     for strategy in ("in_batch", "oob", "cluster_oob"):
         config = TrainerConfig(strategy=strategy, cluster_source="llm", epochs=1, seed=0)
-        summary = run_trainer(config, examples, clusters, os.path.join(WORK, "models", f"throughput-{strategy}"))
+        out = os.path.join(WORK, "models", f"throughput-{strategy}")
+        if _finished_training(out, config):
+            with open(os.path.join(out, "train_summary.json"), encoding="utf-8") as f:
+                summary = json.load(f)
+        else:
+            summary = run_trainer(config, examples, clusters, out)
         eps = summary["examples_per_second"][0]
         rows[strategy] = {"examples_per_second": eps, "step_ms": 1000 * config.batch_size / eps}
         if strategy != "in_batch":
