@@ -55,8 +55,14 @@ class StepRun:
     fingerprint: str
 
 
+def _link(source: str, target: str) -> None:
+    if os.path.lexists(target):  # an output directory that already holds a (linked) copy
+        os.remove(target)
+    os.link(source, target)
+
+
 def _link_tree(source: str, target: str) -> None:
-    shutil.copytree(source, target, copy_function=os.link, dirs_exist_ok=True)
+    shutil.copytree(source, target, copy_function=_link, dirs_exist_ok=True)
 
 
 @contextlib.contextmanager

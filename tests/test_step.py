@@ -1,0 +1,31 @@
+import json
+import os
+
+from components.common.step import step_run
+
+
+def test_step_runs_once_then_reuses_its_output(tmp_path):
+    cache, calls = str(tmp_path / "cache"), []
+    for out in ("a", "b", "b"):  # the third reuses into a directory that already holds the files
+        with step_run("demo", str(tmp_path / out), '{"x": 1}', [], cache) as run:
+            if run.needed:
+                calls.append(out)
+                (tmp_path / out / "data.txt").write_text("payload")
+        assert (tmp_path / out / "data.txt").read_text() == "payload"
+    assert calls == ["a"]
+    assert json.load(open(tmp_path / "b" / "step.json"))["reused"] is True
+    assert json.load(open(tmp_path / "a" / "step.json"))["reused"] is False
+
+
+def test_changed_config_or_input_reruns(tmp_path):
+    cache, calls = str(tmp_path / "cache"), []
+    upstream = tmp_path / "up"
+    upstream.mkdir()
+    (upstream / "fingerprint.txt").write_text("v1")
+    for i, (config, fp) in enumerate([("c1", "v1"), ("c2", "v1"), ("c2", "v2"), ("c2", "v2")]):
+        (upstream / "fingerprint.txt").write_text(fp)
+        with step_run("demo", str(tmp_path / f"o{i}"), config, [str(upstream)], cache) as run:
+            if run.needed:
+                calls.append(i)
+    assert calls == [0, 1, 2]
+    assert os.path.exists(tmp_path / "o3" / "fingerprint.txt")
