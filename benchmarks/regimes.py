@@ -2,8 +2,8 @@
 
     python -m benchmarks.regimes [--seed 0] [--ml1m-dir ../shared/data/ml-1m]
 
-Each regime changes one thing from the defaults (16 pool negatives 1:15, temperature 0.05,
-3 epochs) and trains both strategies with the same towers and seed on reconstructed ML-1M.
+Each regime changes one thing from the defaults (62 LLM clusters, 16 pool negatives 1:15,
+temperature 0.05, 3 epochs) and trains both strategies with the same towers and seed on reconstructed ML-1M.
 Writes benchmarks/results/regimes.{json,md}.
 """
 
@@ -19,6 +19,8 @@ from components.example_gen import ExampleGenConfig
 from components.trainer import TrainerConfig
 
 REGIMES = {
+    "250 LLM clusters": {"num_clusters": 250},
+    "500 LLM clusters": {"num_clusters": 500},
     "64 pool negatives (1:63)": {"num_negatives": 64, "cluster_ratio": 63},
     "logQ on pool negatives": {"pool_logq": True},
     "temperature 0.1": {"temperature": 0.1},
@@ -32,12 +34,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ml1m-dir", default=os.environ.get("ML1M_DIR", os.path.join("..", "shared", "data", "ml-1m")))
     args = parser.parse_args()
-    examples, clusters = prepare("ml1m_reconstructed", ExampleGenConfig.movielens(os.path.abspath(args.ml1m_dir)))
+    movielens = ExampleGenConfig.movielens(os.path.abspath(args.ml1m_dir))
     rows = []
     for name, overrides in REGIMES.items():
         row = {"regime": name, "overrides": overrides}
+        trainer = {k: v for k, v in overrides.items() if k != "num_clusters"}
+        examples, clusters = prepare("ml1m_reconstructed", movielens, clusters=overrides.get("num_clusters", 0))
         for strategy in ("oob", "cluster_oob"):
-            config = TrainerConfig(strategy=strategy, cluster_source="llm", seed=args.seed, **overrides)
+            config = TrainerConfig(strategy=strategy, cluster_source="llm", seed=args.seed, **trainer)
             tag = f"regime-{strategy}-{'-'.join(f'{k}{v}' for k, v in overrides.items())}"
             result = train_and_evaluate(config, examples, clusters, tag)
             row[strategy] = {"hr50": result["hr50"], "hr100": result["hr100"]}

@@ -1,0 +1,36 @@
+"""Copies benchmarks/results/*.md into README.md's Results section (between the results markers).
+
+    python -m benchmarks.update_readme
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+SECTIONS = (("Paper tables (`benchmarks.paper_tables`)", "paper_tables.md"),
+            ("Where cluster negatives help (`benchmarks.regimes`)", "regimes.md"),
+            ("ScaNN vs brute force (`benchmarks.scann_vs_bruteforce`)", "scann.md"))
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def main() -> None:
+    parts = []
+    for title, name in SECTIONS:
+        path = os.path.join("benchmarks", "results", name)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                parts.append(f"### {title}\n\n{f.read().strip()}\n")
+    with open("README.md", encoding="utf-8") as f:
+        readme = f.read()
+    block = f"{START}\n" + "\n".join(parts) + f"{END}"
+    if START in readme:
+        readme = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, readme, flags=re.S)
+    else:
+        readme = readme.replace("RESULTS_PLACEHOLDER", block)
+    with open("README.md", "w", encoding="utf-8") as f:
+        f.write(readme)
+
+
+if __name__ == "__main__":
+    main()
