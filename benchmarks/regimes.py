@@ -20,10 +20,8 @@ from components.trainer import TrainerConfig
 
 REGIMES = {
     "250 LLM clusters": {"num_clusters": 250},
-    "500 LLM clusters": {"num_clusters": 500},
     "64 pool negatives (1:63)": {"num_negatives": 64, "cluster_ratio": 63},
     "logQ on pool negatives": {"pool_logq": True},
-    "temperature 0.1": {"temperature": 0.1},
     "mask history items in pool draws": {"mask_history_negatives": True},
     "+4 EDIS virtual negatives": {"edis_negatives": 4},
 }

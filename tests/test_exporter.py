@@ -67,7 +67,7 @@ def test_scann_tree_index_recall_grows_to_exact():
     brute = np.argsort(-(queries @ x.T), axis=1)[:, :10]
     recalls = []
     for fraction in (0.05, 0.2, 1.0):
-        searcher = build_scann_index(x, ExporterConfig(k=10, leaves_to_search_fraction=fraction, reorder=100))
+        searcher = build_scann_index(x, ExporterConfig(k=10, leaves_to_search_fraction=fraction))
         neighbors, _ = searcher.search_batched(queries)
         recalls.append(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(neighbors, brute)]))
     assert recalls[0] <= recalls[1] <= recalls[2]
