@@ -246,7 +246,7 @@ def plots(result: dict) -> None:
         twin.plot([r["clusters"] for r in g], [r["false_negative_rate"] for r in g], "s--", color="C1",
                   label="false-negative rate of cluster draws")
         twin.set_ylabel("false-negative rate")
-        fig.legend(loc="lower center", fontsize=7)
+        fig.legend(loc="upper left", bbox_to_anchor=(0.12, 0.97), fontsize=7)
         fig.tight_layout()
         fig.savefig(os.path.join(RESULTS, "paper_granularity.png"), dpi=100)
         plt.close(fig)
