@@ -5,11 +5,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import tensorflow as tf
-
-from components.trainer.data import parquet_files
 
 
 def load_towers(model_dir: str):
@@ -19,14 +15,6 @@ def load_towers(model_dir: str):
             raise FileNotFoundError(f"no {name}/ SavedModel under {model_dir}: run the trainer first")
     return (tf.saved_model.load(os.path.join(model_dir, "query_model")),
             tf.saved_model.load(os.path.join(model_dir, "candidate_model")))
-
-
-def read_item_table(items_path: str, columns=("item_id", "train_count")) -> dict[str, np.ndarray]:
-    """The item table sorted by item id, as numpy columns."""
-    table = pa.concat_tables([pq.read_table(f, columns=list(columns)) for f in parquet_files(items_path)])
-    order = np.argsort(np.asarray(table.column("item_id").to_pylist(), dtype=object), kind="stable")
-    return {c: np.asarray(table.column(c).to_pylist(), dtype=object if c == "item_id" else None)[order]
-            for c in columns}
 
 
 def embed_items(candidate_model, item_ids: np.ndarray, batch_size: int = 8192) -> np.ndarray:

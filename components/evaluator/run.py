@@ -8,8 +8,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from components.common.models import embed_items, load_towers, read_item_table
+from components.common.models import embed_items, load_towers
 from components.common.progress import Progress
+from components.common.tables import read_item_table
 from components.evaluator.core import EvaluatorConfig, evaluate, popularity_figures
 from components.trainer.data import example_files, make_dataset
 

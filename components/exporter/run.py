@@ -11,7 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import tensorflow as tf
 
-from components.common.models import embed_items, load_towers, read_item_table
+from components.common.models import embed_items, load_towers
+from components.common.tables import read_item_table
 from components.exporter.core import ExporterConfig, ScannTopKServing, TopKServing, build_scann_index
 
 

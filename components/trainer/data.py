@@ -7,10 +7,9 @@ import glob
 import os
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import tensorflow as tf
 
+from components.common.tables import read_item_table
 from components.item_clusterer.pipeline import read_cluster_table, read_num_clusters
 
 
@@ -33,21 +32,10 @@ class ItemCatalogue:
         return (self.train_counts / max(1, self.train_counts.sum())).astype(np.float32)
 
 
-def parquet_files(path: str) -> list[str]:
-    files = sorted(glob.glob(os.path.join(path, "*.parquet"))) if os.path.isdir(path) else [path]
-    if not files or not all(os.path.exists(f) for f in files):
-        raise FileNotFoundError(f"no parquet table at {path}")
-    return files
-
-
 def load_catalogue(items_path: str, clusters_path: str) -> ItemCatalogue:
     """Joins the item table with a cluster table; every item must have a cluster."""
-    table = pa.concat_tables([pq.read_table(f, columns=["item_id", "train_count"]) for f in parquet_files(items_path)])
-    order = np.argsort(np.asarray(table.column("item_id").to_pylist(), dtype=object), kind="stable")
-    item_ids = np.asarray(table.column("item_id").to_pylist(), dtype=object)[order]
-    counts = np.asarray(table.column("train_count").to_pylist(), dtype=np.int64)[order]
-    if len(set(item_ids)) != len(item_ids):
-        raise ValueError(f"item table {items_path} has duplicate item ids")
+    table = read_item_table(items_path, ("item_id", "train_count"))
+    item_ids, counts = table["item_id"], table["train_count"].astype(np.int64)
     clusters = read_cluster_table(clusters_path)
     missing = [i for i in item_ids if i not in clusters]
     if missing:
