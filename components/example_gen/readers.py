@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from apache_beam.io.filesystems import FileSystems
@@ -43,24 +43,44 @@ def _empty_file(path: str) -> Record:
     return Record(path, 0, "", None, "<file>", "empty input file")
 
 
-def _delimited(path: str, encoding: str, names: tuple[str, ...], build=None) -> Iterator[Record]:
+class _BadLine(Exception):
+    def __init__(self, field: str, problem: str):
+        super().__init__(problem)
+        self.field, self.problem = field, problem
+
+
+def _text_records(path: str, encoding: str, parse: Callable[[str], dict | None]) -> Iterator[Record]:
+    """The per-line frame of every text format: bytes that do not decode, blank lines and an empty
+    file are handled here; `parse(text)` returns the row, None to skip the line (a header), or
+    raises _BadLine."""
     seen = False
     for number, text, problem in _lines(path, encoding):
         seen = True
         if problem:
             yield Record(path, number, text, None, "<bytes>", problem)
-        elif not text.strip():
             continue
-        else:
-            parts = text.split("::")
-            if len(parts) != len(names):
-                yield Record(path, number, text, None, "<line>",
-                             f"expected {len(names)} '::'-separated fields, got {len(parts)}")
-            else:
-                row = dict(zip(names, parts))
-                yield Record(path, number, text, build(row) if build else row)
+        if not text.strip():
+            continue
+        try:
+            row = parse(text)
+        except _BadLine as bad:
+            yield Record(path, number, text, None, bad.field, bad.problem)
+            continue
+        if row is not None:
+            yield Record(path, number, text, row)
     if not seen:
         yield _empty_file(path)
+
+
+def _delimited(path: str, encoding: str, names: tuple[str, ...], build=None) -> Iterator[Record]:
+    def parse(text: str) -> dict:
+        parts = text.split("::")
+        if len(parts) != len(names):
+            raise _BadLine("<line>", f"expected {len(names)} '::'-separated fields, got {len(parts)}")
+        row = dict(zip(names, parts))
+        return build(row) if build else row
+
+    return _text_records(path, encoding, parse)
 
 
 def movielens_ratings(path: str) -> Iterator[Record]:
@@ -81,48 +101,34 @@ def movielens_movies(path: str) -> Iterator[Record]:
 
 
 def _csv_rows(path: str) -> Iterator[Record]:
-    header = None
-    for number, text, problem in _lines(path, "utf-8"):
-        if problem:
-            yield Record(path, number, text, None, "<bytes>", problem)
-            continue
-        if header is None:
-            header = next(csv.reader([text]))
-            continue
-        if not text.strip():
-            continue
+    header: list[str] = []
+
+    def parse(text: str) -> dict | None:
+        if not header:  # the first line names the columns
+            header.extend(next(csv.reader([text])))
+            return None
         values = next(csv.reader(io.StringIO(text)))
         if len(values) != len(header):
-            yield Record(path, number, text, None, "<line>", f"expected {len(header)} fields, got {len(values)}")
-            continue
+            raise _BadLine("<line>", f"expected {len(header)} fields, got {len(values)}")
         row = dict(zip(header, values))
         if "categories" in row:
             row["categories"] = [c for c in row["categories"].split("|") if c]
-        yield Record(path, number, text, row)
-    if header is None:
-        yield _empty_file(path)
+        return row
+
+    return _text_records(path, "utf-8", parse)
 
 
 def _jsonl_rows(path: str, convert=None) -> Iterator[Record]:
-    seen = False
-    for number, text, problem in _lines(path, "utf-8"):
-        seen = True
-        if problem:
-            yield Record(path, number, text, None, "<bytes>", problem)
-            continue
-        if not text.strip():
-            continue
+    def parse(text: str) -> dict:
         try:
             row = json.loads(text)
         except json.JSONDecodeError as error:
-            yield Record(path, number, text, None, "<json>", f"malformed JSON: {error.msg}")
-            continue
+            raise _BadLine("<json>", f"malformed JSON: {error.msg}") from None
         if not isinstance(row, dict):
-            yield Record(path, number, text, None, "<json>", "a line must be a JSON object")
-            continue
-        yield Record(path, number, text, convert(row) if convert else row)
-    if not seen:
-        yield _empty_file(path)
+            raise _BadLine("<json>", "a line must be a JSON object")
+        return convert(row) if convert else row
+
+    return _text_records(path, "utf-8", parse)
 
 
 def _parquet_rows(path: str) -> Iterator[Record]:
