@@ -59,30 +59,23 @@ def prepare(name: str, example_gen: ExampleGenConfig, clusters: int = 0) -> tupl
     return examples, cluster_dir
 
 
-def _finished(out: str, config: TrainerConfig) -> bool:
-    """A run of exactly this config already trained and evaluated in `out` (benchmarks resume)."""
-    summary, metrics = os.path.join(out, "train_summary.json"), os.path.join(out, "eval", "metrics.json")
-    if not (os.path.exists(summary) and os.path.exists(metrics)):
-        return False
-    with open(summary, encoding="utf-8") as f:
-        return json.load(f)["config"] == json.loads(json.dumps(dataclasses.asdict(config)))
-
-
-def _finished_training(out: str, config: TrainerConfig) -> bool:
-    summary = os.path.join(out, "train_summary.json")
-    if not os.path.exists(summary):
-        return False
-    with open(summary, encoding="utf-8") as f:
-        return json.load(f)["config"] == json.loads(json.dumps(dataclasses.asdict(config)))
+def _previous_summary(out: str, config: TrainerConfig) -> dict | None:
+    """The train summary of a finished run of exactly this config in `out` (benchmarks resume), else None."""
+    path = os.path.join(out, "train_summary.json")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        summary = json.load(f)
+    return summary if summary["config"] == json.loads(json.dumps(dataclasses.asdict(config))) else None
 
 
 def train_and_evaluate(config: TrainerConfig, examples: str, clusters: str, tag: str) -> dict:
     out = os.path.join(WORK, "models", tag)
-    if _finished(out, config):
+    summary = _previous_summary(out, config)
+    metrics_path = os.path.join(out, "eval", "metrics.json")
+    if summary is not None and os.path.exists(metrics_path):
         print(f"[benchmark] {tag}: reusing the finished run in {out}", flush=True)
-        with open(os.path.join(out, "train_summary.json"), encoding="utf-8") as f:
-            summary = json.load(f)
-        with open(os.path.join(out, "eval", "metrics.json"), encoding="utf-8") as f:
+        with open(metrics_path, encoding="utf-8") as f:
             metrics = json.load(f)
     else:
         summary = run_trainer(config, examples, clusters, out)
@@ -143,11 +136,7 @@ def table2(examples: str, clusters: str) -> dict:
     for strategy in ("in_batch", "oob", "cluster_oob"):
         config = TrainerConfig(strategy=strategy, cluster_source="llm", epochs=2, seed=0)
         out = os.path.join(WORK, "models", f"throughput2-{strategy}")
-        if _finished_training(out, config):
-            with open(os.path.join(out, "train_summary.json"), encoding="utf-8") as f:
-                summary = json.load(f)
-        else:
-            summary = run_trainer(config, examples, clusters, out)
+        summary = _previous_summary(out, config) or run_trainer(config, examples, clusters, out)
         eps = summary["examples_per_second"][-1]  # the second epoch: no tracing, steady state
         rows[strategy] = {"examples_per_second": eps, "step_ms": 1000 * config.batch_size / eps}
         if strategy != "in_batch":
