@@ -118,6 +118,47 @@ def test_history_mask_and_edis_train(examples_dir, clusters_dir, tmp_path):
     assert np.isfinite(both["final_metrics"]["loss"])
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_position_pooling_weights_match_numpy(seed, examples_dir, clusters_dir):
+    from components.trainer.model import TwoTowerModel
+
+    config = tiny_config(history_pooling="position", history_length=5)
+    catalogue = load_catalogue(os.path.join(examples_dir, "items"), os.path.join(clusters_dir, "llm"))
+    tower = TwoTowerModel(config, catalogue, ["1", "2"]).query_tower
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=5).astype(np.float32)
+    tower.position_logits.assign(logits)
+    index = rng.integers(0, 4, size=(6, 5)) * (rng.uniform(size=(6, 5)) > 0.4)
+    index[0] = 0  # a user without history
+    weights = tower._weights(tf.constant(index, tf.int64)).numpy()[..., 0]
+    expected = np.where(index > 0, np.exp(logits - logits.max()), 0.0)
+    expected = expected / np.maximum(expected.sum(axis=1, keepdims=True), 1e-30)
+    np.testing.assert_allclose(weights, expected, rtol=1e-5, atol=1e-7)
+    assert weights[0].sum() == 0.0
+
+    mean = TwoTowerModel(tiny_config(history_length=5), catalogue, ["1", "2"]).query_tower
+    expected_mean = (index > 0) / np.maximum((index > 0).sum(axis=1, keepdims=True), 1)
+    np.testing.assert_allclose(mean._weights(tf.constant(index, tf.int64)).numpy()[..., 0], expected_mean,
+                               rtol=1e-6)
+
+
+def test_position_pooling_pads_short_and_cuts_long_histories(examples_dir, clusters_dir):
+    from components.trainer.model import TwoTowerModel
+
+    catalogue = load_catalogue(os.path.join(examples_dir, "items"), os.path.join(clusters_dir, "llm"))
+    tower = TwoTowerModel(tiny_config(history_pooling="position", history_length=4), catalogue,
+                          ["1", "2"]).query_tower
+    tower.position_logits.assign([2.0, 1.0, 0.0, -1.0])
+    users = tf.constant(["1", "2"])
+    short = tower(users, tf.constant([["3", "5"], ["7", ""]]))
+    padded = tower(users, tf.constant([["3", "5", "", ""], ["7", "", "", ""]]))
+    longer = tower(users, tf.constant([["3", "5", "", "", "9", "11"], ["7", "", "", "", "2", "4"]]))
+    np.testing.assert_allclose(short.numpy(), padded.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(longer.numpy(), padded.numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="history_pooling must be one of .*'max'"):
+        TrainerConfig(history_pooling="max")
+
+
 MIRRORED = """
 import json, sys, components, numpy as np, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]

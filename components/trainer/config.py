@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 STRATEGIES = ("in_batch", "oob", "cluster_oob")
+HISTORY_POOLING = ("mean", "position")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +25,8 @@ class TrainerConfig:
     edis_negatives: per example, this many virtual negatives (ESANS's EDIS) interpolated in
       embedding space between the positive and pool negatives: normalize((1 - a) n + a p) with
       a ~ U[0, edis_max_weight) (0 = off).
+    history_pooling: 'position' (a learned weight per history position, most recent first) or 'mean'
+      (every history item alike), see QueryTower.
     distribute: 'none' (default device) or 'mirrored' (tf.distribute.MirroredStrategy over
       all local devices; batch_size is the global batch).
     """
@@ -46,6 +49,7 @@ class TrainerConfig:
     edis_max_weight: float = 0.5
     distribute: str = "none"
     history_length: int = 20
+    history_pooling: str = "position"
     shuffle_buffer: int = 1_000_000
     seed: int = 0
     log_every_steps: int = 100
@@ -62,6 +66,8 @@ class TrainerConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.strategy != "in_batch" and self.num_negatives < 1:
             raise ValueError(f"strategy {self.strategy!r} needs num_negatives >= 1, got {self.num_negatives}")
+        if self.history_pooling not in HISTORY_POOLING:
+            raise ValueError(f"history_pooling must be one of {HISTORY_POOLING}, got {self.history_pooling!r}")
         if self.distribute not in ("none", "mirrored"):
             raise ValueError(f"distribute must be 'none' or 'mirrored', got {self.distribute!r}")
         if self.edis_negatives < 0 or not 0.0 <= self.edis_max_weight < 1.0:

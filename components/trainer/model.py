@@ -71,27 +71,47 @@ class CandidateTower(tf_keras.Model):
 
 
 class QueryTower(tf_keras.Model):
-    """User tower: user id + mean of history item and history cluster embeddings -> MLP -> [B, d]."""
+    """User tower: user id + pooled history item and history cluster embeddings -> MLP -> [B, d].
+
+    history_pooling: 'mean' (every history item alike) or 'position' (a learned weight per
+    history position, softmax over the filled positions; history is most recent first, so the
+    tower can weight recent items up). 'position' starts equal to 'mean' (zero logits).
+    """
 
     def __init__(self, user_ids: Sequence[str], items: ItemFeatures, item_embedding, cluster_embedding,
-                 dim: int, **kwargs):
+                 dim: int, history_pooling: str = "mean", history_length: int = 20, **kwargs):
         super().__init__(**kwargs)
         self.user_lookup = tf_keras.layers.StringLookup(vocabulary=list(user_ids), num_oov_indices=1)
         self.user_embedding = tf_keras.layers.Embedding(len(user_ids) + 1, dim, name="user_embedding")
         self.items, self.item_embedding, self.cluster_embedding = items, item_embedding, cluster_embedding
+        self.history_pooling, self.history_length = history_pooling, history_length
+        if history_pooling == "position":
+            self.position_logits = self.add_weight(name="position_logits", shape=[history_length],
+                                                   initializer="zeros")
         self.mlp = _mlp(dim, "query_mlp")
 
+    def _weights(self, index: tf.Tensor) -> tf.Tensor:
+        """index [B, N] (0 = padding) -> pooling weights [B, N, 1] summing to 1 over filled positions (0 if none)."""
+        mask = tf.cast(index > 0, tf.float32)
+        if self.history_pooling == "mean":
+            return (mask / tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1.0))[..., None]
+        logits = self.position_logits[None, :] - 1e9 * (1.0 - mask)
+        return (tf.nn.softmax(logits, axis=1) * mask)[..., None]
+
     def call(self, user_id: tf.Tensor, history_item_ids: tf.Tensor) -> tf.Tensor:
-        """user_id: [B] string; history_item_ids: [B, N] string, '' = padding -> [B, d].
+        """user_id: [B] string; history_item_ids: [B, N] string, most recent first, '' = padding -> [B, d].
 
         Unknown users share the out-of-vocabulary user embedding; unknown history items the
-        unknown-item embedding.
+        unknown-item embedding. With 'position' pooling only the first `history_length` items count.
         """
+        if self.history_pooling == "position":
+            history_item_ids = history_item_ids[:, :self.history_length]
+            pad = self.history_length - tf.shape(history_item_ids)[1]
+            history_item_ids = tf.pad(history_item_ids, [[0, 0], [0, pad]])
         index, cluster = self.items(history_item_ids)  # [B, N]
-        mask = tf.cast(index > 0, tf.float32)[..., None]
-        count = tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
-        history = tf.reduce_sum(self.item_embedding(index) * mask, axis=1) / count
-        clusters = tf.reduce_sum(self.cluster_embedding(cluster) * mask, axis=1) / count
+        weights = self._weights(index)
+        history = tf.reduce_sum(self.item_embedding(index) * weights, axis=1)
+        clusters = tf.reduce_sum(self.cluster_embedding(cluster) * weights, axis=1)
         x = tf.concat([self.user_embedding(self.user_lookup(user_id)), history, clusters], axis=-1)
         return tf.math.l2_normalize(self.mlp(x), axis=-1)
 
@@ -111,7 +131,8 @@ class TwoTowerModel(tf_keras.Model):
         self.items = ItemFeatures(catalogue, name="item_features")
         item_embedding = tf_keras.layers.Embedding(self.items.vocabulary_size, dim, name="item_embedding")
         cluster_embedding = tf_keras.layers.Embedding(catalogue.num_clusters + 1, dim, name="cluster_embedding")
-        self.query_tower = QueryTower(user_ids, self.items, item_embedding, cluster_embedding, dim, name="query")
+        self.query_tower = QueryTower(user_ids, self.items, item_embedding, cluster_embedding, dim,
+                                      config.history_pooling, config.history_length, name="query")
         self.candidate_tower = CandidateTower(self.items, item_embedding, cluster_embedding, dim, name="candidate")
         self.num_random, self.num_cluster = config.negative_split()
         self.pool = None
