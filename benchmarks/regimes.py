@@ -1,10 +1,12 @@
-"""Where do cluster negatives help? oob vs cluster_oob (LLM clusters) under several regimes.
+"""Where do cluster negatives help? The three strategies under several regimes.
 
     python -m benchmarks.regimes [--seed 0] [--ml1m-dir ../shared/data/ml-1m]
 
-Each regime changes one thing from the defaults (62 LLM clusters, 16 pool negatives 1:15,
-temperature 0.05, 3 epochs) and trains both strategies with the same towers and seed on reconstructed ML-1M.
-Writes benchmarks/results/regimes.{json,md}.
+Each regime changes one thing from the defaults (position-pooled history, batch 1024, 62 LLM
+clusters, 16 pool negatives 1:15, temperature 0.05, 3 epochs) and trains the strategies with the
+same towers and seed on reconstructed ML-1M (LLM cluster features for all). Regimes that touch
+the towers, the batch or the loss temperature train in_batch too, so the baseline gets the same
+tuning; the pool-only regimes train oob and cluster_oob. Writes benchmarks/results/regimes.{json,md}.
 """
 
 from __future__ import annotations
@@ -18,13 +20,22 @@ from benchmarks.paper_tables import RESULTS, prepare, train_and_evaluate
 from components.example_gen import ExampleGenConfig
 from components.trainer import TrainerConfig
 
+ALL, POOL = ("in_batch", "oob", "cluster_oob"), ("oob", "cluster_oob")
 REGIMES = {
-    "250 LLM clusters": {"num_clusters": 250},
-    "64 pool negatives (1:63)": {"num_negatives": 64, "cluster_ratio": 63},
-    "logQ on pool negatives": {"pool_logq": True},
-    "mask history items in pool draws": {"mask_history_negatives": True},
-    "+4 EDIS virtual negatives": {"edis_negatives": 4},
+    "defaults": ({}, ALL),
+    "mean history pooling (the previous tower)": ({"history_pooling": "mean"}, ALL),
+    "batch 128": ({"batch_size": 128}, ALL),
+    "temperature 0.1": ({"temperature": 0.1}, ALL),
+    "250 LLM clusters": ({"num_clusters": 250}, ALL),
+    "64 pool negatives (1:63)": ({"num_negatives": 64, "cluster_ratio": 63}, POOL),
+    "logQ on pool negatives": ({"pool_logq": True}, POOL),
+    "mask history items in pool draws": ({"mask_history_negatives": True}, POOL),
+    "+4 EDIS virtual negatives": ({"edis_negatives": 4}, POOL),
 }
+
+
+def _cell(row: dict, strategy: str, metric: str) -> str:
+    return f"{row[strategy][metric]:.4f}" if strategy in row else "-"
 
 
 def main() -> None:
@@ -34,26 +45,31 @@ def main() -> None:
     args = parser.parse_args()
     movielens = ExampleGenConfig.movielens(os.path.abspath(args.ml1m_dir))
     rows = []
-    for name, overrides in REGIMES.items():
+    for name, (overrides, strategies) in REGIMES.items():
         row = {"regime": name, "overrides": overrides}
         trainer = {k: v for k, v in overrides.items() if k != "num_clusters"}
         examples, clusters = prepare("ml1m_reconstructed", movielens, clusters=overrides.get("num_clusters", 0))
-        for strategy in ("oob", "cluster_oob"):
+        for strategy in strategies:
             config = TrainerConfig(strategy=strategy, cluster_source="llm", seed=args.seed, **trainer)
-            tag = f"regime-{strategy}-{'-'.join(f'{k}{v}' for k, v in overrides.items())}"
+            tag = f"regime-{strategy}-{'-'.join(f'{k}{v}' for k, v in overrides.items()) or 'defaults'}"
             result = train_and_evaluate(config, examples, clusters, tag)
             row[strategy] = {"hr50": result["hr50"], "hr100": result["hr100"]}
-        row["cluster_gain_hr50"] = row["cluster_oob"]["hr50"] / row["oob"]["hr50"] - 1
+        row["cluster_vs_oob_hr50"] = row["cluster_oob"]["hr50"] / row["oob"]["hr50"] - 1
+        if "in_batch" in row:
+            row["cluster_vs_in_batch_hr50"] = row["cluster_oob"]["hr50"] / row["in_batch"]["hr50"] - 1
         rows.append(row)
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, "regimes.json"), "w", encoding="utf-8") as f:
         json.dump({"seed": args.seed, "rows": rows}, f, indent=2)
-    lines = [f"Reconstructed ML-1M, seed {args.seed}, LLM clusters; one change from the defaults per row.", "",
-             "| regime | oob HR@50 | cluster_oob HR@50 | cluster vs oob | oob HR@100 | cluster_oob HR@100 |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['regime']} | {r['oob']['hr50']:.4f} | {r['cluster_oob']['hr50']:.4f} | "
-              f"{100 * r['cluster_gain_hr50']:+.1f}% | {r['oob']['hr100']:.4f} | {r['cluster_oob']['hr100']:.4f} |"
-              for r in rows]
+    lines = [f"Reconstructed ML-1M, seed {args.seed}, LLM cluster features; one change from the defaults per row.", "",
+             "| regime | in_batch HR@50 | oob HR@50 | cluster_oob HR@50 | cluster vs oob | cluster vs in_batch | "
+             "in_batch HR@100 | oob HR@100 | cluster_oob HR@100 |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        vs_in_batch = f"{100 * r['cluster_vs_in_batch_hr50']:+.1f}%" if "in_batch" in r else "-"
+        lines.append(f"| {r['regime']} | {_cell(r, 'in_batch', 'hr50')} | {_cell(r, 'oob', 'hr50')} | "
+                     f"{_cell(r, 'cluster_oob', 'hr50')} | {100 * r['cluster_vs_oob_hr50']:+.1f}% | {vs_in_batch} | "
+                     f"{_cell(r, 'in_batch', 'hr100')} | {_cell(r, 'oob', 'hr100')} | "
+                     f"{_cell(r, 'cluster_oob', 'hr100')} |")
     with open(os.path.join(RESULTS, "regimes.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
