@@ -21,6 +21,7 @@ import dataclasses
 import glob
 import json
 import os
+import shutil
 import statistics
 import time
 
@@ -33,6 +34,7 @@ from components.example_gen import ExampleGenConfig, run_example_gen
 from components.item_clusterer import ItemClustererConfig, run_item_clusterer
 from components.item_embedder import ItemEmbedderConfig, run_item_embedder
 from components.trainer import TrainerConfig, run_trainer
+from components.trainer.run import checkpoint_config_changes
 
 WORK = os.path.join("benchmarks", "work")
 RESULTS = os.path.join("benchmarks", "results")
@@ -69,6 +71,14 @@ def _previous_summary(out: str, config: TrainerConfig) -> dict | None:
     return summary if summary["config"] == json.loads(json.dumps(dataclasses.asdict(config))) else None
 
 
+def _train(config: TrainerConfig, examples: str, clusters: str, out: str) -> dict:
+    """run_trainer, resuming a killed run of the same config; an earlier config's checkpoints are removed."""
+    if checkpoint_config_changes(out, config):
+        print(f"[benchmark] removing the checkpoints of an earlier config in {out}", flush=True)
+        shutil.rmtree(out)
+    return run_trainer(config, examples, clusters, out)
+
+
 def train_and_evaluate(config: TrainerConfig, examples: str, clusters: str, tag: str) -> dict:
     out = os.path.join(WORK, "models", tag)
     summary = _previous_summary(out, config)
@@ -78,7 +88,7 @@ def train_and_evaluate(config: TrainerConfig, examples: str, clusters: str, tag:
         with open(metrics_path, encoding="utf-8") as f:
             metrics = json.load(f)
     else:
-        summary = run_trainer(config, examples, clusters, out)
+        summary = _train(config, examples, clusters, out)
         metrics = run_evaluator(EvaluatorConfig(), out, examples, os.path.join(out, "eval"), config.history_length)
     return {"hr50": metrics["hit_rate@50"], "hr100": metrics["hit_rate@100"], "popularity": metrics["popularity"],
             "examples_per_second": statistics.mean(summary["examples_per_second"]),
@@ -136,7 +146,7 @@ def table2(examples: str, clusters: str) -> dict:
     for strategy in ("in_batch", "oob", "cluster_oob"):
         config = TrainerConfig(strategy=strategy, cluster_source="llm", epochs=2, seed=0)
         out = os.path.join(WORK, "models", f"throughput2-{strategy}")
-        summary = _previous_summary(out, config) or run_trainer(config, examples, clusters, out)
+        summary = _previous_summary(out, config) or _train(config, examples, clusters, out)
         eps = summary["examples_per_second"][-1]  # the second epoch: no tracing, steady state
         rows[strategy] = {"examples_per_second": eps, "step_ms": 1000 * config.batch_size / eps}
         if strategy != "in_batch":

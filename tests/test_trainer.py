@@ -75,6 +75,15 @@ def test_same_seed_same_model_and_resume_equals_uninterrupted(examples_dir, clus
     np.testing.assert_allclose(embeddings(resumed), embeddings(full), atol=1e-6)
 
 
+def test_resume_refuses_checkpoints_of_another_config(examples_dir, clusters_dir, tmp_path):
+    run_trainer(tiny_config(epochs=1), examples_dir, clusters_dir, str(tmp_path))
+    with pytest.raises(ValueError, match=r"different trainer config \(history_pooling: 'position' -> 'mean'\)"):
+        run_trainer(tiny_config(epochs=2, history_pooling="mean"), examples_dir, clusters_dir, str(tmp_path))
+    os.remove(tmp_path / "checkpoints" / "config.json")
+    with pytest.raises(ValueError, match="config.json: missing"):
+        run_trainer(tiny_config(epochs=2), examples_dir, clusters_dir, str(tmp_path))
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_in_history_matches_numpy(seed):
     from components.trainer.model import in_history

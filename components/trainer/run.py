@@ -93,6 +93,25 @@ def read_lines(path: str) -> list[str]:
         return [line.rstrip("\n") for line in f if line.strip()]
 
 
+RESUMABLE_CHANGES = ("epochs", "log_every_steps")  # what may change between a run and its resumption
+
+
+def checkpoint_config_changes(output_dir: str, config: TrainerConfig) -> list[str] | None:
+    """How `config` differs from the config that wrote output_dir's checkpoints ('field: old -> new'),
+    ignoring RESUMABLE_CHANGES; None when there is no checkpoint."""
+    directory = os.path.join(output_dir, "checkpoints")
+    if not tf.train.latest_checkpoint(directory):
+        return None
+    path = os.path.join(directory, "config.json")
+    if not os.path.exists(path):
+        return ["config.json: missing (checkpoints of an unknown config)"]
+    with open(path, encoding="utf-8") as f:
+        old = json.load(f)
+    new = json.loads(json.dumps(dataclasses.asdict(config)))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)]
+
+
 def run_trainer(config: TrainerConfig, examples_dir: str, clusters_dir: str, output_dir: str) -> dict:
     """Trains on examples_dir/train with clusters_dir/<cluster_source>; returns the summary."""
     tf_keras.utils.set_random_seed(config.seed)
@@ -110,11 +129,18 @@ def run_trainer(config: TrainerConfig, examples_dir: str, clusters_dir: str, out
         epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch)
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(output_dir, "checkpoints"), max_to_keep=2)
+    changes = checkpoint_config_changes(output_dir, config)
+    if changes:
+        raise ValueError(f"{output_dir} holds checkpoints of a different trainer config ({'; '.join(changes)}): "
+                         "resuming needs the same config; use another output directory or delete it")
     if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint)
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         print(f"[trainer] resumed from {manager.latest_checkpoint} (epoch {int(epoch.numpy())})", flush=True)
     else:
         model.preload_pool(catalogue)
+        os.makedirs(manager.directory, exist_ok=True)
+        with open(os.path.join(manager.directory, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(dataclasses.asdict(config), f, indent=2)
     if model.pool is not None:
         print(f"[trainer] pool: {model.pool.num_clusters} clusters x {model.pool.slots_per_cluster} slots, "
               f"{float(model.pool.fill_rate()):.1%} filled; negatives per example: "
