@@ -79,7 +79,7 @@ class QueryTower(tf_keras.Model):
     """
 
     def __init__(self, user_ids: Sequence[str], items: ItemFeatures, item_embedding, cluster_embedding,
-                 dim: int, history_pooling: str = "mean", history_length: int = 20, **kwargs):
+                 dim: int, history_pooling: str, history_length: int, **kwargs):
         super().__init__(**kwargs)
         self.user_lookup = tf_keras.layers.StringLookup(vocabulary=list(user_ids), num_oov_indices=1)
         self.user_embedding = tf_keras.layers.Embedding(len(user_ids) + 1, dim, name="user_embedding")
