@@ -34,7 +34,7 @@ from components.example_gen import ExampleGenConfig, run_example_gen
 from components.item_clusterer import ItemClustererConfig, run_item_clusterer
 from components.item_embedder import ItemEmbedderConfig, run_item_embedder
 from components.trainer import TrainerConfig, run_trainer
-from components.trainer.run import checkpoint_config_changes
+from components.trainer.run import checkpoint_config_changes, config_record
 
 WORK = os.path.join("benchmarks", "work")
 RESULTS = os.path.join("benchmarks", "results")
@@ -68,7 +68,7 @@ def _previous_summary(out: str, config: TrainerConfig) -> dict | None:
         return None
     with open(path, encoding="utf-8") as f:
         summary = json.load(f)
-    return summary if summary["config"] == json.loads(json.dumps(dataclasses.asdict(config))) else None
+    return summary if summary["config"] == config_record(config) else None
 
 
 def _train(config: TrainerConfig, examples: str, clusters: str, out: str) -> dict:

@@ -93,10 +93,8 @@ class QueryTower(tf_keras.Model):
     def _weights(self, index: tf.Tensor) -> tf.Tensor:
         """index [B, N] (0 = padding) -> pooling weights [B, N, 1] summing to 1 over filled positions (0 if none)."""
         mask = tf.cast(index > 0, tf.float32)
-        if self.history_pooling == "mean":
-            return (mask / tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1.0))[..., None]
-        logits = self.position_logits[None, :] - 1e9 * (1.0 - mask)
-        return (tf.nn.softmax(logits, axis=1) * mask)[..., None]
+        logits = self.position_logits[None, :] if self.history_pooling == "position" else 0.0  # mean: equal logits
+        return (tf.nn.softmax(logits - 1e9 * (1.0 - mask), axis=1) * mask)[..., None]
 
     def call(self, user_id: tf.Tensor, history_item_ids: tf.Tensor) -> tf.Tensor:
         """user_id: [B] string; history_item_ids: [B, N] string, most recent first, '' = padding -> [B, d].

@@ -93,6 +93,11 @@ def read_lines(path: str) -> list[str]:
         return [line.rstrip("\n") for line in f if line.strip()]
 
 
+def config_record(config: TrainerConfig) -> dict:
+    """The config as it is written to (and read back from) train_summary.json and the checkpoints' config.json."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
 RESUMABLE_CHANGES = ("epochs", "log_every_steps")  # what may change between a run and its resumption
 
 
@@ -107,7 +112,7 @@ def checkpoint_config_changes(output_dir: str, config: TrainerConfig) -> list[st
         return ["config.json: missing (checkpoints of an unknown config)"]
     with open(path, encoding="utf-8") as f:
         old = json.load(f)
-    new = json.loads(json.dumps(dataclasses.asdict(config)))
+    new = config_record(config)
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
             if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)]
 
@@ -140,7 +145,7 @@ def run_trainer(config: TrainerConfig, examples_dir: str, clusters_dir: str, out
         model.preload_pool(catalogue)
         os.makedirs(manager.directory, exist_ok=True)
         with open(os.path.join(manager.directory, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(dataclasses.asdict(config), f, indent=2)
+            json.dump(config_record(config), f, indent=2)
     if model.pool is not None:
         print(f"[trainer] pool: {model.pool.num_clusters} clusters x {model.pool.slots_per_cluster} slots, "
               f"{float(model.pool.fill_rate()):.1%} filled; negatives per example: "
@@ -162,7 +167,7 @@ def run_trainer(config: TrainerConfig, examples_dir: str, clusters_dir: str, out
     tf.saved_model.save(QueryServing(model.query_tower), os.path.join(output_dir, "query_model"))
     tf.saved_model.save(CandidateServing(model.candidate_tower), os.path.join(output_dir, "candidate_model"))
     summary = {
-        "config": dataclasses.asdict(config),
+        "config": config_record(config),
         "train_examples_per_epoch": train_examples,
         "steps_per_epoch": steps_per_epoch,
         "items": len(catalogue.item_ids),
