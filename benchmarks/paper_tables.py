@@ -39,6 +39,7 @@ from components.trainer.run import checkpoint_config_changes, config_record
 WORK = os.path.join("benchmarks", "work")
 RESULTS = os.path.join("benchmarks", "results")
 VARIANTS = (("in_batch", "category"), ("oob", "category"), ("cluster_oob", "category"), ("cluster_oob", "llm"))
+NO_CORRECTION_VARIANTS = (("in_batch", "llm"), ("oob", "llm"), ("cluster_oob", "llm"))
 
 
 def prepare(name: str, example_gen: ExampleGenConfig, clusters: int = 0) -> tuple[str, str]:
@@ -90,21 +91,28 @@ def train_and_evaluate(config: TrainerConfig, examples: str, clusters: str, tag:
     else:
         summary = _train(config, examples, clusters, out)
         metrics = run_evaluator(EvaluatorConfig(), out, examples, os.path.join(out, "eval"), config.history_length)
+    final = summary["final_metrics"]
     return {"hr50": metrics["hit_rate@50"], "hr100": metrics["hit_rate@100"], "popularity": metrics["popularity"],
             "examples_per_second": statistics.mean(summary["examples_per_second"]),
-            "negative_masked_rate": summary["final_metrics"].get("negative_masked_rate")}
+            "negative_masked_rate": final.get("negative_masked_rate"),
+            "mass": {k[len("mass_"):]: v for k, v in final.items() if k.startswith("mass_") and v}}
 
 
-def table1(datasets: dict, seeds: list[int], epochs: int) -> list[dict]:
+def table1(datasets: dict, seeds: list[int], epochs: int, variants=VARIANTS, logq_correction: str = "mixture",
+           tag: str = "") -> list[dict]:
+    """Every (strategy, cluster source) of `variants` on every data set, over seeds; gain over in_batch.
+    Mass shares: the share of the negatives' softmax mass per source in the last epoch, mean over seeds."""
     rows = []
     for name, (examples, clusters, overrides) in datasets.items():
-        for strategy, source in VARIANTS:
+        for strategy, source in variants:
             runs = []
             for seed in seeds:
                 config = TrainerConfig(**{"strategy": strategy, "cluster_source": source, "epochs": epochs,
-                                          "seed": seed, **overrides})
-                runs.append(train_and_evaluate(config, examples, clusters, f"{name}-{strategy}-{source}-{seed}"))
+                                          "seed": seed, "logq_correction": logq_correction, **overrides})
+                runs.append(train_and_evaluate(config, examples, clusters,
+                                               f"{name}-{strategy}-{source}{tag}-{seed}"))
             rows.append({"dataset": name, "strategy": strategy, "clusters": source, "runs": runs,
+                         "mass": {s: statistics.mean(r["mass"].get(s, 0.0) for r in runs) for s in runs[0]["mass"]},
                          **{f"{m}_{f.__name__}": f([r[m] for r in runs]) for m in ("hr50", "hr100")
                             for f in (statistics.mean, statistics.pstdev)}})
     for row in rows:
@@ -114,8 +122,14 @@ def table1(datasets: dict, seeds: list[int], epochs: int) -> list[dict]:
     return rows
 
 
+def mass_cell(mass: dict) -> str:
+    """'in-batch 62% / random 3% / cluster 35%' from a {source: share} dict."""
+    names = {"in_batch": "in-batch", "random": "random", "cluster": "cluster", "edis": "EDIS"}
+    return " / ".join(f"{names[s]} {100 * v:.0f}%" for s, v in mass.items()) if mass else "-"
+
+
 def pool_share(config: TrainerConfig, examples: str, clusters: str, step_seconds: float) -> float:
-    """Seconds of pool sampling + update per step, as a share of the whole step."""
+    """Seconds of pool sampling + update (+ the correction's counts) per step, as a share of the whole step."""
     import tensorflow as tf
 
     from components.trainer.data import load_catalogue
@@ -131,13 +145,14 @@ def pool_share(config: TrainerConfig, examples: str, clusters: str, step_seconds
     @tf.function
     def pool_ops(index, cluster):
         drawn = model.pool(cluster, model.num_random, model.num_cluster)
+        in_batch, pool = model._log_counts(index, cluster, drawn["item_index"])  # the correction's pool lookups
         model.pool.update(index, cluster, {"item_index": index})
-        return drawn["item_index"]
+        return drawn["item_index"], in_batch, pool
 
     pool_ops(index, cluster)
     started = time.perf_counter()
     for _ in range(200):
-        pool_ops(index, cluster).numpy()
+        pool_ops(index, cluster)[0].numpy()
     return (time.perf_counter() - started) / 200 / step_seconds
 
 
@@ -251,23 +266,36 @@ def plots(result: dict) -> None:
         plt.close(fig)
 
 
-def markdown(result: dict) -> str:
-    lines = [f"Seeds {result['seeds']}; ML-1M: {result['epochs']} epochs, batch 1024, 16 pool negatives "
-             "(random:cluster 1:15), 64-d towers with position-pooled history, temperature 0.05; "
-             "Amazon Gift Cards: batch 128, 10 epochs.", "",
-             "**Table 1: HitRate (mean ± std over seeds), gain over in_batch**", "",
-             "| data set | strategy | clusters | HR@50 | HR@100 | gain HR@50 | gain HR@100 |",
-             "|---|---|---|---|---|---|---|"]
-    for r in result["table1"]:
+def _hr_table(rows: list[dict]) -> list[str]:
+    lines = ["| data set | strategy | clusters | HR@50 | HR@100 | gain HR@50 | gain HR@100 | softmax mass |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
         clusters = r["clusters"] if r["strategy"] == "cluster_oob" else "-"
         lines.append(f"| {r['dataset']} | {r['strategy']} | {clusters} | "
                      f"{r['hr50_mean']:.4f} ± {r['hr50_pstdev']:.4f} | "
                      f"{r['hr100_mean']:.4f} ± {r['hr100_pstdev']:.4f} | "
-                     f"{100 * r['gain_hr50']:+.1f}% | {100 * r['gain_hr100']:+.1f}% |")
+                     f"{100 * r['gain_hr50']:+.1f}% | {100 * r['gain_hr100']:+.1f}% | {mass_cell(r['mass'])} |")
+    return lines
+
+
+def markdown(result: dict) -> str:
+    lines = [f"Seeds {result['seeds']}; ML-1M: {result['epochs']} epochs, batch 1024, 16 pool negatives "
+             "(random:cluster 1:15), 64-d towers with position-pooled history, temperature 0.05; "
+             "Amazon Gift Cards: batch 128, 10 epochs. Loss: every negative column logQ-corrected by the log of "
+             "its expected count over all sources (`logq_correction mixture`, losses.py). The cluster source "
+             "gives both the cluster-id features and the pool segments. Softmax mass: each source's share of "
+             "the negatives' softmax mass, last epoch, mean over seeds.", "",
+             "**Table 1: HitRate (mean ± std over seeds), gain over in_batch**", ""]
+    lines += _hr_table(result["table1"])
+    if result.get("no_correction"):
+        lines += ["", "**Table 1b: no logQ correction anywhere** (raw logits for every source; reconstructed ML-1M, "
+                      "LLM clusters as features for every strategy)", ""]
+        lines += _hr_table(result["no_correction"])
     t2 = result["table2"]
     lines += ["", "**Table 2: training throughput (reconstructed ML-1M, batch 1024, 16 pool negatives, 2 CPU cores; "
                   "second epoch of a 2-epoch run)**",
-              "", "| strategy | examples/s | step (ms) | pool sampling + update share of step |", "|---|---|---|---|"]
+              "", "| strategy | examples/s | step (ms) | pool sampling + update + logQ counts, share of step |",
+              "|---|---|---|---|"]
     for s in ("in_batch", "oob", "cluster_oob"):
         share = t2[s].get("pool_share_of_step")
         lines.append(f"| {s} | {t2[s]['examples_per_second']:,.0f} | {t2[s]['step_ms']:.1f} | "
@@ -302,7 +330,7 @@ def main() -> None:
     parser.add_argument("--ml1m-dir", default=os.environ.get("ML1M_DIR", os.path.join("..", "shared", "data", "ml-1m")))
     parser.add_argument("--amazon-dir", default=os.environ.get(
         "AMAZON_DIR", os.path.join("..", "shared", "data", "amazon-gift_cards-2018")))
-    parser.add_argument("--granularity", default="10,31,62,125,250")
+    parser.add_argument("--granularity", default="10,31,62,125,250", help="cluster counts; '' skips it")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     ml = os.path.abspath(args.ml1m_dir)
@@ -317,8 +345,14 @@ def main() -> None:
             items=os.path.join(amazon, "meta_Gift_Cards.json.gz"))), {"batch_size": 128, "epochs": 10}),
     }
     started = time.monotonic()
-    result = {"seeds": seeds, "epochs": args.epochs, "table2": table2(*recon)}
-    result["table1"] = table1({k: (e, c, o) for k, (e, c, o) in datasets.items()}, seeds, args.epochs)
+    result = {"seeds": seeds, "epochs": args.epochs}
+    # most telling first: a run cut short keeps its finished trainings (each is reused on the next run)
+    first = {"ml1m_reconstructed": datasets["ml1m_reconstructed"]}
+    table1(first, seeds, args.epochs)
+    result["no_correction"] = table1(first, seeds, args.epochs, variants=NO_CORRECTION_VARIANTS,
+                                     logq_correction="none", tag="-nologq")
+    result["table2"] = table2(*recon)
+    result["table1"] = table1(datasets, seeds, args.epochs)
     counts = [int(c) for c in args.granularity.split(",") if c]
     result["granularity"] = granularity(ml, counts, args.epochs) if counts else []
     result["false_negative_rate_random_draws"] = false_negative_rate(recon[0], os.path.join(recon[1], "llm"),

@@ -2,31 +2,34 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.trainer.losses import MASKED_LOGIT, mixed_negatives_loss
+from components.trainer.losses import MASKED_LOGIT, SOURCES, expected_counts, log_count, mixed_negatives_loss
 
 
-def numpy_loss(q, p, pid, t, prob=None, n=None, nid=None, nvalid=None, nlogq=None, w=None):
-    """Hand computation of the loss, one example at a time."""
-    total = 0.0
-    b = len(q)
+def numpy_loss(q, p, pid, t, lc=None, n=None, nid=None, nvalid=None, nlc=None, sources=(), w=None):
+    """Hand computation of the loss and the per-source mass shares, one example at a time."""
+    total, b = 0.0, len(q)
+    w = np.ones(b) if w is None else w
+    shares = np.zeros(len(SOURCES))
     for i in range(b):
-        logits = []
+        logits = []  # (logit, is positive, source)
         for j in range(b):
-            s = q[i] @ p[j] / t
-            if prob is not None:
-                s -= np.log(np.clip(prob[j], 1e-6, 1.0))
             if j != i and pid[j] == pid[i]:
                 continue  # accidental hit: removed
-            logits.append((s, j == i))
+            logits.append((q[i] @ p[j] / t - (0.0 if lc is None else lc[i, j]), j == i, "in_batch"))
         if n is not None:
             for k in range(n.shape[1]):
                 if nvalid[i, k] and nid[i, k] != pid[i]:
-                    logits.append((q[i] @ n[i, k] / t - (nlogq[i, k] if nlogq is not None else 0.0), False))
-        values = np.array([s for s, _ in logits], np.float64)
-        positive = [s for s, is_pos in logits if is_pos][0]
+                    logits.append((q[i] @ n[i, k] / t - (0.0 if nlc is None else nlc[i, k]), False, sources[k]))
+        values = np.array([s for s, _, _ in logits], np.float64)
+        positive = [s for s, is_pos, _ in logits if is_pos][0]
         ce = np.log(np.exp(values - values.max()).sum()) + values.max() - positive
-        total += (1.0 if w is None else w[i]) * ce
-    return total / b
+        total += w[i] * ce
+        probs = np.exp(values - values.max()) / np.exp(values - values.max()).sum()
+        mass = np.array([sum(pr for pr, (_, is_pos, s) in zip(probs, logits) if not is_pos and s == name)
+                         for name in SOURCES])
+        if mass.sum() > 0:
+            shares += w[i] * mass / mass.sum()
+    return total / b, shares / max(w.sum(), 1e-12)
 
 
 def _unit(x):
@@ -35,33 +38,118 @@ def _unit(x):
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 @pytest.mark.parametrize("with_negatives", [False, True])
-@pytest.mark.parametrize("with_logq", [False, True])
-def test_matches_numpy_oracle(seed, with_negatives, with_logq):
+@pytest.mark.parametrize("with_correction", [False, True])
+def test_matches_numpy_oracle(seed, with_negatives, with_correction):
     rng = np.random.default_rng(seed)
-    b, k, d, t = 6, 4, 5, 0.1
+    b, k, d, t = 6, 5, 5, 0.1
     q, p = _unit(rng.normal(size=(b, d))), _unit(rng.normal(size=(b, d)))
     pid = rng.integers(0, 4, size=b)  # duplicates -> accidental hits
-    prob = rng.uniform(0.01, 0.5, size=b) if with_logq else None
+    lc = np.log(rng.uniform(0.01, 3.0, size=(b, b))) if with_correction else None
     w = rng.integers(0, 2, size=b).astype(np.float32)
+    w[0] = 1.0
     kwargs, nargs = {}, {}
     if with_negatives:
         n = _unit(rng.normal(size=(b, k, d)))
-        nid = rng.integers(0, 6, size=(b, k))
+        nid = rng.integers(0, 6, size=(b, k))  # some equal to the positive -> masked
         nvalid = rng.uniform(size=(b, k)) > 0.3
-        nlogq = np.log(rng.uniform(0.05, 1, size=(b, k))) if with_logq else None
-        nargs = dict(n=n, nid=nid, nvalid=nvalid, nlogq=nlogq)
+        nlc = np.log(rng.uniform(0.05, 2, size=(b, k))) if with_correction else None
+        sources = ["random", "cluster", "cluster", "edis", "cluster"]
+        nargs = dict(n=n, nid=nid, nvalid=nvalid, nlc=nlc, sources=sources)
         kwargs = dict(negatives=tf.constant(n, tf.float32), negative_ids=tf.constant(nid),
-                      negative_valid=tf.constant(nvalid),
-                      negative_log_q=None if nlogq is None else tf.constant(nlogq, tf.float32))
+                      negative_valid=tf.constant(nvalid), negative_sources=sources,
+                      negative_log_count=None if nlc is None else tf.constant(nlc, tf.float32))
     loss, stats = mixed_negatives_loss(
         tf.constant(q, tf.float32), tf.constant(p, tf.float32), tf.constant(pid), t,
-        positive_sampling_probability=None if prob is None else tf.constant(prob, tf.float32),
-        sample_weight=tf.constant(w), **kwargs)
-    expected = numpy_loss(q, p, pid, t, prob, w=w, **nargs)
+        in_batch_log_count=None if lc is None else tf.constant(lc, tf.float32), sample_weight=tf.constant(w), **kwargs)
+    expected, shares = numpy_loss(q, p, pid, t, lc, w=w, **nargs)
     np.testing.assert_allclose(float(loss), expected, rtol=1e-4, atol=1e-5)
+    for name, share in zip(SOURCES, shares):
+        if f"mass_{name}" in stats:
+            np.testing.assert_allclose(float(stats[f"mass_{name}"]), share, rtol=1e-4, atol=1e-6)
     if with_negatives:
         keep = nargs["nvalid"] & (nargs["nid"] != pid[:, None])
         np.testing.assert_allclose(float(stats["negative_masked_rate"]), 1 - keep.mean(), rtol=1e-6)
+        assert sum(float(v) for key, v in stats.items() if key.startswith("mass_")) == pytest.approx(1.0, abs=1e-5)
+    else:
+        assert float(stats["mass_in_batch"]) == pytest.approx(1.0)
+
+
+def numpy_counts(batch_items, drawn, prob, cluster_of, in_pool, n_r, n_c, filled, filled_of_cluster):
+    """c_i(j) by its definition, one (query, candidate) at a time."""
+    b = len(batch_items)
+
+    def count(i, j):
+        c = (b - 1) * prob[j]
+        if in_pool[j]:
+            c += n_r / filled
+            if cluster_of[j] == cluster_of[batch_items[i]]:
+                c += n_c / filled_of_cluster[cluster_of[batch_items[i]]]
+        return c
+
+    return (np.array([[count(i, j) for j in batch_items] for i in range(b)]),
+            np.array([[count(i, j) for j in row] for i, row in enumerate(drawn)]))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_expected_counts_match_their_definition(seed):
+    rng = np.random.default_rng(seed)
+    items, clusters, b, k, n_r, n_c = 30, 3, 8, 6, 2, 4
+    prob = rng.dirichlet(np.ones(items))
+    cluster_of = rng.integers(0, clusters, size=items)
+    in_pool = rng.uniform(size=items) > 0.2
+    filled = in_pool.sum()
+    filled_of_cluster = np.bincount(cluster_of[in_pool], minlength=clusters)
+    batch_items = rng.integers(0, items, size=b)
+    drawn = rng.choice(np.flatnonzero(in_pool), size=(b, k))
+    c_batch, c_drawn = numpy_counts(batch_items, drawn, prob, cluster_of, in_pool, n_r, n_c, filled,
+                                    filled_of_cluster)
+    own = cluster_of[batch_items]
+    random_rate = np.full((b, 1), n_r / filled, np.float32)
+    cluster_rate = np.divide(n_c, filled_of_cluster[own], out=np.zeros(b), where=filled_of_cluster[own] > 0)[:, None]
+    got_batch = expected_counts(b - 1, prob[batch_items][None, :].astype(np.float32), in_pool[batch_items][None, :],
+                                own[:, None] == own[None, :], random_rate, cluster_rate.astype(np.float32))
+    got_drawn = expected_counts(b - 1, prob[drawn].astype(np.float32), True, cluster_of[drawn] == own[:, None],
+                                random_rate, cluster_rate.astype(np.float32))
+    np.testing.assert_allclose(got_batch.numpy(), c_batch, rtol=1e-5)
+    np.testing.assert_allclose(got_drawn.numpy(), c_drawn, rtol=1e-5)
+
+
+def test_equal_scores_give_each_source_its_expected_share():
+    """With equal raw scores a column weighs 1/c_i(j), so source s carries sum_j n_s Q_s(j|i) / c_i(j)
+    out of sum_j 1 (over the items j other than the positive); the loss's mass shares must match."""
+    rng = np.random.default_rng(0)
+    items, clusters, b, n_r, n_c = 60, 3, 64, 8, 24
+    prob = rng.dirichlet(np.full(items, 0.7))
+    cluster_of = np.arange(items) % clusters
+    members = [np.flatnonzero(cluster_of == c) for c in range(clusters)]
+    random_rate, cluster_rates = n_r / items, [n_c / len(m) for m in members]
+    reported, expected = [], []
+    for _ in range(40):
+        batch_items = rng.choice(items, size=b, p=prob)
+        own = cluster_of[batch_items]
+        drawn = np.concatenate([rng.integers(0, items, size=(b, n_r)),
+                                np.stack([rng.choice(members[c], size=n_c) for c in own])], axis=1)
+        cluster_rate = np.array([cluster_rates[c] for c in own], np.float32)[:, None]
+        c_batch = expected_counts(b - 1, prob[batch_items][None, :].astype(np.float32), True,
+                                  own[:, None] == own[None, :], random_rate, cluster_rate)
+        c_drawn = expected_counts(b - 1, prob[drawn].astype(np.float32), True, cluster_of[drawn] == own[:, None],
+                                  random_rate, cluster_rate)
+        zeros = tf.zeros([b, 4])
+        _, stats = mixed_negatives_loss(
+            zeros, zeros, tf.constant(batch_items), 1.0, in_batch_log_count=log_count(c_batch),
+            negatives=tf.zeros([b, n_r + n_c, 4]), negative_ids=tf.constant(drawn),
+            negative_valid=tf.ones([b, n_r + n_c], tf.bool), negative_log_count=log_count(c_drawn),
+            negative_sources=["random"] * n_r + ["cluster"] * n_c)
+        reported.append([float(stats[f"mass_{s}"]) for s in ("in_batch", "random", "cluster")])
+        for i, y in enumerate(batch_items):
+            others = np.array([j for j in range(items) if j != y])
+            same = cluster_of[others] == own[i]
+            c = (b - 1) * prob[others] + random_rate + same * cluster_rates[own[i]]
+            mass = np.array([((b - 1) * prob[others] / c).sum(), (random_rate / c).sum(),
+                             (same * cluster_rates[own[i]] / c).sum()])
+            expected.append(mass / mass.sum())
+    np.testing.assert_allclose(np.mean(reported, axis=0), np.mean(expected, axis=0), atol=0.01)
+    assert np.all(np.mean(expected, axis=0) > 0.15)  # a case where every source matters
 
 
 def test_small_hand_case():
@@ -70,7 +158,7 @@ def test_small_hand_case():
     p = tf.constant([[1.0, 0.0], [0.0, 1.0]])
     n = tf.constant([[[0.5, 0.0]], [[0.0, 0.5]]])
     loss, _ = mixed_negatives_loss(q, p, tf.constant([1, 2]), 1.0, negatives=n, negative_ids=tf.constant([[3], [4]]),
-                                   negative_valid=tf.constant([[True], [True]]))
+                                   negative_valid=tf.constant([[True], [True]]), negative_sources=["random"])
     expected = -np.log(np.exp(1) / (np.exp(1) + np.exp(0) + np.exp(0.5)))
     np.testing.assert_allclose(float(loss), expected, rtol=1e-6)
 
@@ -82,12 +170,18 @@ def test_masked_negatives_do_not_change_the_loss():
     base, _ = mixed_negatives_loss(q, p, tf.constant([0, 1, 2]), 0.1)
     masked, stats = mixed_negatives_loss(
         q, p, tf.constant([0, 1, 2]), 0.1, negatives=tf.constant(rng.normal(size=(3, 2, 4)), tf.float32),
-        negative_ids=tf.constant([[0, 9], [1, 1], [2, 9]]), negative_valid=tf.constant([[True, False]] * 3))
+        negative_ids=tf.constant([[0, 9], [1, 1], [2, 9]]), negative_valid=tf.constant([[True, False]] * 3),
+        negative_sources=["cluster", "cluster"])
     np.testing.assert_allclose(float(masked), float(base), rtol=1e-6)
     assert float(stats["negative_masked_rate"]) == 1.0
+    assert float(stats["mass_cluster"]) == pytest.approx(0.0, abs=1e-7)
     assert MASKED_LOGIT < -1e8
 
 
-def test_negatives_need_ids_and_valid():
+def test_negatives_need_ids_valid_and_sources():
     with pytest.raises(ValueError, match="negative_ids"):
         mixed_negatives_loss(tf.ones([2, 2]), tf.ones([2, 2]), tf.constant([0, 1]), 1.0, negatives=tf.ones([2, 1, 2]))
+    with pytest.raises(ValueError, match=r"negative_sources .* got \['bogus'\]"):
+        mixed_negatives_loss(tf.ones([2, 2]), tf.ones([2, 2]), tf.constant([0, 1]), 1.0, negatives=tf.ones([2, 1, 2]),
+                             negative_ids=tf.constant([[0], [1]]), negative_valid=tf.ones([2, 1], tf.bool),
+                             negative_sources=["bogus"])

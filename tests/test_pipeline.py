@@ -10,17 +10,20 @@ from tfx_pipeline.pipeline import STEP_NAMES
 
 def test_flags_override_typed_sections(tmp_path):
     config = parse(["--data-dir", str(tmp_path), "--trainer.strategy", "oob", "--trainer.epochs", "5",
-                    "--trainer.pool_logq", "true", "--evaluator.ks", "10,20", "--beam-arg=--runner=DirectRunner"])
+                    "--trainer.mask_history_negatives", "true", "--evaluator.ks", "10,20",
+                    "--beam-arg=--runner=DirectRunner"])
     assert isinstance(config, PipelineConfig)
-    assert (config.trainer.strategy, config.trainer.epochs, config.trainer.pool_logq) == ("oob", 5, True)
+    assert (config.trainer.strategy, config.trainer.epochs, config.trainer.mask_history_negatives) == ("oob", 5, True)
     assert config.evaluator.ks == (10, 20)
     assert config.example_gen.items == os.path.join(str(tmp_path), "movies.dat")
     assert section_from_json("evaluator", config.section_json("evaluator")) == config.evaluator
 
 
 def test_bad_flag_value_names_flag(tmp_path):
-    with pytest.raises(SystemExit, match="trainer.pool_logq"):
-        parse(["--data-dir", str(tmp_path), "--trainer.pool_logq", "maybe"])
+    with pytest.raises(SystemExit, match="trainer.mask_history_negatives"):
+        parse(["--data-dir", str(tmp_path), "--trainer.mask_history_negatives", "maybe"])
+    with pytest.raises(ValueError, match="logq_correction must be one of .* got 'sometimes'"):
+        parse(["--data-dir", str(tmp_path), "--trainer.logq_correction", "sometimes"])
     with pytest.raises(ValueError, match="strategy must be one of"):
         parse(["--data-dir", str(tmp_path), "--trainer.strategy", "nope"])
 

@@ -84,7 +84,31 @@ def test_random_draws_are_uniform_over_the_whole_pool():
     items = out["item_index"].numpy().ravel()
     counts = np.array([(items == state[slot]).sum() for slot in sorted(state)])
     assert counts.sum() == items.size and stats.chisquare(counts).pvalue > 1e-3
-    np.testing.assert_allclose(out["log_q"].numpy(), -np.log(len(state)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("sampling", ["filled", "slot"])
+def test_draw_probabilities_and_membership(sampling):
+    c, s = 4, 8
+    rng = np.random.default_rng(3)
+    ids, clusters = rng.integers(0, 1000, size=20), rng.integers(0, c, size=20)
+    pool = make_pool(c, s, sampling=sampling)
+    pool.update(tf.constant(ids), tf.constant(clusters), {"item_index": tf.constant(ids), "dense": tf.zeros([20, 3])})
+    state = numpy_update(c, s, ids, clusters)
+    queries = np.arange(c)
+    q_random, q_cluster = pool.draw_probabilities(tf.constant(queries))
+    if sampling == "filled":
+        per_segment = np.array([sum(slot // s == q for slot in state) for q in queries])
+        np.testing.assert_allclose(q_random.numpy(), 1 / len(state), rtol=1e-6)
+        np.testing.assert_allclose(q_cluster.numpy(), np.divide(1, per_segment, out=np.zeros(c),
+                                                                where=per_segment > 0), rtol=1e-6)
+    else:
+        np.testing.assert_allclose(q_random.numpy(), 1 / (c * s), rtol=1e-6)
+        np.testing.assert_allclose(q_cluster.numpy(), 1 / s, rtol=1e-6)
+    stored = set(state.values())
+    # items overwritten by a later item on their slot are no longer in the pool; an unseen id is not either
+    expected = [i in stored and state[cl * s + i % s] == i for i, cl in zip(ids, clusters)] + [False]
+    got = pool.contains(tf.constant([*ids, 5000]), tf.constant([*clusters, 0]))
+    np.testing.assert_array_equal(got.numpy(), expected)
 
 
 def test_slot_sampling_marks_empty_slots_invalid():
@@ -121,7 +145,7 @@ def test_call_shapes_and_tf_function():
     sample = tf.function(lambda c: pool(c, num_random=2, num_cluster=3))
     out = sample(tf.constant([0, 1, 2], tf.int64))
     assert out["item_index"].shape == (3, 5) and out["dense"].shape == (3, 5, 3)
-    assert out["valid"].dtype == tf.bool and out["log_q"].shape == (3, 5)
+    assert out["valid"].dtype == tf.bool and out["item_key"].shape == (3, 5)
 
 
 def test_inside_a_model_fit_updates_and_samples():

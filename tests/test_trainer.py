@@ -104,17 +104,50 @@ def test_edis_virtual_negatives_lie_between_negative_and_positive(examples_dir, 
     unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
     positive, negatives = unit(rng.normal(size=(5, 8))), unit(rng.normal(size=(5, 4, 8)))
     valid = rng.uniform(size=(5, 4)) > 0.3
-    virtual, virtual_valid = model._edis(tf.constant(positive, tf.float32), tf.constant(negatives, tf.float32),
-                                         tf.constant(valid))
-    virtual = virtual.numpy()
-    assert virtual.shape == (5, 3, 8) and virtual_valid.shape == (5, 3)
+    virtual, virtual_valid, source = model._edis(tf.constant(positive, tf.float32),
+                                                 tf.constant(negatives, tf.float32), tf.constant(valid))
+    virtual, source = virtual.numpy(), source.numpy()
+    assert virtual.shape == (5, 3, 8) and virtual_valid.shape == (5, 3) and source.shape == (5, 3)
     np.testing.assert_allclose(np.linalg.norm(virtual, axis=-1), 1.0, rtol=1e-5)
     for b in range(5):
         for e in range(3):  # each virtual negative comes from one source negative, moved towards the positive
-            sims = negatives[b] @ virtual[b, e]
-            k = int(np.argmax(sims))
+            k = source[b, e]
+            assert int(np.argmax(negatives[b] @ virtual[b, e])) == k
             assert virtual_valid.numpy()[b, e] == valid[b, k]
             assert virtual[b, e] @ positive[b] >= negatives[b, k] @ positive[b] - 1e-5
+
+
+@pytest.mark.parametrize("mode", ["mixture", "in_batch", "none"])
+def test_log_counts_of_the_model_match_their_definition(mode, examples_dir, clusters_dir):
+    from components.trainer.model import TwoTowerModel
+    from tests.test_losses import numpy_counts
+
+    config = tiny_config(logq_correction=mode, slots_per_cluster=4)  # small segments: some items collide
+    catalogue = load_catalogue(os.path.join(examples_dir, "items"), os.path.join(clusters_dir, "llm"))
+    model = TwoTowerModel(config, catalogue, ["1"])
+    model.preload_pool(catalogue)
+    rng = np.random.default_rng(0)
+    index = tf.constant(rng.integers(2, len(catalogue.item_ids) + 2, size=12), tf.int64)
+    cluster = tf.gather(model.items.cluster_of_index, index)
+    drawn = model.pool(cluster, model.num_random, model.num_cluster)["item_index"]
+    in_batch, pool = model._log_counts(index, cluster, drawn)
+    prob = model.items.probability_of_index.numpy()
+    if mode == "none":
+        assert in_batch is None and pool is None
+        return
+    if mode == "in_batch":
+        np.testing.assert_allclose(in_batch.numpy()[0], np.log(prob[index.numpy()]), rtol=1e-5)
+        assert pool is None
+        return
+    cluster_of = model.items.cluster_of_index.numpy()
+    in_pool = np.zeros(len(prob), bool)  # indices 0 and 1 (padding, unknown) are never in the pool
+    in_pool[2:] = model.pool.contains(tf.range(2, len(prob), dtype=tf.int64), tf.constant(cluster_of[2:])).numpy()
+    assert 0 < in_pool[2:].mean() < 1  # collisions leave some items out of the pool
+    filled_of_cluster = np.bincount(cluster_of[in_pool], minlength=catalogue.num_clusters)
+    c_batch, c_drawn = numpy_counts(index.numpy(), drawn.numpy(), prob, cluster_of, in_pool, model.num_random,
+                                    model.num_cluster, in_pool.sum(), filled_of_cluster)
+    np.testing.assert_allclose(in_batch.numpy(), np.log(c_batch), rtol=1e-5)
+    np.testing.assert_allclose(pool.numpy(), np.log(c_drawn), rtol=1e-5)
 
 
 def test_history_mask_and_edis_train(examples_dir, clusters_dir, tmp_path):
@@ -125,6 +158,9 @@ def test_history_mask_and_edis_train(examples_dir, clusters_dir, tmp_path):
     both = run_trainer(tiny_config(mask_history_negatives=True, edis_negatives=2), examples_dir, clusters_dir,
                        str(tmp_path / "both"))
     assert np.isfinite(both["final_metrics"]["loss"])
+    shares = {k: v for k, v in both["final_metrics"].items() if k.startswith("mass_")}
+    assert set(shares) == {"mass_in_batch", "mass_random", "mass_cluster", "mass_edis"}
+    assert sum(shares.values()) == pytest.approx(1.0, abs=1e-4) and min(shares.values()) > 0.0
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -6,6 +6,7 @@ import dataclasses
 
 STRATEGIES = ("in_batch", "oob", "cluster_oob")
 HISTORY_POOLING = ("mean", "position")
+LOGQ_CORRECTIONS = ("mixture", "in_batch", "none")  # see losses.py
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,7 +21,10 @@ class TrainerConfig:
       and the pool segments.
     slots_per_cluster: S; 0 = the next power of two >= 2 * items / clusters (at least 16).
     pool_sampling: 'filled' (uniform over filled slots) or 'slot' (Algorithm 2 literally).
-    pool_logq: subtract log q of pool draws (q uniform over the filled slots drawn from).
+    logq_correction: 'mixture' (every column, in-batch and pool, corrected by the log of the item's
+      expected count among the query's negatives summed over the sources; see losses.py),
+      'in_batch' (only in-batch columns, by log p_j: pool negatives stay raw and carry ~0% of the
+      softmax mass; the earlier default) or 'none'.
     mask_history_negatives: also mask pool draws that are in the user's history (likely false negatives).
     edis_negatives: per example, this many virtual negatives (ESANS's EDIS) interpolated in
       embedding space between the positive and pool negatives: normalize((1 - a) n + a p) with
@@ -43,7 +47,7 @@ class TrainerConfig:
     cluster_ratio: int = 15
     slots_per_cluster: int = 0
     pool_sampling: str = "filled"
-    pool_logq: bool = False
+    logq_correction: str = "mixture"
     mask_history_negatives: bool = False
     edis_negatives: int = 0
     edis_max_weight: float = 0.5
@@ -66,6 +70,8 @@ class TrainerConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.strategy != "in_batch" and self.num_negatives < 1:
             raise ValueError(f"strategy {self.strategy!r} needs num_negatives >= 1, got {self.num_negatives}")
+        if self.logq_correction not in LOGQ_CORRECTIONS:
+            raise ValueError(f"logq_correction must be one of {LOGQ_CORRECTIONS}, got {self.logq_correction!r}")
         if self.history_pooling not in HISTORY_POOLING:
             raise ValueError(f"history_pooling must be one of {HISTORY_POOLING}, got {self.history_pooling!r}")
         if self.distribute not in ("none", "mirrored"):

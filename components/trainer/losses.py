@@ -1,16 +1,63 @@
-"""The training loss: sampled softmax over in-batch and per-example out-of-batch negatives.
+"""The training loss: sampled softmax over in-batch and per-example out-of-batch negatives, with one
+logQ correction for every source of negatives.
 
-TFRS `tasks.Retrieval` scores every query against one shared candidate set; pool negatives
-are drawn per example and must be scored only against their own query, so the logits are
-built here, reusing TFRS's logQ correction and accidental-hit removal for the in-batch part.
+The correction (`logq_correction='mixture'`, the default). Query i is scored against its positive
+and a multiset N_i of negatives drawn from several sources s (the other B-1 items of the batch,
+n_r uniform draws from the whole pool, n_c uniform draws from the positive's cluster segment),
+each with its own distribution Q_s(j | i). For any f, E[sum_{d in N_i} f(j_d)] = sum_j c_i(j) f(j)
+with
+
+    c_i(j) = sum_s n_s Q_s(j | i)   (the expected number of times item j is among i's negatives)
+           = (B - 1) p_j                                   in-batch: p_j = j's share of training rows
+           + [j in pool] n_r / F                           random pool draws, F filled slots
+           + [j in pool, cluster(j) = cluster(i)] n_c / F_c   cluster draws, F_c filled slots of the segment
+
+so sum_{d in N_i} exp(s_ij_d - log c_i(j_d)) estimates the full softmax denominator sum_j exp(s_ij)
+without bias whatever the mixture. Every column, the positive's included, is therefore corrected
+by the log of the item's expected count summed over every source that can produce it (the
+"mixture" or balance-heuristic form of Mixed Negative Sampling, Yang et al. 2020), not by the
+probability of the one source that happened to draw it. In-batch alone this is TFRS's -log p_j up
+to the per-query constant log(B - 1), which the softmax ignores. With `pool_sampling='slot'`, F and
+F_c are the slot counts C*S and S.
+
+Other modes: 'in_batch' corrects only the in-batch columns by -log p_j and leaves pool columns raw
+(what TFRS's Retrieval task does with extra candidates; it leaves pool negatives with ~0% of the
+softmax mass, kept to reproduce earlier results); 'none' corrects nothing (the setting in which
+the paper's Table 1 ordering appears on ML-1M).
+
+Why it is written here: TFRS's `SamplingProbablityCorrection` subtracts one log-probability per
+candidate column, shared by every query, and `tasks.Retrieval` scores every query against one
+candidate set; here pool negatives belong to one query and the count depends on the query's
+cluster. Merlin refuses logQ with more than one sampler (TFRS issue #635 asks for it). TFRS's
+accidental-hit removal is reused.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import tensorflow as tf
 from tensorflow_recommenders.layers import loss as tfrs_loss
 
 MASKED_LOGIT = -1e9
+SOURCES = ("in_batch", "random", "cluster", "edis")  # where a negative column comes from
+_MIN_COUNT = 1e-30
+
+
+def expected_counts(in_batch_draws: tf.Tensor, item_probability: tf.Tensor, in_pool: tf.Tensor,
+                    same_cluster: tf.Tensor, random_rate: tf.Tensor, cluster_rate: tf.Tensor) -> tf.Tensor:
+    """c_i(j) of the module docstring, for candidate columns j of queries i; all arguments broadcast to [B, M].
+
+    in_batch_draws: scalar, B - 1. item_probability: p_j, the item's share of training rows.
+    in_pool: whether j is in the pool. same_cluster: whether j's cluster is query i's (its positive's).
+    random_rate: n_r / F, per query [B, 1]; cluster_rate: n_c / F_c, per query [B, 1].
+    """
+    pool = tf.cast(in_pool, tf.float32) * (random_rate + tf.cast(same_cluster, tf.float32) * cluster_rate)
+    return tf.cast(in_batch_draws, tf.float32) * item_probability + pool
+
+
+def log_count(counts: tf.Tensor) -> tf.Tensor:
+    return tf.math.log(tf.maximum(counts, _MIN_COUNT))
 
 
 def mixed_negatives_loss(
@@ -18,41 +65,50 @@ def mixed_negatives_loss(
     positive: tf.Tensor,
     positive_ids: tf.Tensor,
     temperature: float,
-    positive_sampling_probability: tf.Tensor | None = None,
+    in_batch_log_count: tf.Tensor | None = None,
     negatives: tf.Tensor | None = None,
     negative_ids: tf.Tensor | None = None,
     negative_valid: tf.Tensor | None = None,
-    negative_log_q: tf.Tensor | None = None,
+    negative_log_count: tf.Tensor | None = None,
+    negative_sources: Sequence[str] = (),
     sample_weight: tf.Tensor | None = None,
 ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
-    """Weighted softmax cross-entropy of each positive against its negatives.
+    """Weighted softmax cross-entropy of each positive against its in-batch and pool negatives.
 
     query: [B, d] query embeddings. positive: [B, d] embeddings of the positive items.
     positive_ids: [B] item ids (in-batch accidental hits: other rows with the same item).
-    positive_sampling_probability: [B] probability that each in-batch item is sampled (logQ);
-      None disables the in-batch correction.
+    in_batch_log_count: [B, B] (or broadcastable, e.g. [1, B]) log correction of the in-batch
+      columns, the diagonal being the positive's; None = no correction.
     negatives: [B, K, d] per-example out-of-batch negatives; negative_ids: [B, K];
-    negative_valid: [B, K] bool, False for draws that found no item.
-    negative_log_q: [B, K] log sampling probability of each negative; None = no correction.
+    negative_valid: [B, K] bool, False for draws that found no item or are masked.
+    negative_log_count: [B, K] log correction of the pool columns; None = no correction.
+    negative_sources: K names from SOURCES, where each pool column comes from.
     sample_weight: [B] the label r_i (paper §3.1); None = all ones.
 
-    Logits are s / temperature; masked entries get MASKED_LOGIT. Negatives equal to the
-    positive are masked too. Returns (loss = sum_i w_i * CE_i / B, stats) where stats has
-    `negative_masked_rate` and `negative_hit_rate` (share of draws equal to the positive).
+    Logits are s / temperature - log count; masked entries get MASKED_LOGIT. Negatives equal to
+    the positive are masked too. Returns (loss = sum_i w_i * CE_i / B, stats): stats has
+    `mass_<source>`, the share of the negatives' softmax mass each source carries (mean over the
+    rows, weighted by w), and with negatives `negative_masked_rate` and `negative_hit_rate`
+    (share of draws equal to the positive).
     """
     batch = tf.shape(query)[0]
     logits = tf.matmul(query, positive, transpose_b=True) / temperature  # [B, B]
+    if in_batch_log_count is not None:
+        logits -= in_batch_log_count
     labels = tf.eye(batch, dtype=logits.dtype)
-    if positive_sampling_probability is not None:
-        logits = tfrs_loss.SamplingProbablityCorrection()(logits, positive_sampling_probability)
     logits = tfrs_loss.RemoveAccidentalHits()(labels, logits, positive_ids)
     stats = {}
+    sources = ["in_batch"]
     if negatives is not None:
         if negative_ids is None or negative_valid is None:
             raise ValueError("negatives need negative_ids and negative_valid")
+        unknown = sorted(set(negative_sources) - set(SOURCES))
+        if len(negative_sources) != negatives.shape[1] or unknown:
+            raise ValueError(f"negative_sources must name the source ({SOURCES}) of each of the "
+                             f"{negatives.shape[1]} negatives, got {list(negative_sources)}")
         neg_logits = tf.einsum("bd,bkd->bk", query, negatives) / temperature  # [B, K]
-        if negative_log_q is not None:
-            neg_logits -= negative_log_q
+        if negative_log_count is not None:
+            neg_logits -= negative_log_count
         hit = tf.equal(negative_ids, tf.expand_dims(positive_ids, 1))
         keep = tf.logical_and(negative_valid, tf.logical_not(hit))
         neg_logits = tf.where(keep, neg_logits, tf.fill(tf.shape(neg_logits), MASKED_LOGIT))
@@ -60,8 +116,22 @@ def mixed_negatives_loss(
         labels = tf.concat([labels, tf.zeros_like(neg_logits)], axis=1)
         stats["negative_masked_rate"] = 1.0 - tf.reduce_mean(tf.cast(keep, tf.float32))
         stats["negative_hit_rate"] = tf.reduce_mean(tf.cast(tf.logical_and(hit, negative_valid), tf.float32))
+        sources += [s for s in SOURCES[1:] if s in negative_sources]
     per_example = tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-    if sample_weight is not None:
-        per_example *= tf.cast(sample_weight, per_example.dtype)
-    loss = tf.reduce_sum(per_example) / tf.cast(batch, per_example.dtype)
+    weight = tf.ones_like(per_example) if sample_weight is None else tf.cast(sample_weight, per_example.dtype)
+    stats.update(_mass_shares(logits, labels, negative_sources, sources, weight))
+    loss = tf.reduce_sum(per_example * weight) / tf.cast(batch, per_example.dtype)
     return loss, stats
+
+
+def _mass_shares(logits: tf.Tensor, labels: tf.Tensor, negative_sources: Sequence[str], sources: list[str],
+                 weight: tf.Tensor) -> dict[str, tf.Tensor]:
+    """Share of the negatives' softmax mass per source (`mass_<source>`), weighted mean over rows."""
+    probs = tf.stop_gradient(tf.nn.softmax(logits)) * (1.0 - labels)  # [B, B + K], positive left out
+    batch = tf.shape(labels)[0]
+    column_source = tf.concat([tf.zeros([batch], tf.int32),
+                               tf.constant([SOURCES.index(s) for s in negative_sources], tf.int32)], axis=0)
+    mass = tf.matmul(probs, tf.one_hot(column_source, len(SOURCES)))  # [B, sources]
+    share = tf.math.divide_no_nan(mass, tf.reduce_sum(mass, axis=1, keepdims=True))
+    mean = tf.math.divide_no_nan(tf.reduce_sum(share * weight[:, None], axis=0), tf.reduce_sum(weight))
+    return {f"mass_{s}": mean[SOURCES.index(s)] for s in sources}

@@ -10,7 +10,7 @@ import tf_keras
 
 from components.trainer.config import TrainerConfig
 from components.trainer.data import ItemCatalogue
-from components.trainer.losses import mixed_negatives_loss
+from components.trainer.losses import expected_counts, log_count, mixed_negatives_loss
 from components.trainer.pool import ClusterPool
 
 
@@ -139,7 +139,8 @@ class TwoTowerModel(tf_keras.Model):
             self.pool = ClusterPool(catalogue.num_clusters, slots, {"item_index": ((), "int64")},
                                     sampling=config.pool_sampling, seed=config.seed, name="pool")
         self.trackers = {name: tf_keras.metrics.Mean(name=name) for name in
-                         ("loss", "negative_masked_rate", "negative_hit_rate", "negative_history_rate", "pool_fill")}
+                         ("loss", "mass_in_batch", "mass_random", "mass_cluster", "mass_edis", "negative_masked_rate",
+                          "negative_hit_rate", "negative_history_rate", "pool_fill")}
 
     @property
     def metrics(self):
@@ -154,16 +155,43 @@ class TwoTowerModel(tf_keras.Model):
             self.pool.update(index, cluster, {"item_index": index})
 
     def _edis(self, positive: tf.Tensor, negatives: tf.Tensor, valid: tf.Tensor):
-        """ESANS EDIS: virtual negatives between the positive [B, d] and pool negatives [B, K, d]."""
+        """ESANS EDIS: virtual negatives between the positive [B, d] and pool negatives [B, K, d].
+
+        Returns (virtual [B, E, d], valid [B, E], source [B, E]: the pool column each was made from)."""
         batch, k, e = tf.shape(negatives)[0], tf.shape(negatives)[1], self.config.edis_negatives
         source = self.pool.rng.uniform([batch, e], 0, k, dtype=tf.int32)
         weight = self.pool.rng.uniform([batch, e, 1], 0.0, self.config.edis_max_weight)
         mixed = (1.0 - weight) * tf.gather(negatives, source, batch_dims=1) + weight * positive[:, None, :]
-        return tf.math.l2_normalize(mixed, axis=-1), tf.gather(valid, source, batch_dims=1)
+        return tf.math.l2_normalize(mixed, axis=-1), tf.gather(valid, source, batch_dims=1), source
+
+    def _log_counts(self, index: tf.Tensor, cluster: tf.Tensor, drawn: tf.Tensor | None):
+        """The logQ correction of the in-batch columns [B, B] (or [1, B]) and the pool columns [B, K]
+        (losses module docstring); (None, None) without correction. index, cluster: [B] the batch's
+        items; drawn: [B, K] vocabulary indices of the pool draws, or None. Call before the pool update."""
+        mode = self.config.logq_correction
+        probability = self.items.probability_of_index
+        if mode == "none":
+            return None, None
+        if mode == "in_batch":
+            return log_count(tf.gather(probability, index))[None, :], None
+        in_batch_draws = tf.cast(tf.shape(index)[0] - 1, tf.float32)
+        if self.pool is None:
+            return log_count(in_batch_draws * tf.gather(probability, index))[None, :], None
+        q_random, q_cluster = self.pool.draw_probabilities(cluster)
+        random_rate, cluster_rate = (self.num_random * q_random)[:, None], (self.num_cluster * q_cluster)[:, None]
+        in_batch = expected_counts(in_batch_draws, tf.gather(probability, index)[None, :],
+                                   self.pool.contains(index, cluster)[None, :],
+                                   tf.equal(cluster[:, None], cluster[None, :]), random_rate, cluster_rate)
+        pool = expected_counts(in_batch_draws, tf.gather(probability, drawn), True,
+                               tf.equal(tf.gather(self.items.cluster_of_index, drawn), cluster[:, None]),
+                               random_rate, cluster_rate)
+        return log_count(in_batch), log_count(pool)
 
     def train_step(self, batch):
         index, cluster = self.items(batch["item_id"])
         samples = self.pool(cluster, self.num_random, self.num_cluster) if self.pool is not None else None
+        in_batch_log_count, pool_log_count = self._log_counts(
+            index, cluster, None if samples is None else samples["item_index"])
         with tf.GradientTape() as tape:
             query = self.query_tower(batch["user_id"], batch["history_item_ids"])
             positive = self.candidate_tower(index)
@@ -172,24 +200,28 @@ class TwoTowerModel(tf_keras.Model):
                 shape = tf.shape(samples["item_index"])
                 negatives = tf.reshape(self.candidate_tower(tf.reshape(samples["item_index"], [-1])),
                                        [shape[0], shape[1], -1])
-                ids, valid, log_q = samples["item_index"], samples["valid"], samples["log_q"]
+                ids, valid = samples["item_index"], samples["valid"]
+                sources = ["random"] * self.num_random + ["cluster"] * self.num_cluster
                 if self.config.mask_history_negatives:
                     history, _ = self.items(batch["history_item_ids"])
                     seen = tf.logical_and(valid, in_history(ids, history))
                     history_rate = tf.reduce_mean(tf.cast(seen, tf.float32))
                     valid = tf.logical_and(valid, tf.logical_not(seen))
                 if self.config.edis_negatives:
-                    virtual, virtual_valid = self._edis(positive, negatives, valid)
+                    # a virtual negative takes the correction of the pool draw it was made from
+                    virtual, virtual_valid, source = self._edis(positive, negatives, valid)
                     negatives = tf.concat([negatives, virtual], axis=1)
                     ids = tf.concat([ids, -tf.ones_like(virtual_valid, dtype=ids.dtype)], axis=1)  # never a hit
                     valid = tf.concat([valid, virtual_valid], axis=1)
-                    log_q = tf.concat([log_q, tf.zeros_like(virtual_valid, dtype=log_q.dtype)], axis=1)
+                    sources += ["edis"] * self.config.edis_negatives
+                    if pool_log_count is not None:
+                        pool_log_count = tf.concat([pool_log_count, tf.gather(pool_log_count, source, batch_dims=1)],
+                                                   axis=1)
                 kwargs = dict(negatives=negatives, negative_ids=ids, negative_valid=valid,
-                              negative_log_q=log_q if self.config.pool_logq else None)
-            loss, stats = mixed_negatives_loss(
-                query, positive, index, self.config.temperature,
-                positive_sampling_probability=tf.gather(self.items.probability_of_index, index),
-                sample_weight=batch["label"], **kwargs)
+                              negative_log_count=pool_log_count, negative_sources=sources)
+            loss, stats = mixed_negatives_loss(query, positive, index, self.config.temperature,
+                                               in_batch_log_count=in_batch_log_count,
+                                               sample_weight=batch["label"], **kwargs)
             # gradients are summed over replicas: scale so that they average over the global batch
             scaled = loss / tf.distribute.get_strategy().num_replicas_in_sync
         gradients = tape.gradient(scaled, self.trainable_variables)

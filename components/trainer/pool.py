@@ -37,8 +37,8 @@ class ClusterPool(tf_keras.layers.Layer):
     "an existing item ... is randomly selected"); `sampling='slot'` draws r ~ U[0, S) as in
     Algorithm 2 literally and returns empty slots as invalid. Random out-of-batch draws are
     uniform over the filled slots of the whole pool (or over all slots with 'slot').
-    Each draw also returns log q, the log of its sampling probability (for an optional logQ
-    correction of pool negatives).
+    `draw_probabilities` and `contains` give what a sampled-softmax correction needs: the
+    probability that one draw returns a given pooled item, and whether an item is in the pool.
     """
 
     def __init__(self, num_clusters: int, slots_per_cluster: int,
@@ -108,10 +108,10 @@ class ClusterPool(tf_keras.layers.Layer):
         self.valid.scatter_update(tf.IndexedSlices(tf.ones_like(unique_slots, dtype=tf.bool), unique_slots))
 
     # -- sampling engine ------------------------------------------------------------------
-    def _draw(self, valid_rows: tf.Tensor, rows: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    def _draw(self, valid_rows: tf.Tensor, rows: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
         """k draws for each example from its row of valid_rows [R, W] (rows: [B] row per example).
 
-        Returns (position in the row [B, k] int32, found [B, k] bool, log q [B, k]).
+        Returns (position in the row [B, k] int32, found [B, k] bool).
         'filled' orders each row's filled positions first once (an argsort of R x W, not B x W)
         and picks the rank-th filled position for a uniform rank.
         """
@@ -120,40 +120,59 @@ class ClusterPool(tf_keras.layers.Layer):
         if self.sampling == "slot":
             position = self.rng.uniform([batch, k], 0, width, dtype=tf.int32)
             ok = tf.gather_nd(valid_rows, tf.stack([tf.broadcast_to(rows[:, None], [batch, k]), position], -1))
-            log_q = tf.fill([batch, k], -tf.math.log(tf.cast(width, tf.float32)))
-            return position, ok, log_q
+            return position, ok
         filled_first = tf.argsort(tf.cast(tf.logical_not(valid_rows), tf.int32), axis=1, stable=True)  # [R, W]
         filled = tf.gather(tf.reduce_sum(tf.cast(valid_rows, tf.int32), axis=1), rows)[:, None]  # [B, 1]
         u = self.rng.uniform([batch, k], dtype=tf.float32)
         rank = tf.minimum(tf.cast(u * tf.cast(filled, tf.float32), tf.int32), tf.maximum(filled - 1, 0))
         position = tf.gather_nd(filled_first, tf.stack([tf.broadcast_to(rows[:, None], [batch, k]), rank], -1))
-        ok = tf.broadcast_to(filled > 0, [batch, k])
-        log_q = tf.broadcast_to(-tf.math.log(tf.cast(tf.maximum(filled, 1), tf.float32)), [batch, k])
-        return position, ok, log_q
+        return position, tf.broadcast_to(filled > 0, [batch, k])
 
-    def _gather(self, slots: tf.Tensor, ok: tf.Tensor, log_q: tf.Tensor) -> dict[str, tf.Tensor]:
+    def _gather(self, slots: tf.Tensor, ok: tf.Tensor) -> dict[str, tf.Tensor]:
         out = {name: tf.gather(variable, slots) for name, variable in self.stored.items()}
         out["item_key"] = tf.gather(self.item_key, slots)
         out["valid"] = ok
-        out["log_q"] = log_q
         return out
 
     def sample_cluster(self, cluster_ids: tf.Tensor, k: int) -> dict[str, tf.Tensor]:
         """k draws from the segment of each example's cluster.
 
-        cluster_ids: [B]. Returns every stored feature [B, k, *shape], `item_key` [B, k],
-        `valid` [B, k] bool (False: the draw found no item) and `log_q` [B, k].
+        cluster_ids: [B]. Returns every stored feature [B, k, *shape], `item_key` [B, k] and
+        `valid` [B, k] bool (False: the draw found no item).
         """
         cluster_ids = tf.cast(cluster_ids, tf.int64)
         segments = tf.reshape(self.valid, [self.num_clusters, self.slots_per_cluster])
-        position, ok, log_q = self._draw(segments, cluster_ids, k)
+        position, ok = self._draw(segments, cluster_ids, k)
         slots = cluster_ids[:, None] * self.slots_per_cluster + tf.cast(position, tf.int64)
-        return self._gather(slots, ok, log_q)
+        return self._gather(slots, ok)
 
     def sample_random(self, batch_size: tf.Tensor, k: int) -> dict[str, tf.Tensor]:
         """k draws per example from the whole pool; same outputs as `sample_cluster`."""
-        position, ok, log_q = self._draw(self.valid[None, :], tf.zeros([batch_size], tf.int64), k)
-        return self._gather(tf.cast(position, tf.int64), ok, log_q)
+        position, ok = self._draw(self.valid[None, :], tf.zeros([batch_size], tf.int64), k)
+        return self._gather(tf.cast(position, tf.int64), ok)
+
+    def draw_probabilities(self, cluster_ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Probability that ONE draw returns a given pooled item, per example: (random [B], cluster [B]).
+
+        cluster_ids: [B]. 'filled': 1 / filled slots of the pool, and 1 / filled slots of the
+        example's segment for an item of that segment (0 when there is none); 'slot': 1 / (C*S)
+        and 1 / S. For the cluster draws it applies only to items of the example's cluster.
+        """
+        cluster_ids = tf.cast(cluster_ids, tf.int64)
+        if self.sampling == "slot":
+            batch = tf.shape(cluster_ids)[0]
+            return (tf.fill([batch], 1.0 / self.capacity), tf.fill([batch], 1.0 / self.slots_per_cluster))
+        per_segment = tf.reduce_sum(tf.cast(tf.reshape(self.valid, [self.num_clusters, -1]), tf.float32), axis=1)
+        filled = tf.gather(per_segment, cluster_ids)
+        total = tf.reduce_sum(per_segment)
+        inverse = lambda n: tf.math.divide_no_nan(tf.ones_like(n), n)  # noqa: E731
+        return inverse(tf.fill(tf.shape(filled), total)), inverse(filled)
+
+    def contains(self, item_ids: tf.Tensor, cluster_ids: tf.Tensor) -> tf.Tensor:
+        """Whether each item [...] (with its cluster [...]) is in the pool now: [...] bool."""
+        slots = self.slots(item_ids, cluster_ids)
+        return tf.logical_and(tf.gather(self.valid, slots), tf.equal(tf.gather(self.item_key, slots),
+                                                                     self.keys(item_ids)))
 
     def fill_rate(self) -> tf.Tensor:
         """Share of filled slots (scalar float32)."""
