@@ -159,3 +159,57 @@ def test_split_has_no_leakage_over_random_logs(log, fraction):
     for e in train + evaluation:
         earlier = {i for u, i, r, t in log if u == e["user_id"] and r >= 3 and t < e["timestamp"]}
         assert set(e["history_item_ids"]) <= earlier
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("uvw"), st.sampled_from("abcdef"), st.integers(1, 5), st.integers(0, 8)),
+                min_size=1, max_size=60))
+def test_leave_last_out_over_random_logs(log):
+    """Per user: the last positive (timestamp, then input order) and what follows go to eval; no leakage."""
+    examples = {core.TRAIN: [], core.EVAL: []}
+    for user in sorted({u for u, *_ in log}):
+        rows = [(i, r, t, n) for n, (u, i, r, t) in enumerate(log) if u == user]
+        for split, e in core.user_examples(user, rows, None, 3, 3.0, split="leave_last_out"):
+            examples[split].append(e)
+    train, evaluation = examples[core.TRAIN], examples[core.EVAL]
+    assert len(train) + len(evaluation) == len(log)
+    for user in {u for u, *_ in log}:
+        rows = [(t, n, i, r) for n, (u, i, r, t) in enumerate(log) if u == user]
+        positives = [row for row in rows if row[3] >= 3]
+        user_eval = [e for e in evaluation if e["user_id"] == user]
+        if not positives:
+            assert not user_eval
+            continue
+        last = max(positives)
+        expected = sorted((t, i) for t, n, i, r in rows if (t, n) >= last[:2])
+        assert sorted((e["timestamp"], e["item_id"]) for e in user_eval) == expected
+        assert sum(e["label"] for e in user_eval) == 1  # exactly one positive to score per user
+    for e in train + evaluation:  # histories: earlier positives of the same user only
+        earlier = {i for u, i, r, t in log if u == e["user_id"] and r >= 3 and t < e["timestamp"]}
+        assert set(e["history_item_ids"]) <= earlier
+    for e in train:  # no training example is later than its user's evaluation positive
+        ev = [x for x in evaluation if x["user_id"] == e["user_id"] and x["label"]]
+        assert not ev or e["timestamp"] <= ev[0]["timestamp"]
+
+
+def test_generic_without_item_file_and_leave_last_out(tmp_path):
+    (tmp_path / "inter.csv").write_text(
+        "user_id,item_id,rating,timestamp\na,x,5,0\na,y,5,1\na,z,5,1\nb,x,5,0\nb,z,2,1\nc,y,1,0\n")
+    summary = run_example_gen(ExampleGenConfig(source="generic", interactions=str(tmp_path / "inter.csv"),
+                                               split="leave_last_out"), str(tmp_path / "out"))
+    # a: z (tie at t=1 broken by input order) to eval; b: x is its only positive, then z (negative) after it
+    assert (summary["train_examples"], summary["eval_examples"], summary["eval_positives"]) == (3, 3, 2)
+    assert summary["split"] == "leave_last_out" and summary["cut_timestamp"] is None
+    evaluation = read_examples(str(tmp_path / "out" / "eval"))
+    assert sorted((e["user_id"], e["item_id"]) for e in evaluation) == [("a", "z"), ("b", "x"), ("b", "z")]
+    assert [e["history"] for e in evaluation if e["item_id"] == "z" and e["user_id"] == "a"] == [["x"]]
+    import pyarrow.parquet as pq
+
+    items = pq.read_table(str(tmp_path / "out" / "items" / "items.parquet")).to_pylist()
+    assert [(r["item_id"], r["text"], r["categories"], r["train_count"]) for r in items] == [
+        ("x", "", [], 1), ("y", "", [], 2), ("z", "", [], 0)]
+
+
+def test_bad_split_names_value():
+    with pytest.raises(ValueError, match="split must be one of .* got 'random'"):
+        ExampleGenConfig(interactions="x", split="random")

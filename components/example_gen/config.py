@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from components.example_gen.core import SPLITS
+
 SOURCES = ("movielens", "generic", "amazon", "tfds")
 BAD_ROW_POLICIES = ("fail", "dead_letter")
 
@@ -20,8 +22,12 @@ class ExampleGenConfig:
       or 'tfds' (a prepared TensorFlow Datasets directory `tfds_data_dir`; `interactions` and
       `items` name data sets, e.g. 'movielens/1m-ratings' and 'movielens/1m-movies').
     interactions: file path or glob of the interactions.
-    items: file path or glob of the item catalogue.
-    train_fraction: share of interactions, in time order, that form the training period.
+    items: file path or glob of the item catalogue; '' = none: the catalogue is the items of the
+      interactions, without text or categories (no LLM embedding is made for them; use cluster
+      sources that need no text).
+    split: 'time' (global time cut, paper §5.1) or 'leave_last_out' (each user's last positive
+      interaction, and anything after it, to evaluation); see core.py.
+    train_fraction: share of interactions, in time order, that form the training period ('time').
     positive_threshold: ratings >= this are positives (label 1), others label 0.
     history_length: the last N positive items strictly before each example's timestamp.
     bad_rows: what a row that breaks the schema does (malformed line, wrong field count,
@@ -36,6 +42,7 @@ class ExampleGenConfig:
     source: str = "movielens"
     interactions: str = ""
     items: str = ""
+    split: str = "time"
     train_fraction: float = 0.8
     positive_threshold: float = 3.0
     history_length: int = 20
@@ -53,8 +60,10 @@ class ExampleGenConfig:
             raise ValueError(f"train_fraction must be in (0, 1), got {self.train_fraction}")
         if self.history_length < 1:
             raise ValueError(f"history_length must be >= 1, got {self.history_length}")
-        if not self.interactions or not self.items:
-            raise ValueError("both 'interactions' and 'items' paths are required")
+        if not self.interactions:
+            raise ValueError("the 'interactions' path is required")
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
 
     @classmethod
     def movielens(cls, data_dir: str, **overrides) -> ExampleGenConfig:

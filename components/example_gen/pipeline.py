@@ -62,7 +62,10 @@ class _Validate(beam.DoFn):
         field, problem = record.field, record.problem
         if not problem:
             try:
-                yield validate_row(load_schema(self._schema_name), record.row, record.source, record.line)
+                row = validate_row(load_schema(self._schema_name), record.row, record.source, record.line)
+                if self._schema_name == "interactions":
+                    row["input_order"] = (record.source, record.line)  # breaks timestamp ties per user
+                yield row
                 return
             except SchemaViolation as violation:
                 field, problem = violation.field, violation.problem
@@ -114,9 +117,10 @@ class _OneRowPerItem(beam.DoFn):
 
 
 class _UserExamples(beam.DoFn):
-    def __init__(self, history_length: int, positive_threshold: float):
+    def __init__(self, history_length: int, positive_threshold: float, split: str):
         self._history_length = history_length
         self._threshold = positive_threshold
+        self._split = split
         self.counters = {s: Metrics.counter(NAMESPACE, f"{s}_examples") for s in (core.TRAIN, core.EVAL)}
         self.positives = {s: Metrics.counter(NAMESPACE, f"{s}_positives") for s in (core.TRAIN, core.EVAL)}
         self.no_positive_users = Metrics.counter(NAMESPACE, "users_without_positives")
@@ -125,8 +129,8 @@ class _UserExamples(beam.DoFn):
         user_id, rows = element
         positives = 0
         for split, example in core.user_examples(
-                user_id, ((r["item_id"], r["rating"], r["timestamp"]) for r in rows),
-                cut, self._history_length, self._threshold):
+                user_id, ((r["item_id"], r["rating"], r["timestamp"], r["input_order"]) for r in rows),
+                cut, self._history_length, self._threshold, self._split):
             self.counters[split].inc()
             if example["label"]:
                 self.positives[split].inc()
@@ -167,23 +171,9 @@ def build(pipeline: beam.Pipeline, config: ExampleGenConfig, output_dir: str) ->
         interaction_paths, item_paths = [config.interactions], [config.items]
     else:
         ratings_reader, items_reader = readers.READERS[config.source]
-        interaction_paths, item_paths = expand_patterns([config.interactions]), expand_patterns([config.items])
+        interaction_paths = expand_patterns([config.interactions])
+        item_paths = expand_patterns([config.items]) if config.items else []
     dead_letters = []
-
-    items = (
-        pipeline
-        | "ReadItems" >> ReadNumberedRecords(item_paths, items_reader)
-        | "CountItemsIn" >> Counted(NAMESPACE, "item_rows_in")
-        | "ValidateItems" >> beam.ParDo(_Validate("items", config.bad_rows)).with_outputs(DEAD_LETTER, main="rows")
-    )
-    dead_letters.append(items[DEAD_LETTER])
-    catalogue = (
-        items.rows
-        | "KeyItems" >> beam.Map(lambda r: (r["item_id"], r))
-        | "GroupItemIds" >> beam.GroupByKey()
-        | "OneRowPerItem" >> beam.ParDo(_OneRowPerItem())
-    )
-    catalogue_ids = catalogue | "Ids" >> beam.Keys()
 
     parsed = (
         pipeline
@@ -192,11 +182,36 @@ def build(pipeline: beam.Pipeline, config: ExampleGenConfig, output_dir: str) ->
         | "ValidateInteractions" >> beam.ParDo(_Validate("interactions", config.bad_rows)).with_outputs(
             DEAD_LETTER, main="rows")
     )
-    known = parsed.rows | "KnownItems" >> beam.ParDo(
-        _KeepKnownItems(), catalogue_ids=beam.pvalue.AsDict(catalogue_ids | beam.Map(lambda i: (i, None)))
-    ).with_outputs(DEAD_LETTER, main="rows")
-    dead_letters += [parsed[DEAD_LETTER], known[DEAD_LETTER]]
-    interactions = known.rows
+    dead_letters.append(parsed[DEAD_LETTER])
+    if config.items:
+        items = (
+            pipeline
+            | "ReadItems" >> ReadNumberedRecords(item_paths, items_reader)
+            | "CountItemsIn" >> Counted(NAMESPACE, "item_rows_in")
+            | "ValidateItems" >> beam.ParDo(_Validate("items", config.bad_rows)).with_outputs(DEAD_LETTER,
+                                                                                             main="rows")
+        )
+        dead_letters.append(items[DEAD_LETTER])
+        catalogue = (
+            items.rows
+            | "KeyItems" >> beam.Map(lambda r: (r["item_id"], r))
+            | "GroupItemIds" >> beam.GroupByKey()
+            | "OneRowPerItem" >> beam.ParDo(_OneRowPerItem())
+        )
+        catalogue_ids = catalogue | "Ids" >> beam.Keys()
+        known = parsed.rows | "KnownItems" >> beam.ParDo(
+            _KeepKnownItems(), catalogue_ids=beam.pvalue.AsDict(catalogue_ids | beam.Map(lambda i: (i, None)))
+        ).with_outputs(DEAD_LETTER, main="rows")
+        dead_letters.append(known[DEAD_LETTER])
+        interactions = known.rows
+    else:  # no item file: the catalogue is the interactions' items, without text or categories
+        interactions = parsed.rows
+        catalogue = (
+            interactions
+            | "InteractionItems" >> beam.Map(lambda r: r["item_id"])
+            | "DistinctItems" >> beam.Distinct()
+            | "TextlessItems" >> beam.Map(lambda i: (i, {"item_id": i, "text": "", "categories": []}))
+        )
     _ = (
         dead_letters
         | "AllDeadLetters" >> beam.Flatten()
@@ -205,19 +220,22 @@ def build(pipeline: beam.Pipeline, config: ExampleGenConfig, output_dir: str) ->
                                                     file_name_suffix=".jsonl", shard_name_template="")
     )
 
-    cut = (
-        interactions
-        | "Timestamps" >> beam.Map(lambda r: r["timestamp"])
-        | "CountPerTimestamp" >> beam.combiners.Count.PerElement()
-        | "AllCounts" >> beam.combiners.ToList()
-        | "Cut" >> beam.Map(core.compute_cut, train_fraction=config.train_fraction)
-    )
+    if config.split == "time":
+        cut = (
+            interactions
+            | "Timestamps" >> beam.Map(lambda r: r["timestamp"])
+            | "CountPerTimestamp" >> beam.combiners.Count.PerElement()
+            | "AllCounts" >> beam.combiners.ToList()
+            | "Cut" >> beam.Map(core.compute_cut, train_fraction=config.train_fraction)
+        )
+    else:  # per-user split: no global cut
+        cut = pipeline | "NoCut" >> beam.Create([None])
 
     examples = (
         interactions
         | "ByUser" >> beam.Map(lambda r: (r["user_id"], r))
         | "GroupByUser" >> beam.GroupByKey()
-        | "Examples" >> beam.ParDo(_UserExamples(config.history_length, config.positive_threshold),
+        | "Examples" >> beam.ParDo(_UserExamples(config.history_length, config.positive_threshold, config.split),
                                    cut=beam.pvalue.AsSingleton(cut)).with_outputs(core.TRAIN, core.EVAL)
     )
     for split, shards in ((core.TRAIN, config.num_train_shards), (core.EVAL, config.num_eval_shards)):
@@ -276,6 +294,7 @@ def run_example_gen(config: ExampleGenConfig, output_dir: str,
         "dropped": {reason: counters.get(f"dropped_{reason}", 0) for reason in DROP_REASONS},
         "users_without_positives": counters.get("users_without_positives", 0),
         "dead_letter_file": fileio.join(output_dir, DEAD_LETTER, "rows.jsonl"),
+        "split": config.split,
         "cut_timestamp": cut,
         "config": dataclasses.asdict(config),
     }
@@ -284,6 +303,8 @@ def run_example_gen(config: ExampleGenConfig, output_dir: str,
     print(f"[example_gen] {summary['interactions_in']:,} interactions in -> {summary['train_examples']:,} train + "
           f"{summary['eval_examples']:,} eval examples, {summary['items_out']:,} items; "
           f"dropped {dropped:,} ({', '.join(f'{k}: {v:,}' for k, v in summary['dropped'].items())}); "
-          f"{summary['users_without_positives']:,} users without positives (kept); cut at timestamp {cut}"
+          f"{summary['users_without_positives']:,} users without positives (kept); "
+          + (f"cut at timestamp {cut}" if config.split == "time" else "each user's last positive to eval")
+          + ("" if config.items else "; no item file: items taken from the interactions, without text")
           + (f"; dropped rows in {summary['dead_letter_file']}" if dropped else ""), flush=True)
     return summary
