@@ -21,6 +21,9 @@ def test_hit_rate_matches_numpy_oracle(seed):
         topk = np.argsort(-scores, axis=1)[:, :k]
         expected = np.mean([t >= 0 and t in row for t, row in zip(targets, topk)])
         assert result["metrics"][f"hit_rate@{k}"] == pytest.approx(expected)
+        ndcg = np.mean([1 / np.log2(list(row).index(t) + 2) if t >= 0 and t in row else 0.0
+                        for t, row in zip(targets, topk)])
+        assert result["metrics"][f"ndcg@{k}"] == pytest.approx(ndcg)
     assert result["metrics"]["targets_not_in_corpus"] == int((targets < 0).sum())
     top50 = np.argsort(-scores, axis=1)[:, :50]
     np.testing.assert_array_equal(result["appearances"], np.bincount(top50.ravel(), minlength=300))

@@ -42,12 +42,14 @@ def evaluate(query_batches: Iterable[tuple[np.ndarray, np.ndarray]], candidates:
              config: EvaluatorConfig) -> dict:
     """query_batches: (query embeddings [B, d], target item index [B], -1 = not in the corpus).
 
-    Returns hit rates, counts and per-item top-K appearance counts [V] (for popularity).
+    Returns hit rates and NDCG at every K (one relevant item per query: 1 / log2(rank + 2) when
+    rank < K; ties count against the target), counts and per-item top-K appearance counts [V].
     A target outside the corpus is a miss (it cannot be retrieved) and is counted apart.
     """
     k_max = min(max(config.ks), len(candidates))
     candidates_t = tf.constant(candidates, tf.float32)
     hits = {k: 0 for k in config.ks}
+    gains = {k: 0.0 for k in config.ks}
     appearances = np.zeros(len(candidates), np.int64)
     total = unknown = 0
     for queries, targets in query_batches:
@@ -57,12 +59,15 @@ def evaluate(query_batches: Iterable[tuple[np.ndarray, np.ndarray]], candidates:
         rank, top = _batch_top_k(tf.constant(queries, tf.float32), candidates_t,
                                  tf.constant(np.where(known, targets, 0), tf.int64), k_max)
         rank = rank.numpy()
+        gain = np.where(known, 1.0 / np.log2(rank + 2.0), 0.0)  # one relevant item: DCG = 1 / log2(rank + 2)
         for k in config.ks:
             hits[k] += int(((rank < k) & known).sum())
+            gains[k] += float(gain[rank < k].sum())
         appearances += np.bincount(top.numpy().ravel(), minlength=len(candidates))
     if total == 0:
         raise ValueError("no positive evaluation examples to score")
     metrics = {f"hit_rate@{k}": hits[k] / total for k in config.ks}
+    metrics.update({f"ndcg@{k}": gains[k] / total for k in config.ks})
     metrics.update(num_queries=total, targets_not_in_corpus=unknown, corpus_size=len(candidates))
     return {"metrics": metrics, "appearances": appearances, "k": k_max}
 
