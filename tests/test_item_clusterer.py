@@ -56,3 +56,63 @@ def test_step_outputs(clusters_dir, examples_dir):
     assert report["llm"]["empty_clusters"] == sum(size == 0 for size in report["llm"]["sizes"])
     assert json.load(open(os.path.join(clusters_dir, "llm", "meta.json"))) == {"num_clusters": 4}
     assert os.path.getsize(os.path.join(clusters_dir, "cluster_sizes.png")) > 1000
+
+
+def test_behavioural_clusters_from_a_trained_model(examples_dir, clusters_dir, tmp_path):
+    """A trained candidate tower's exported embeddings -> k-means with the same clusterer -> a table the
+    trainer takes as cluster_source 'behavioural'. Oracle: at a k-means fixed point every item is
+    nearest to the mean of its own cluster."""
+    import pyarrow.parquet as pq
+
+    from components.exporter import ExporterConfig, run_exporter
+    from components.item_clusterer import run_item_clusterer
+    from components.trainer import TrainerConfig, run_trainer
+
+    small = dict(batch_size=32, epochs=1, embedding_dim=8, history_length=5, shuffle_buffer=100)
+    run_trainer(TrainerConfig(strategy="in_batch", **small), examples_dir, clusters_dir, str(tmp_path / "first"))
+    run_exporter(ExporterConfig(k=10), str(tmp_path / "first"), os.path.join(examples_dir, "items"),
+                 str(tmp_path / "export"))
+    report = run_item_clusterer(ItemClustererConfig(num_clusters=3, embedding_kind="behavioural"),
+                                str(tmp_path / "export"), os.path.join(examples_dir, "items", "*.parquet"),
+                                str(tmp_path / "behavioural"))
+    assert report["tables"] == ["behavioural", "category"] and report["behavioural"]["num_items"] == 40
+    table = read_cluster_table(str(tmp_path / "behavioural" / "behavioural"))
+    rows = pq.read_table(str(tmp_path / "export" / "candidates.parquet")).to_pylist()
+    x = np.asarray([r["embedding"] for r in rows], np.float32)
+    labels = np.asarray([table[r["item_id"]] for r in rows])
+    means = np.stack([x[labels == c].mean(axis=0) if (labels == c).any() else np.full(8, 1e6) for c in range(3)])
+    np.testing.assert_array_equal(core.assign(x, means), labels)
+    summary = run_trainer(TrainerConfig(strategy="cluster_oob", cluster_source="behavioural", **small),
+                          examples_dir, str(tmp_path / "behavioural"), str(tmp_path / "second"))
+    assert summary["num_clusters"] == 3 and np.isfinite(summary["final_metrics"]["loss"])
+
+
+def test_catalogue_without_text_runs_with_category_clusters(tmp_path, tiny_bert):
+    """No item file: no text, so no embedding and no LLM table; the category table (one cluster of
+    uncategorised items) still trains and evaluates."""
+    from components.evaluator import EvaluatorConfig, run_evaluator
+    from components.example_gen import ExampleGenConfig, run_example_gen
+    from components.item_clusterer import run_item_clusterer
+    from components.item_embedder import ItemEmbedderConfig, run_item_embedder
+    from components.trainer import TrainerConfig, run_trainer
+    from tests.helpers import synthetic_log
+
+    with open(tmp_path / "inter.csv", "w") as f:
+        f.write("user_id,item_id,rating,timestamp\n")
+        f.writelines(f"{u},{i},{r},{t}\n" for u, i, r, t in synthetic_log(rows=400))
+    examples = str(tmp_path / "examples")
+    run_example_gen(ExampleGenConfig(source="generic", interactions=str(tmp_path / "inter.csv"),
+                                     split="leave_last_out", history_length=5), examples)
+    items = os.path.join(examples, "items", "*.parquet")
+    embedded = run_item_embedder(ItemEmbedderConfig(model=tiny_bert), items, str(tmp_path / "emb"))
+    assert embedded["items_out"] == 0 and embedded["items_without_text"] == embedded["items_in"] > 0
+    report = run_item_clusterer(ItemClustererConfig(), str(tmp_path / "emb"), items, str(tmp_path / "clusters"))
+    assert report["tables"] == ["category"] and report["category"]["num_clusters"] == 1
+    assert not os.path.exists(tmp_path / "clusters" / "llm")
+    model = str(tmp_path / "model")
+    run_trainer(TrainerConfig(strategy="cluster_oob", cluster_source="category", batch_size=32, epochs=1,
+                              embedding_dim=8, history_length=5, shuffle_buffer=100), examples,
+                str(tmp_path / "clusters"), model)
+    metrics = run_evaluator(EvaluatorConfig(ks=(10, 50)), model, examples, str(tmp_path / "eval"), 5)
+    assert metrics["num_queries"] == len({u for u, _, r, _ in synthetic_log(rows=400) if r >= 3})
+    assert 0.0 <= metrics["ndcg@10"] <= metrics["hit_rate@10"] <= metrics["hit_rate@50"] <= 1.0

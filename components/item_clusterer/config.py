@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+EMBEDDING_KINDS = ("llm", "behavioural")
+
 
 @dataclasses.dataclass(frozen=True)
 class ItemClustererConfig:
@@ -15,14 +17,20 @@ class ItemClustererConfig:
       granular clusters raise false negatives), fine enough to be harder than random.
     max_fit_items: k-means is fit on at most this many items (a deterministic hash sample),
       then every item is assigned to its nearest centroid.
+    embedding_kind: the name of the table made from the embeddings: 'llm' (item_embedder's text
+      embeddings) or 'behavioural' (a trained candidate tower's item embeddings, e.g. the
+      exporter's candidates.parquet: clusters refreshed from the previous model).
     """
 
     num_clusters: int = 0
     max_fit_items: int = 200_000
     n_init: int = 4
     seed: int = 0
+    embedding_kind: str = "llm"
 
     def __post_init__(self):
+        if self.embedding_kind not in EMBEDDING_KINDS:
+            raise ValueError(f"embedding_kind must be one of {EMBEDDING_KINDS}, got {self.embedding_kind!r}")
         if self.num_clusters < 0 or self.num_clusters == 1:
             raise ValueError(f"num_clusters must be 0 (auto) or >= 2, got {self.num_clusters}")
         if self.max_fit_items < 2:

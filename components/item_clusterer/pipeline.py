@@ -1,7 +1,7 @@
 """item_clusterer as a Beam pipeline:
 
     embeddings --hash sample--> k-means fit (one worker) --centroids side input-->
-    assign every item in batches --> llm/clusters.parquet
+    assign every item in batches --> <embedding_kind>/clusters.parquet (llm or behavioural)
     items.parquet --first category--> category/clusters.parquet
 then a report (sizes summary JSON + histogram PNG) from the two tables.
 """
@@ -26,7 +26,6 @@ from components.item_clusterer.config import ItemClustererConfig
 
 NAMESPACE = "item_clusterer"
 CLUSTER_SCHEMA = pa.schema([("item_id", pa.string()), ("cluster_id", pa.int64())])
-KINDS = ("llm", "category")
 
 
 def _fit(rows, num_clusters: int, seed: int, n_init: int) -> np.ndarray:
@@ -47,21 +46,23 @@ def _write_table(pcoll, label: str, path_prefix: str):
 
 def build(pipeline, config: ItemClustererConfig, embeddings_pattern: str, items_path: str, output_dir: str,
           num_items: int) -> None:
-    num_clusters = config.clusters_for(num_items)
-    rate = min(1.0, config.max_fit_items / max(num_items, 1))
-    embeddings = pipeline | "ReadEmbeddings" >> beam.io.ReadFromParquet(embeddings_pattern)
-    centroids = (
-        embeddings
-        | "FitSample" >> beam.Filter(lambda r: core.in_fit_sample(r["item_id"], rate))
-        | "CollectSample" >> beam.combiners.ToList()
-        | "FitKMeans" >> beam.Map(_fit, num_clusters=num_clusters, seed=config.seed, n_init=config.n_init)
-    )
-    llm = (
-        embeddings
-        | "Batch" >> beam.BatchElements(min_batch_size=256, max_batch_size=8192)
-        | "Assign" >> beam.FlatMap(_assign_batch, centroids=beam.pvalue.AsSingleton(centroids))
-    )
-    _write_table(llm, "llm", fileio.join(output_dir, "llm", "clusters"))
+    """k-means table from the embeddings (skipped when there are none: items without text) + category table."""
+    if num_items:
+        num_clusters = config.clusters_for(num_items)
+        rate = min(1.0, config.max_fit_items / max(num_items, 1))
+        embeddings = pipeline | "ReadEmbeddings" >> beam.io.ReadFromParquet(embeddings_pattern)
+        centroids = (
+            embeddings
+            | "FitSample" >> beam.Filter(lambda r: core.in_fit_sample(r["item_id"], rate))
+            | "CollectSample" >> beam.combiners.ToList()
+            | "FitKMeans" >> beam.Map(_fit, num_clusters=num_clusters, seed=config.seed, n_init=config.n_init)
+        )
+        assigned = (
+            embeddings
+            | "Batch" >> beam.BatchElements(min_batch_size=256, max_batch_size=8192)
+            | "Assign" >> beam.FlatMap(_assign_batch, centroids=beam.pvalue.AsSingleton(centroids))
+        )
+        _write_table(assigned, config.embedding_kind, fileio.join(output_dir, config.embedding_kind, "clusters"))
 
     first = (
         pipeline
@@ -104,14 +105,14 @@ def read_cluster_table(path: str) -> dict[str, int]:
     return dict(zip(table.column("item_id").to_pylist(), table.column("cluster_id").to_pylist()))
 
 
-def _plot_sizes(report: dict, path: str) -> None:
+def _plot_sizes(report: dict, kinds: list[str], path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(KINDS), figsize=(5 * len(KINDS), 3.5))
-    for ax, kind in zip(axes, KINDS):
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 3.5))
+    for ax, kind in zip(np.atleast_1d(axes), kinds):
         sizes = report[kind]["sizes"]
         ax.hist(sizes, bins=min(50, max(5, len(sizes) // 2)))
         ax.set_title(f"{kind}: {report[kind]['num_clusters']} clusters")
@@ -127,8 +128,10 @@ def _plot_sizes(report: dict, path: str) -> None:
 
 def run_item_clusterer(config: ItemClustererConfig, embeddings_dir: str, items_path: str, output_dir: str,
                        beam_args: Sequence[str] | None = None) -> dict:
-    """Writes llm/ and category/ cluster tables (each with meta.json: num_clusters), report.json
-    and cluster_sizes.png to output_dir. Empty clusters are kept (ids stay in [0, C)) and counted."""
+    """Writes the <embedding_kind>/ (k-means of the embeddings) and category/ cluster tables (each
+    with meta.json: num_clusters), report.json and cluster_sizes.png to output_dir. Empty clusters
+    are kept (ids stay in [0, C)) and counted. With no embeddings (a catalogue without text) only
+    the category table is written, and the summary says so."""
     files = fileio.match(fileio.join(embeddings_dir, "*.parquet"))
     if not files:
         raise FileNotFoundError(f"no embeddings (*.parquet) under {embeddings_dir}")
@@ -136,25 +139,29 @@ def run_item_clusterer(config: ItemClustererConfig, embeddings_dir: str, items_p
     for f in files:
         with FileSystems.open(f) as handle:
             num_items += pq.ParquetFile(handle).metadata.num_rows
-    if num_items < 2:
+    if num_items == 1:
         raise ValueError(f"need at least 2 items to cluster, found {num_items} in {embeddings_dir}")
     fileio.makedirs(output_dir)
     counters = run_pipeline(
         lambda p: build(p, config, fileio.join(embeddings_dir, "*.parquet"), items_path, output_dir, num_items),
         NAMESPACE, beam_args)
-    report = {"config": dataclasses.asdict(config), "items_in": num_items}
-    for kind in KINDS:
+    kinds = [config.embedding_kind, "category"] if num_items else ["category"]
+    report = {"config": dataclasses.asdict(config), "items_in": num_items, "tables": kinds}
+    for kind in kinds:
         table = read_cluster_table(fileio.join(output_dir, kind))
         ids = np.asarray(list(table.values()), dtype=np.int64)
-        n = config.clusters_for(num_items) if kind == "llm" else int(ids.max()) + 1
+        n = int(ids.max()) + 1 if kind == "category" else config.clusters_for(num_items)
         report[kind] = core.size_summary(ids, n)
         report[kind]["items_assigned"] = counters.get(f"{kind}_assigned", 0)
         fileio.write_json(fileio.join(output_dir, kind, "meta.json"), {"num_clusters": n})
     fileio.write_json(fileio.join(output_dir, "report.json"), report)
-    _plot_sizes(report, fileio.join(output_dir, "cluster_sizes.png"))
-    for kind in KINDS:
+    _plot_sizes(report, kinds, fileio.join(output_dir, "cluster_sizes.png"))
+    if not num_items:
+        print(f"[item_clusterer] {config.embedding_kind}: skipped, no embeddings in {embeddings_dir} (items "
+              "without text); use another cluster source", flush=True)
+    for kind in kinds:
         r = report[kind]
-        print(f"[item_clusterer] {kind}: {num_items:,} items in -> {r['items_assigned']:,} assigned to "
+        print(f"[item_clusterer] {kind}: {r['num_items']:,} items in -> {r['items_assigned']:,} assigned to "
               f"{r['num_clusters']} clusters (sizes min {r['min']}, median {r['median']:.0f}, max {r['max']}; "
               f"{r['empty_clusters']} empty); dropped 0", flush=True)
     return report

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from components.common import fileio
@@ -33,6 +34,19 @@ def _to_row(element) -> dict:
     return {"item_id": item_id, "embedding": vector.tolist()}
 
 
+class _WithText(beam.DoFn):
+    """Items without text (a catalogue taken from the interactions) get no embedding; counted."""
+
+    def __init__(self):
+        self.no_text = Metrics.counter(NAMESPACE, "items_without_text")
+
+    def process(self, row: dict):
+        if row["text"] and row["text"].strip():
+            yield row
+        else:
+            self.no_text.inc()
+
+
 def build(pipeline: beam.Pipeline, config: ItemEmbedderConfig, items_path: str, output_dir: str) -> None:
     handler = KeyedModelHandler(TextEmbeddingModelHandler(
         config.model_path(), config.pooling, config.max_length, config.batch_size))
@@ -40,6 +54,7 @@ def build(pipeline: beam.Pipeline, config: ItemEmbedderConfig, items_path: str, 
         pipeline
         | "ReadItems" >> beam.io.ReadFromParquet(items_path, columns=["item_id", "text"])
         | "CountIn" >> Counted(NAMESPACE, "items_in")
+        | "WithText" >> beam.ParDo(_WithText())
         | "KeyText" >> beam.Map(lambda r: (r["item_id"], r["text"]))
         | "Embed" >> RunInference(handler)
         | "Progress" >> beam.ParDo(ProgressDoFn("item_embedder", "items embedded"))
@@ -59,10 +74,12 @@ def run_item_embedder(config: ItemEmbedderConfig, items_path: str, output_dir: s
         "items_in": counters.get("items_in", 0),
         "items_out": counters.get("items_out", 0),
         "texts_truncated": counters.get("texts_truncated", 0),
+        "items_without_text": counters.get("items_without_text", 0),
         "model": config.model_path(),
         "config": dataclasses.asdict(config),
     }
     fileio.write_json(fileio.join(output_dir, "summary.json"), summary)
     print(f"[item_embedder] {summary['items_in']:,} items in -> {summary['items_out']:,} embeddings out; "
-          f"{summary['texts_truncated']:,} texts truncated to {config.max_length} tokens; dropped 0", flush=True)
+          f"{summary['texts_truncated']:,} texts truncated to {config.max_length} tokens; "
+          f"{summary['items_without_text']:,} items without text skipped (no embedding, no LLM cluster)", flush=True)
     return summary

@@ -6,6 +6,7 @@ import dataclasses
 
 STRATEGIES = ("in_batch", "oob", "cluster_oob")
 HISTORY_POOLING = ("mean", "position")
+CLUSTER_SOURCES = ("llm", "category", "behavioural")  # tables of item_clusterer's output
 LOGQ_CORRECTIONS = ("mixture", "in_batch", "none")  # see losses.py
 
 
@@ -17,8 +18,8 @@ class TrainerConfig:
       'oob' (+ `num_negatives` random pool negatives per example) or 'cluster_oob' (+ pool
       negatives split random:cluster by `random_ratio`:`cluster_ratio`, cluster draws from the
       positive's cluster segment).
-    cluster_source: which cluster table ('llm' or 'category') feeds the cluster-id features
-      and the pool segments.
+    cluster_source: which cluster table ('llm', 'category' or 'behavioural': k-means of a trained
+      model's item embeddings) feeds the cluster-id features and the pool segments.
     slots_per_cluster: S; 0 = the next power of two >= 2 * items / clusters (at least 16).
     pool_sampling: 'filled' (uniform over filled slots) or 'slot' (Algorithm 2 literally).
     logq_correction: 'mixture' (every column, in-batch and pool, corrected by the log of the item's
@@ -61,8 +62,8 @@ class TrainerConfig:
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.cluster_source not in ("llm", "category"):
-            raise ValueError(f"cluster_source must be 'llm' or 'category', got {self.cluster_source!r}")
+        if self.cluster_source not in CLUSTER_SOURCES:
+            raise ValueError(f"cluster_source must be one of {CLUSTER_SOURCES}, got {self.cluster_source!r}")
         for name in ("embedding_dim", "batch_size", "epochs", "history_length", "log_every_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
