@@ -80,19 +80,28 @@ def _train(config: TrainerConfig, examples: str, clusters: str, out: str) -> dic
     return run_trainer(config, examples, clusters, out)
 
 
-def train_and_evaluate(config: TrainerConfig, examples: str, clusters: str, tag: str) -> dict:
+def train_and_evaluate(config: TrainerConfig, examples: str, clusters: str, tag: str,
+                       ks: tuple[int, ...] = (50, 100)) -> dict:
+    """Trains (or reuses a finished run of the same config) and evaluates; `hr<k>`/`ndcg<k>` for every k."""
     out = os.path.join(WORK, "models", tag)
     summary = _previous_summary(out, config)
     metrics_path = os.path.join(out, "eval", "metrics.json")
+    metrics = None
     if summary is not None and os.path.exists(metrics_path):
-        print(f"[benchmark] {tag}: reusing the finished run in {out}", flush=True)
         with open(metrics_path, encoding="utf-8") as f:
             metrics = json.load(f)
+        if all(f"ndcg@{k}" in metrics for k in ks):
+            print(f"[benchmark] {tag}: reusing the finished run in {out}", flush=True)
+        else:
+            metrics = run_evaluator(EvaluatorConfig(ks=ks), out, examples, os.path.join(out, "eval"),
+                                    config.history_length)
     else:
         summary = _train(config, examples, clusters, out)
-        metrics = run_evaluator(EvaluatorConfig(), out, examples, os.path.join(out, "eval"), config.history_length)
+        metrics = run_evaluator(EvaluatorConfig(ks=ks), out, examples, os.path.join(out, "eval"),
+                                config.history_length)
     final = summary["final_metrics"]
-    return {"hr50": metrics["hit_rate@50"], "hr100": metrics["hit_rate@100"], "popularity": metrics["popularity"],
+    return {**{f"hr{k}": metrics[f"hit_rate@{k}"] for k in ks}, **{f"ndcg{k}": metrics[f"ndcg@{k}"] for k in ks},
+            "model_dir": out, "popularity": metrics["popularity"],
             "examples_per_second": statistics.mean(summary["examples_per_second"]),
             "negative_masked_rate": final.get("negative_masked_rate"),
             "mass": {k[len("mass_"):]: v for k, v in final.items() if k.startswith("mass_") and v}}
