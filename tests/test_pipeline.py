@@ -81,3 +81,37 @@ def test_local_run_end_to_end(tmp_path, movielens_dir, tiny_bert, capsys):
               for step, output in local_runner.OUTPUTS.items()}
     assert reused == {"example-gen": True, "item-embedder": True, "item-clusterer": True, "trainer": False,
                       "evaluator": False, "exporter": False}
+
+
+def test_behavioural_clusters_come_from_a_first_model(tmp_path, movielens_dir, tiny_bert):
+    """cluster_source behavioural: item-clusterer-2 clusters the exported item embeddings of a first
+    (in_batch) model, and the final trainer trains on that table; the local run goes end to end."""
+    import yaml
+
+    from tfx_pipeline import kubeflow_runner
+
+    path = str(tmp_path / "pipeline.yaml")
+    assert kubeflow_runner.main(["--output", path, "--data-dir", "gs://bucket/ml-1m", "--pipeline-root", "gs://b/r",
+                                 "--trainer.cluster_source", "behavioural"]) == 0
+    tasks = yaml.safe_load(open(path))["root"]["dag"]["tasks"]
+    producer = {name: {k: a["taskOutputArtifact"]["producerTask"] for k, a in t["inputs"].get("artifacts", {}).items()}
+                for name, t in tasks.items()}
+    assert producer["trainer"]["clusters"] == "item-clusterer"  # the first model
+    assert producer["exporter"]["model"] == "trainer"
+    assert producer["item-clusterer-2"]["embeddings"] == "exporter"
+    assert producer["trainer-2"]["clusters"] == "item-clusterer-2"
+    assert producer["evaluator"]["model"] == producer["exporter-2"]["model"] == "trainer-2"
+    first = json.loads(tasks["trainer"]["inputs"]["parameters"]["config_json"]["runtimeValue"]["constant"])
+    second = json.loads(tasks["item-clusterer-2"]["inputs"]["parameters"]["config_json"]["runtimeValue"]["constant"])
+    assert (first["strategy"], first["cluster_source"], second["embedding_kind"]) == ("in_batch", "category",
+                                                                                       "behavioural")
+
+    args = ["--data-dir", movielens_dir, "--pipeline-root", str(tmp_path / "runs"), "--item_embedder.model", tiny_bert,
+            "--item_clusterer.num_clusters", "3", "--trainer.cluster_source", "behavioural", "--trainer.epochs", "1",
+            "--trainer.batch_size", "64", "--trainer.embedding_dim", "8", "--trainer.num_negatives", "4",
+            "--evaluator.ks", "5,10", "--exporter.k", "5"]
+    assert local_runner.main(args) == 0
+    (run,) = [p for p in os.listdir(tmp_path / "runs") if p != "cache"]
+    summary = json.load(open(tmp_path / "runs" / run / "trainer-2" / "model" / "train_summary.json"))
+    assert summary["config"]["cluster_source"] == "behavioural" and summary["num_clusters"] == 3
+    assert local_runner._artifacts(str(tmp_path / "runs" / run))["trainer"].endswith(os.path.join("trainer-2", "model"))

@@ -21,12 +21,14 @@ OUTPUTS = {"example-gen": "examples", "item-embedder": "embeddings", "item-clust
 
 
 def _artifacts(run_dir: str) -> dict[str, str]:
-    """{task: artifact directory} of one local run."""
+    """{task: artifact directory} of one local run; of a step that runs twice (behavioural clusters:
+    trainer, trainer-2) the last, which feeds what follows."""
     found = {}
     for task, output in OUTPUTS.items():
-        matches = sorted(glob.glob(os.path.join(run_dir, task, output)))
-        if matches:
-            found[task] = matches[0]
+        matches = glob.glob(os.path.join(run_dir, task, output)) + glob.glob(os.path.join(run_dir, f"{task}-[0-9]*",
+                                                                                          output))
+        if matches:  # task, task-2, task-3, ...: the highest number
+            found[task] = max(matches, key=lambda p: int(os.path.basename(os.path.dirname(p))[len(task) + 1:] or 1))
     return found
 
 

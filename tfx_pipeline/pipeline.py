@@ -2,9 +2,17 @@
 
     example_gen -> item_embedder -> item_clusterer -> trainer -> evaluator
                                                             \\-> exporter
+
+With `--trainer.cluster_source behavioural` the clusters come from a first model instead
+(clusters refreshed from the previous model, ESANS's behavioural view): item_clusterer ->
+trainer (in_batch, category clusters) -> exporter -> item_clusterer (embedding_kind 'behavioural',
+the same step on the exported item embeddings) -> trainer -> evaluator, exporter.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import json
 
 from kfp import dsl
 
@@ -19,9 +27,10 @@ def create_pipeline(config: PipelineConfig):
     c = components_for(config.image)
     beam = {"beam_args": list(config.beam_args)}
 
-    def step(name: str, **inputs):
-        task = c[name](config_json=config.section_json(name), cache_root=config.cache_root, **inputs)
-        task.set_display_name(name.replace("_", "-"))
+    def step(name: str, section=None, display: str = "", **inputs):
+        payload = config.section_json(name) if section is None else json.dumps(dataclasses.asdict(section))
+        task = c[name](config_json=payload, cache_root=config.cache_root, **inputs)
+        task.set_display_name(display or name.replace("_", "-"))
         return task
 
     @dsl.pipeline(name=config.pipeline_name, pipeline_root=config.pipeline_root,
@@ -30,6 +39,15 @@ def create_pipeline(config: PipelineConfig):
         examples = step("example_gen", **beam).outputs["examples"]
         embeddings = step("item_embedder", examples=examples, **beam).outputs["embeddings"]
         clusters = step("item_clusterer", examples=examples, embeddings=embeddings, **beam).outputs["clusters"]
+        if config.trainer.cluster_source == "behavioural":
+            first = dataclasses.replace(config.trainer, strategy="in_batch", cluster_source="category")
+            first_model = step("trainer", first, "trainer-first-model", examples=examples,
+                               clusters=clusters).outputs["model"]
+            first_export = step("exporter", display="exporter-first-model", examples=examples,
+                                model=first_model).outputs["export"]
+            behavioural = dataclasses.replace(config.item_clusterer, embedding_kind="behavioural")
+            clusters = step("item_clusterer", behavioural, "item-clusterer-behavioural", examples=examples,
+                            embeddings=first_export, **beam).outputs["clusters"]
         model = step("trainer", examples=examples, clusters=clusters).outputs["model"]
         step("evaluator", history_length=config.trainer.history_length, examples=examples, model=model)
         step("exporter", examples=examples, model=model)

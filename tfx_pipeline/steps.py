@@ -7,7 +7,7 @@ imports KFP.
 """
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Metrics, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
 
 def example_gen(config_json: str, cache_root: str, beam_args: list, examples: Output[Dataset]):
@@ -39,7 +39,8 @@ def item_embedder(config_json: str, cache_root: str, beam_args: list, examples: 
 
 
 def item_clusterer(config_json: str, cache_root: str, beam_args: list, examples: Input[Dataset],
-                   embeddings: Input[Dataset], clusters: Output[Dataset]):
+                   embeddings: Input[Artifact], clusters: Output[Dataset]):
+    # embeddings: item_embedder's (a Dataset) or, for behavioural clusters, an exporter's candidates (a Model)
     import components.common.env  # noqa: F401
     from components.common.fileio import for_beam, join
     from components.common.step import step_run
