@@ -340,19 +340,25 @@ def main() -> None:
     parser.add_argument("--amazon-dir", default=os.environ.get(
         "AMAZON_DIR", os.path.join("..", "shared", "data", "amazon-gift_cards-2018")))
     parser.add_argument("--granularity", default="10,31,62,125,250", help="cluster counts; '' skips it")
+    parser.add_argument("--datasets", default="ml1m_reconstructed,ml1m_exact_users_1-2999,amazon_gift_cards",
+                        help="Table 1 data sets (ml1m_reconstructed is always prepared: Tables 1b, 2 and 3 use it)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     ml = os.path.abspath(args.ml1m_dir)
     amazon = os.path.abspath(args.amazon_dir)
     recon = prepare("ml1m_reconstructed", ExampleGenConfig.movielens(ml))
-    datasets = {
-        "ml1m_reconstructed": (*recon, {}),
-        "ml1m_exact_users_1-2999": (*prepare("ml1m_exact_users_1-2999", ExampleGenConfig.movielens(
+    available = {
+        "ml1m_reconstructed": lambda: (*recon, {}),
+        "ml1m_exact_users_1-2999": lambda: (*prepare("ml1m_exact_users_1-2999", ExampleGenConfig.movielens(
             ml, interactions=os.path.join(ml, "ratings.users_0001-2999.dat"))), {}),
-        "amazon_gift_cards": (*prepare("amazon_gift_cards", ExampleGenConfig(
+        "amazon_gift_cards": lambda: (*prepare("amazon_gift_cards", ExampleGenConfig(
             source="amazon", interactions=os.path.join(amazon, "Gift_Cards_5.json.gz"),
             items=os.path.join(amazon, "meta_Gift_Cards.json.gz"))), {"batch_size": 128, "epochs": 10}),
     }
+    unknown = sorted(set(args.datasets.split(",")) - set(available))
+    if unknown:
+        raise SystemExit(f"unknown data sets {unknown}: choose from {sorted(available)}")
+    datasets = {name: available[name]() for name in args.datasets.split(",")}
     started = time.monotonic()
     result = {"seeds": seeds, "epochs": args.epochs}
     # most telling first: a run cut short keeps its finished trainings (each is reused on the next run)
