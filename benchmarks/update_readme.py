@@ -10,6 +10,7 @@ import re
 
 SECTIONS = (("Paper tables (`benchmarks.paper_tables`)", "paper_tables.md"),
             ("Where cluster negatives help (`benchmarks.regimes`)", "regimes.md"),
+            ("Larger catalogues, per-user split (`benchmarks.larger_catalogues`)", "larger_catalogues.md"),
             ("ScaNN vs brute force (`benchmarks.scann_vs_bruteforce`)", "scann.md"))
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
