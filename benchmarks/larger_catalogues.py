@@ -26,7 +26,15 @@ import statistics
 import time
 
 import components  # noqa: F401
-from benchmarks.paper_tables import RESULTS, WORK, false_negative_rate, mass_cell, prepare, train_and_evaluate
+from benchmarks.paper_tables import (
+    RESULTS,
+    WORK,
+    false_negative_rate,
+    mass_cell,
+    prepare,
+    train_and_evaluate,
+    write_results,
+)
 from components.example_gen import ExampleGenConfig
 from components.exporter import ExporterConfig, run_exporter
 from components.item_clusterer import ItemClustererConfig, run_item_clusterer
@@ -175,14 +183,8 @@ def plot(result: dict) -> None:
 
 
 def write(result: dict) -> None:
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "larger_catalogues.json"), "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
-    text = markdown(result)
-    with open(os.path.join(RESULTS, "larger_catalogues.md"), "w", encoding="utf-8") as f:
-        f.write(text)
+    write_results("larger_catalogues", result, markdown(result))
     plot(result)
-    print(text, flush=True)
 
 
 def main() -> None:

@@ -287,6 +287,16 @@ def _hr_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def write_results(name: str, result: dict, text: str) -> None:
+    """benchmarks/results/<name>.json and .md (and the table on stdout)."""
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, f"{name}.json"), "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2)
+    with open(os.path.join(RESULTS, f"{name}.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+    print(text, flush=True)
+
+
 def markdown(result: dict) -> str:
     lines = [f"Seeds {result['seeds']}; ML-1M: {result['epochs']} epochs, batch 1024, 16 pool negatives "
              "(random:cluster 1:15), 64-d towers with position-pooled history, temperature 0.05; "
@@ -373,14 +383,8 @@ def main() -> None:
     result["false_negative_rate_random_draws"] = false_negative_rate(recon[0], os.path.join(recon[1], "llm"),
                                                                      random_draws=True)
     result["wall_seconds"] = time.monotonic() - started
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "paper_tables.json"), "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
-    text = markdown(result)
-    with open(os.path.join(RESULTS, "paper_tables.md"), "w", encoding="utf-8") as f:
-        f.write(text)
+    write_results("paper_tables", result, markdown(result))
     plots(result)
-    print(text)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,10 @@ tuning; the pool-only regimes train oob and cluster_oob. Writes benchmarks/resul
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 import components  # noqa: F401
-from benchmarks.paper_tables import RESULTS, mass_cell, prepare, train_and_evaluate
+from benchmarks.paper_tables import mass_cell, prepare, train_and_evaluate, write_results
 from components.example_gen import ExampleGenConfig
 from components.trainer import TrainerConfig
 
@@ -63,9 +62,6 @@ def main() -> None:
 
 
 def write(rows: list[dict], seed: int) -> None:
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "regimes.json"), "w", encoding="utf-8") as f:
-        json.dump({"seed": seed, "rows": rows}, f, indent=2)
     lines = [f"Reconstructed ML-1M, seed {seed}, LLM cluster features, mixture logQ correction unless the row "
              "says otherwise; one change from the defaults per row. Softmax mass: cluster_oob's negatives' "
              "softmax mass per source (last epoch).", "",
@@ -78,9 +74,8 @@ def write(rows: list[dict], seed: int) -> None:
                      f"{_cell(r, 'cluster_oob', 'hr50')} | {100 * r['cluster_vs_oob_hr50']:+.1f}% | {vs_in_batch} | "
                      f"{_cell(r, 'in_batch', 'hr100')} | {_cell(r, 'oob', 'hr100')} | "
                      f"{_cell(r, 'cluster_oob', 'hr100')} | {mass_cell(r['cluster_oob']['mass'])} |")
-    with open(os.path.join(RESULTS, "regimes.md"), "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results("regimes", {"seed": seed, "rows": rows}, "\n".join(lines) + "\n")
+
 
 if __name__ == "__main__":
     main()
