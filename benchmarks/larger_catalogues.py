@@ -12,8 +12,8 @@ have no text and no categories; LLM cluster features on ML-1M), export its candi
 k-means them with item_clusterer (embedding_kind 'behavioural', sqrt(items) clusters). Then
 in_batch, oob and cluster_oob all train with those cluster tables (same features for every
 strategy), with the mixed-negatives logQ correction (losses.py). Regimes (larger set, first seed):
-random:cluster ratio, masking history items in pool draws, cluster count (with the false-negative
-rate of cluster draws), batch 128, and no logQ correction at all.
+random:cluster ratio, masking the user's training positives (or history items) in pool draws,
+cluster count (with the false-negative rate of cluster draws), batch 128, and no logQ correction.
 Writes benchmarks/results/larger_catalogues.{json,md,png} after every part.
 """
 
@@ -102,6 +102,8 @@ def regimes(name: str, examples: str, base_clusters: str, seed: int, overrides: 
         ("random:cluster 15:1", {"random_ratio": 15, "cluster_ratio": 1}, ("cluster_oob",), 0),
         ("random:cluster 1:1", {"random_ratio": 1, "cluster_ratio": 1}, ("cluster_oob",), 0),
         ("random:cluster 1:15 (default)", {}, ("oob", "cluster_oob"), 0),
+        ("mask the user's training positives in pool draws", {"mask_user_positives": True}, ("oob", "cluster_oob"),
+         0),
         ("mask history items in pool draws", {"mask_history_negatives": True}, ("oob", "cluster_oob"), 0),
         (f"{auto // 4} clusters (sqrt/4)", {}, ("cluster_oob",), auto // 4),
         (f"{auto * 4} clusters (sqrt x 4)", {}, ("cluster_oob",), auto * 4),

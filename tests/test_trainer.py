@@ -150,6 +150,32 @@ def test_log_counts_of_the_model_match_their_definition(mode, examples_dir, clus
     np.testing.assert_allclose(pool.numpy(), np.log(c_drawn), rtol=1e-5)
 
 
+def test_user_positive_mask_matches_the_training_positives(examples_dir, clusters_dir, tmp_path):
+    from components.trainer.data import user_positive_keys
+    from components.trainer.model import TwoTowerModel
+
+    files = example_files(examples_dir, "train")
+    positives = set()
+    for record in tf.data.TFRecordDataset(files):
+        e = tf.train.Example.FromString(record.numpy()).features.feature
+        if e["label"].int64_list.value[0]:
+            positives.add((e["user_id"].bytes_list.value[0].decode(), e["item_id"].bytes_list.value[0].decode()))
+    keys = user_positive_keys(files, batch_size=7)
+    assert len(keys) == len(positives) and np.all(np.diff(keys) > 0)
+    catalogue = load_catalogue(os.path.join(examples_dir, "items"), os.path.join(clusters_dir, "llm"))
+    model = TwoTowerModel(tiny_config(mask_user_positives=True), catalogue, ["1"], keys)
+    users = sorted({u for u, _ in positives})[:6]
+    index = np.random.default_rng(0).integers(0, len(catalogue.item_ids) + 2, size=(len(users), 30))
+    got = model.is_user_positive(tf.constant(users), tf.constant(index, tf.int64)).numpy()
+    names = np.concatenate([["", ""], catalogue.item_ids])
+    expected = [[(u, names[i]) in positives for i in row] for u, row in zip(users, index)]
+    np.testing.assert_array_equal(got, expected)
+    assert got.any()
+    metrics = run_trainer(tiny_config(mask_user_positives=True), examples_dir, clusters_dir,
+                          str(tmp_path / "model"))["final_metrics"]
+    assert 0.0 < metrics["negative_user_positive_rate"] <= metrics["negative_masked_rate"] <= 1.0
+
+
 def test_history_mask_and_edis_train(examples_dir, clusters_dir, tmp_path):
     metrics = run_trainer(tiny_config(mask_history_negatives=True), examples_dir, clusters_dir,
                           str(tmp_path / "mask"))["final_metrics"]

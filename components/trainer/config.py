@@ -27,6 +27,9 @@ class TrainerConfig:
       'in_batch' (only in-batch columns, by log p_j: pool negatives stay raw and carry ~0% of the
       softmax mass; the earlier default) or 'none'.
     mask_history_negatives: also mask pool draws that are in the user's history (likely false negatives).
+    mask_user_positives: also mask pool draws that are any training positive of the same user,
+      earlier or later (the measured source of false negatives); the trainer keeps the set of
+      (user, item) training positives in memory (8 bytes a pair, in a hash table).
     edis_negatives: per example, this many virtual negatives (ESANS's EDIS) interpolated in
       embedding space between the positive and pool negatives: normalize((1 - a) n + a p) with
       a ~ U[0, edis_max_weight) (0 = off).
@@ -50,6 +53,7 @@ class TrainerConfig:
     pool_sampling: str = "filled"
     logq_correction: str = "mixture"
     mask_history_negatives: bool = False
+    mask_user_positives: bool = False
     edis_negatives: int = 0
     edis_max_weight: float = 0.5
     distribute: str = "none"

@@ -96,3 +96,15 @@ def make_dataset(files: list[str], batch_size: int, history_length: int, shuffle
     if positives_only:
         ds = ds.map(lambda b: {k: tf.boolean_mask(v, b["label"] > 0) for k, v in b.items()})
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def pair_keys(user_ids: tf.Tensor, item_ids: tf.Tensor) -> tf.Tensor:
+    """63-bit hash keys of (user id, item id) string pairs of the same shape [...]: [...] int64."""
+    return tf.strings.to_hash_bucket_fast(tf.strings.join([user_ids, item_ids], separator="\x1f"), 2**63 - 1)
+
+
+def user_positive_keys(files: list[str], batch_size: int = 65536) -> np.ndarray:
+    """Sorted distinct pair_keys of every (user, item) training positive (one streaming pass)."""
+    parts = [pair_keys(b["user_id"], b["item_id"]).numpy()
+             for b in make_dataset(files, batch_size, 1, positives_only=True)]
+    return np.unique(np.concatenate(parts)) if parts else np.zeros([0], np.int64)

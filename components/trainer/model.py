@@ -9,7 +9,7 @@ import tensorflow as tf
 import tf_keras
 
 from components.trainer.config import TrainerConfig
-from components.trainer.data import ItemCatalogue
+from components.trainer.data import ItemCatalogue, pair_keys
 from components.trainer.losses import expected_counts, log_count, mixed_negatives_loss
 from components.trainer.pool import ClusterPool
 
@@ -122,7 +122,9 @@ class TwoTowerModel(tf_keras.Model):
     loss and gradients, then the batch's items are written into the pool.
     """
 
-    def __init__(self, config: TrainerConfig, catalogue: ItemCatalogue, user_ids: Sequence[str], **kwargs):
+    def __init__(self, config: TrainerConfig, catalogue: ItemCatalogue, user_ids: Sequence[str],
+                 user_positive_keys: np.ndarray | None = None, **kwargs):
+        """user_positive_keys: data.user_positive_keys of the training data, needed by `mask_user_positives`."""
         super().__init__(**kwargs)
         self.config = config
         dim = config.embedding_dim
@@ -138,9 +140,17 @@ class TwoTowerModel(tf_keras.Model):
             slots = config.slots_for(len(catalogue.item_ids), catalogue.num_clusters)
             self.pool = ClusterPool(catalogue.num_clusters, slots, {"item_index": ((), "int64")},
                                     sampling=config.pool_sampling, seed=config.seed, name="pool")
+        self.user_positives = None
+        if config.mask_user_positives:
+            if user_positive_keys is None:
+                raise ValueError("mask_user_positives needs the training data's user_positive_keys")
+            keys = tf.constant(user_positive_keys, tf.int64)
+            self.user_positives = tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(keys, tf.ones_like(keys, dtype=tf.int64)), default_value=0)
+            self.item_id_of_index = tf.constant(np.concatenate([["", ""], catalogue.item_ids]).astype(str))
         self.trackers = {name: tf_keras.metrics.Mean(name=name) for name in
                          ("loss", "mass_in_batch", "mass_random", "mass_cluster", "mass_edis", "negative_masked_rate",
-                          "negative_hit_rate", "negative_history_rate", "pool_fill")}
+                          "negative_hit_rate", "negative_history_rate", "negative_user_positive_rate", "pool_fill")}
 
     @property
     def metrics(self):
@@ -153,6 +163,13 @@ class TwoTowerModel(tf_keras.Model):
         for start in range(0, len(catalogue.item_ids), chunk):
             index, cluster = self.items(tf.constant(catalogue.item_ids[start:start + chunk].tolist()))
             self.pool.update(index, cluster, {"item_index": index})
+
+    def is_user_positive(self, user_id: tf.Tensor, item_index: tf.Tensor) -> tf.Tensor:
+        """user_id [B] string, item_index [B, K] vocabulary indices -> [B, K] bool: is the item a
+        training positive of the user (needs `mask_user_positives`)."""
+        keys = pair_keys(tf.broadcast_to(user_id[:, None], tf.shape(item_index)),
+                         tf.gather(self.item_id_of_index, item_index))
+        return self.user_positives.lookup(keys) > 0
 
     def _edis(self, positive: tf.Tensor, negatives: tf.Tensor, valid: tf.Tensor):
         """ESANS EDIS: virtual negatives between the positive [B, d] and pool negatives [B, K, d].
@@ -195,7 +212,7 @@ class TwoTowerModel(tf_keras.Model):
         with tf.GradientTape() as tape:
             query = self.query_tower(batch["user_id"], batch["history_item_ids"])
             positive = self.candidate_tower(index)
-            kwargs = {}
+            kwargs, stats = {}, {}
             if samples is not None:
                 shape = tf.shape(samples["item_index"])
                 negatives = tf.reshape(self.candidate_tower(tf.reshape(samples["item_index"], [-1])),
@@ -205,8 +222,12 @@ class TwoTowerModel(tf_keras.Model):
                 if self.config.mask_history_negatives:
                     history, _ = self.items(batch["history_item_ids"])
                     seen = tf.logical_and(valid, in_history(ids, history))
-                    history_rate = tf.reduce_mean(tf.cast(seen, tf.float32))
+                    stats["negative_history_rate"] = tf.reduce_mean(tf.cast(seen, tf.float32))
                     valid = tf.logical_and(valid, tf.logical_not(seen))
+                if self.user_positives is not None:
+                    liked = tf.logical_and(valid, self.is_user_positive(batch["user_id"], ids))
+                    stats["negative_user_positive_rate"] = tf.reduce_mean(tf.cast(liked, tf.float32))
+                    valid = tf.logical_and(valid, tf.logical_not(liked))
                 if self.config.edis_negatives:
                     # a virtual negative takes the correction of the pool draw it was made from
                     virtual, virtual_valid, source = self._edis(positive, negatives, valid)
@@ -219,9 +240,10 @@ class TwoTowerModel(tf_keras.Model):
                                                    axis=1)
                 kwargs = dict(negatives=negatives, negative_ids=ids, negative_valid=valid,
                               negative_log_count=pool_log_count, negative_sources=sources)
-            loss, stats = mixed_negatives_loss(query, positive, index, self.config.temperature,
-                                               in_batch_log_count=in_batch_log_count,
-                                               sample_weight=batch["label"], **kwargs)
+            loss, loss_stats = mixed_negatives_loss(query, positive, index, self.config.temperature,
+                                                    in_batch_log_count=in_batch_log_count,
+                                                    sample_weight=batch["label"], **kwargs)
+            stats.update(loss_stats)
             # gradients are summed over replicas: scale so that they average over the global batch
             scaled = loss / tf.distribute.get_strategy().num_replicas_in_sync
         gradients = tape.gradient(scaled, self.trainable_variables)
@@ -229,8 +251,6 @@ class TwoTowerModel(tf_keras.Model):
         if self.pool is not None:
             self.pool.update(index, cluster, {"item_index": index})
             stats["pool_fill"] = self.pool.fill_rate()
-            if self.config.mask_history_negatives:
-                stats["negative_history_rate"] = history_rate
         stats["loss"] = loss
         for name, value in stats.items():
             self.trackers[name].update_state(value)

@@ -19,7 +19,7 @@ import tensorflow as tf
 import tf_keras
 
 from components.trainer.config import TrainerConfig
-from components.trainer.data import example_files, load_catalogue, make_dataset
+from components.trainer.data import example_files, load_catalogue, make_dataset, user_positive_keys
 from components.trainer.model import CandidateTower, QueryTower, TwoTowerModel
 
 
@@ -127,9 +127,11 @@ def run_trainer(config: TrainerConfig, examples_dir: str, clusters_dir: str, out
         train_examples = json.load(f)["train_examples"]
     steps_per_epoch = -(-train_examples // config.batch_size)
 
+    files = example_files(examples_dir, "train")
+    positive_keys = user_positive_keys(files) if config.mask_user_positives else None
     strategy = tf.distribute.MirroredStrategy() if config.distribute == "mirrored" else tf.distribute.get_strategy()
     with strategy.scope():
-        model = TwoTowerModel(config, catalogue, users)
+        model = TwoTowerModel(config, catalogue, users, positive_keys)
         model.compile(optimizer=tf_keras.optimizers.Adam(config.learning_rate))
         epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch)
@@ -151,7 +153,6 @@ def run_trainer(config: TrainerConfig, examples_dir: str, clusters_dir: str, out
               f"{float(model.pool.fill_rate()):.1%} filled; negatives per example: "
               f"{model.num_random} random + {model.num_cluster} cluster", flush=True)
 
-    files = example_files(examples_dir, "train")
     progress = _Progress(config.log_every_steps, config.batch_size, steps_per_epoch, config.epochs)
     callbacks = [progress, _CheckpointEachEpoch(manager, epoch),
                  tf_keras.callbacks.TensorBoard(os.path.join(output_dir, "logs"), update_freq=config.log_every_steps)]
