@@ -213,3 +213,26 @@ def test_generic_without_item_file_and_leave_last_out(tmp_path):
 def test_bad_split_names_value():
     with pytest.raises(ValueError, match="split must be one of .* got 'random'"):
         ExampleGenConfig(interactions="x", split="random")
+
+
+def test_csv_quoted_multiline_fields_bom_and_crlf(tmp_path):
+    """RFC 4180: a quoted text with a line break, a comma and a doubled quote; a spreadsheet's BOM and CRLF."""
+    from components.example_gen import readers
+
+    items = tmp_path / "items.csv"
+    items.write_bytes("\ufeffitem_id,text,categories\r\nx,\"Item X, the \"\"best\"\"\r\nsecond line\",a|b\r\n"
+                      "y,Item Y,b\r\n\r\nz,only two\r\n".encode("utf-8") + b"w,caf\xe9,c\r\n")
+    records = list(readers.generic_rows(str(items)))
+    good = [r for r in records if r.row is not None]
+    assert [r.row["item_id"] for r in good] == ["x", "y"]
+    assert good[0].row["text"] == 'Item X, the "best"\r\nsecond line' and good[0].row["categories"] == ["a", "b"]
+    assert (good[0].line, good[1].line) == (2, 4)  # a record's line is where it starts
+    bad = [(r.line, r.field, r.problem) for r in records if r.row is None]
+    assert bad == [(6, "<line>", "expected 3 fields, got 2"), (7, "<bytes>", "bytes not valid utf-8")]
+
+
+def test_csv_with_bom_runs_through_example_gen(tmp_path):
+    (tmp_path / "inter.csv").write_bytes(b"\xef\xbb\xbfuser_id,item_id,rating,timestamp\r\na,x,5,1\r\nb,x,4,2\r\n")
+    summary = run_example_gen(ExampleGenConfig(source="generic", interactions=str(tmp_path / "inter.csv")),
+                              str(tmp_path / "out"))
+    assert summary["interactions_in"] == 2 and sum(summary["dropped"].values()) == 0

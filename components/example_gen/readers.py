@@ -9,8 +9,8 @@ against schemas/ afterwards, so readers only decode and split fields.
 from __future__ import annotations
 
 import csv
-import io
 import json
+import re
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
@@ -101,21 +101,42 @@ def movielens_movies(path: str) -> Iterator[Record]:
 
 
 def _csv_rows(path: str) -> Iterator[Record]:
-    header: list[str] = []
+    """RFC 4180 CSV with a header, streamed through the csv module: quoted fields may hold commas,
+    quotes and line breaks; CRLF or LF; a UTF-8 byte-order mark is ignored. A record's line is the
+    line where it starts; bytes that are not UTF-8 make that record bad."""
+    with FileSystems.open(path) as handle:
+        lines = (raw.decode("utf-8", errors="surrogateescape") for raw in iter(handle.readline, b""))
+        reader = csv.reader(lines)
+        header: list[str] = []
+        start = 1
+        try:
+            for values in reader:
+                line, start = start, reader.line_num + 1
+                if not values or (len(values) == 1 and not values[0].strip()):
+                    continue  # a blank line
+                raw = ",".join(values)
+                if any(_UNDECODED.search(v) for v in values):
+                    yield Record(path, line, raw.encode("utf-8", "replace").decode("utf-8"), None, "<bytes>",
+                                 "bytes not valid utf-8")
+                    continue
+                if not header:  # the first record names the columns
+                    header = [name.lstrip("\ufeff").strip() for name in values]
+                    continue
+                if len(values) != len(header):
+                    yield Record(path, line, raw, None, "<line>", f"expected {len(header)} fields, got {len(values)}")
+                    continue
+                row = dict(zip(header, values))
+                if "categories" in row:
+                    row["categories"] = [c for c in row["categories"].split("|") if c]
+                yield Record(path, line, raw, row)
+        except csv.Error as error:  # the csv module cannot go on: the rest of the file is this one bad record
+            yield Record(path, start, "", None, "<csv>", f"{error}; the file could not be read from this line on")
+            return
+    if not header:
+        yield _empty_file(path)
 
-    def parse(text: str) -> dict | None:
-        if not header:  # the first line names the columns
-            header.extend(next(csv.reader([text])))
-            return None
-        values = next(csv.reader(io.StringIO(text)))
-        if len(values) != len(header):
-            raise _BadLine("<line>", f"expected {len(header)} fields, got {len(values)}")
-        row = dict(zip(header, values))
-        if "categories" in row:
-            row["categories"] = [c for c in row["categories"].split("|") if c]
-        return row
 
-    return _text_records(path, "utf-8", parse)
+_UNDECODED = re.compile("[\udc80-\udcff]")
 
 
 def _jsonl_rows(path: str, convert=None) -> Iterator[Record]:
