@@ -236,3 +236,17 @@ def test_csv_with_bom_runs_through_example_gen(tmp_path):
     summary = run_example_gen(ExampleGenConfig(source="generic", interactions=str(tmp_path / "inter.csv")),
                               str(tmp_path / "out"))
     assert summary["interactions_in"] == 2 and sum(summary["dropped"].values()) == 0
+
+
+@pytest.mark.parametrize("rows,split,message", [
+    ("a,x,5,7\nb,y,4,7\nc,x,5,7\n", "time", r"no training examples: the time cut at timestamp 7 .* 3 interactions in, "
+                                             r"0 train examples .*split leave_last_out"),
+    ("a,x,1,1\nb,y,2,2\nc,x,1,3\na,y,2,4\nb,x,1,5\n", "time", r"no positive training examples .*positive_threshold"),
+    ("a,x,5,1\nb,y,4,2\na,y,5,3\nb,x,5,4\nc,x,1,5\n", "time", r"no positive evaluation examples .*0 positive"),
+    ("a,x,5,1\nb,y,4,2\n", "leave_last_out", r"no training examples: the per-user split .*two or more"),
+])
+def test_degenerate_splits_stop_early_and_say_why(tmp_path, rows, split, message):
+    (tmp_path / "inter.csv").write_text("user_id,item_id,rating,timestamp\n" + rows)
+    with pytest.raises(ValueError, match=message):
+        run_example_gen(ExampleGenConfig(source="generic", interactions=str(tmp_path / "inter.csv"), split=split),
+                        str(tmp_path / "out"))

@@ -274,6 +274,32 @@ def _write_lines(path: str, lines: list[str]) -> None:
     fileio.write_text(path, "".join(f"{line}\n" for line in lines))
 
 
+class DegenerateSplit(ValueError):
+    """The split leaves nothing to train on or nothing to evaluate."""
+
+
+def _check_split(summary: dict, config: ExampleGenConfig) -> None:
+    """Stops early, naming the rule, the counts and what to change, when the split cannot train or evaluate."""
+    rule = (f"the time cut at timestamp {summary['cut_timestamp']} (train_fraction {config.train_fraction})"
+            if config.split == "time" else "the per-user split (each user's last positive to evaluation)")
+    counts = (f"{summary['interactions_in']:,} interactions in, {summary['train_examples']:,} train examples "
+              f"({summary['train_positives']:,} positive), {summary['eval_examples']:,} eval examples "
+              f"({summary['eval_positives']:,} positive)")
+    if summary["train_examples"] == 0:
+        hint = ("every interaction is at or after the cut (do they share one timestamp?): use "
+                "--example_gen.split leave_last_out or check the timestamps" if config.split == "time" else
+                "every user has a single positive, which goes to evaluation: users need two or more")
+        raise DegenerateSplit(f"no training examples: {rule}; {counts}. {hint}")
+    if summary["train_positives"] == 0:
+        raise DegenerateSplit(f"no positive training examples (rating >= positive_threshold "
+                              f"{config.positive_threshold}): {rule}; {counts}. Lower --example_gen.positive_threshold "
+                              "or check the rating column")
+    if summary["eval_positives"] == 0:
+        raise DegenerateSplit(f"no positive evaluation examples to score: {rule}; {counts}. "
+                              + ("Lower --example_gen.train_fraction" if config.split == "time" else
+                                 "Check the rating column"))
+
+
 def run_example_gen(config: ExampleGenConfig, output_dir: str,
                     beam_args: Sequence[str] | None = None) -> dict:
     """Runs example_gen; writes train/, eval/, items/items.parquet, users.txt (training users),
@@ -299,6 +325,7 @@ def run_example_gen(config: ExampleGenConfig, output_dir: str,
         "config": dataclasses.asdict(config),
     }
     fileio.write_json(fileio.join(output_dir, "summary.json"), summary)
+    _check_split(summary, config)
     dropped = sum(summary["dropped"].values())
     print(f"[example_gen] {summary['interactions_in']:,} interactions in -> {summary['train_examples']:,} train + "
           f"{summary['eval_examples']:,} eval examples, {summary['items_out']:,} items; "
