@@ -98,17 +98,17 @@ def regimes(name: str, examples: str, base_clusters: str, seed: int, overrides: 
     clusters = behavioural(model, examples, name, seed)
     items = json.load(open(os.path.join(examples, "summary.json"), encoding="utf-8"))["items_out"]
     auto = ItemClustererConfig().clusters_for(items)
-    cases = [
+    cases = [  # the most telling first
+        ("random:cluster 1:15 (default)", {}, ("oob", "cluster_oob"), 0),
         ("random:cluster 15:1", {"random_ratio": 15, "cluster_ratio": 1}, ("cluster_oob",), 0),
         ("random:cluster 1:1", {"random_ratio": 1, "cluster_ratio": 1}, ("cluster_oob",), 0),
-        ("random:cluster 1:15 (default)", {}, ("oob", "cluster_oob"), 0),
         ("mask the user's training positives in pool draws", {"mask_user_positives": True}, ("oob", "cluster_oob"),
          0),
-        ("mask history items in pool draws", {"mask_history_negatives": True}, ("oob", "cluster_oob"), 0),
+        ("no logQ correction", {"logq_correction": "none"}, ("in_batch", "oob", "cluster_oob"), 0),
+        ("batch 128", {"batch_size": 128}, ("in_batch", "oob", "cluster_oob"), 0),
         (f"{auto // 4} clusters (sqrt/4)", {}, ("cluster_oob",), auto // 4),
         (f"{auto * 4} clusters (sqrt x 4)", {}, ("cluster_oob",), auto * 4),
-        ("batch 128", {"batch_size": 128}, ("in_batch", "oob", "cluster_oob"), 0),
-        ("no logQ correction", {"logq_correction": "none"}, ("in_batch", "oob", "cluster_oob"), 0),
+        ("mask history items in pool draws", {"mask_history_negatives": True}, ("oob", "cluster_oob"), 0),
     ]
     rows = []
     for label, change, strategies, count in cases:
