@@ -52,3 +52,18 @@ def test_run_evaluator(examples_dir, clusters_dir, tmp_path):
     assert metrics["hit_rate@40"] == 1.0  # the corpus has 40 items
     assert 0.0 <= metrics["hit_rate@5"] <= 1.0
     assert json.load(open(tmp_path / "eval" / "metrics.json"))["hit_rate@5"] == metrics["hit_rate@5"]
+    # a budget that allows 2 queries a batch gives exactly the same figures
+    assert EvaluatorConfig(memory_budget_mb=1).query_batch(2**20 // 24) == 2
+    small = run_evaluator(EvaluatorConfig(ks=(5, 40), memory_budget_mb=1, batch_size=3), model, examples_dir,
+                          str(tmp_path / "eval2"), 5)
+    assert small.keys() == metrics.keys()
+    for key, value in metrics.items():  # sums in another order: equal to rounding
+        assert small[key] == (pytest.approx(value, rel=1e-12) if isinstance(value, float) else value), key
+
+
+def test_query_batch_bounds_memory_by_the_budget():
+    config = EvaluatorConfig()  # 1 GB, 4096 queries at most
+    assert config.query_batch(3_883) == 4096
+    for items in (10**6, 10**7, 10**8):
+        assert 3 * 4 * items * config.query_batch(items) <= 2**30 or config.query_batch(items) == 1
+    assert config.query_batch(10**6) == 89

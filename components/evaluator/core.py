@@ -14,16 +14,28 @@ import tensorflow as tf
 class EvaluatorConfig:
     """ks: the K of HitRate@K (the largest K sets the top-K lists kept for popularity figures).
     top_popular: size of the 'most popular items' set (paper: top 100).
-    min_recommended: N for 'share of the catalogue recommended at least N times'."""
+    min_recommended: N for 'share of the catalogue recommended at least N times'.
+    batch_size: queries scored at once, at most; memory_budget_mb caps it so that the [queries,
+      items] score matrix and its top-K work stay within the budget whatever the catalogue size
+      (HR stays exact: every query is still scored against every item)."""
 
     ks: tuple[int, ...] = (50, 100)
     batch_size: int = 4096
+    memory_budget_mb: int = 1024
     top_popular: int = 100
     min_recommended: tuple[int, ...] = (1, 10, 100)
 
     def __post_init__(self):
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"ks must be positive, got {self.ks}")
+        if self.batch_size < 1 or self.memory_budget_mb < 1:
+            raise ValueError(f"batch_size and memory_budget_mb must be >= 1, got {self.batch_size}, "
+                             f"{self.memory_budget_mb}")
+
+    def query_batch(self, num_items: int) -> int:
+        """Queries per batch for a catalogue of num_items: the score matrix, the comparison with the
+        target and top_k's copy (about 3 float32 [B, V] buffers) fit in memory_budget_mb."""
+        return max(1, min(self.batch_size, self.memory_budget_mb * 2**20 // (3 * 4 * max(1, num_items))))
 
 
 @tf.function

@@ -25,7 +25,7 @@ def run_evaluator(config: EvaluatorConfig, model_dir: str, examples_dir: str, ou
     index_of = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(tf.constant(item_ids.tolist()), tf.range(len(item_ids), dtype=tf.int64)),
         default_value=-1)
-    dataset = make_dataset(example_files(examples_dir, "eval"), config.batch_size, history_length,
+    dataset = make_dataset(example_files(examples_dir, "eval"), config.query_batch(len(item_ids)), history_length,
                            positives_only=True)
     progress = Progress("evaluator", "queries", every_s=15)
 
