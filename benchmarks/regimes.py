@@ -21,8 +21,8 @@ from components.trainer import TrainerConfig
 
 ALL, POOL = ("in_batch", "oob", "cluster_oob"), ("oob", "cluster_oob")
 REGIMES = {  # the most telling first: results are written after every row
-    "defaults": ({}, ALL),
     "in-batch-only logQ (the earlier loss)": ({"logq_correction": "in_batch"}, POOL),
+    "defaults": ({}, ALL),
     "batch 128": ({"batch_size": 128}, ALL),
     "64 pool negatives (1:63)": ({"num_negatives": 64, "cluster_ratio": 63}, POOL),
     "mask history items in pool draws": ({"mask_history_negatives": True}, POOL),
