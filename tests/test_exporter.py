@@ -22,6 +22,30 @@ def export_dir(examples_dir, clusters_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize("model", ["serving_model", "serving_model_scann"])
+def test_history_items_can_be_left_out_of_the_top_k(export_dir, examples_dir, tmp_path, model):
+    import scann  # noqa: F401  (the ScaNN ops)
+    import tensorflow as tf
+
+    run_exporter(ExporterConfig(k=10, exclude_history=True), str(export_dir / "model"),
+                 os.path.join(examples_dir, "items"), str(tmp_path / "export"))
+    served = tf.saved_model.load(str(tmp_path / "export" / model))
+    query = tf.saved_model.load(str(export_dir / "model" / "query_model"))
+    table = pq.read_table(tmp_path / "export" / "candidates.parquet").to_pylist()
+    ids = np.array([r["item_id"] for r in table])
+    emb = np.array([r["embedding"] for r in table], np.float32)
+    users = tf.constant(["1", "2", "3"])
+    history = tf.constant([["3", "4", "", "unknown"], ["", "", "", ""], [str(i) for i in range(10, 14)]])
+    out = served(users, history)
+    scores = query(users, history)["embedding"].numpy() @ emb.T
+    for row, seen in enumerate([{"3", "4"}, set(), {"10", "11", "12", "13"}]):
+        allowed = np.array([i not in seen for i in ids])
+        order = np.argsort(-np.where(allowed, scores[row], -np.inf), kind="stable")[:10]
+        got = [i.decode() for i in out["item_ids"].numpy()[row]]
+        assert not set(got) & seen
+        np.testing.assert_allclose(out["scores"].numpy()[row], scores[row][order], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("model", ["serving_model", "serving_model_scann"])
 def test_serving_model_matches_numpy_brute_force_in_a_fresh_process(export_dir, model):
     # the ScaNN model needs only `import scann` (its ops) before loading; the other stock TF
     preamble = "import scann" if model.endswith("scann") else ""

@@ -17,37 +17,71 @@ class ExporterConfig:
     """k: items returned per request. ScaNN: a partitioning tree with about sqrt(n) leaves
     (searching `leaves_to_search_fraction` of them), asymmetric hashing and exact re-ordering of
     `reorder` candidates; below `brute_force_below` items the index is exact brute force.
-    Defaults from benchmarks/scann_vs_bruteforce.py: recall@100 0.9999 at 12.9x brute force (1M items)."""
+    Defaults from benchmarks/scann_vs_bruteforce.py: recall@100 0.9999 at 12.9x brute force (1M items).
+    exclude_history: leave the request's own history items out of the returned top-K (both models
+    retrieve K + N for a history of N and drop those items)."""
 
     k: int = 100
     leaves_to_search_fraction: float = 0.05
     reorder: int = 1000
     brute_force_below: int = 2000
+    exclude_history: bool = False
 
     def __post_init__(self):
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
 
 
+class _HistoryFilter(tf.Module):
+    """Drops a request's own history items from retrieved candidates (ExporterConfig.exclude_history)."""
+
+    def __init__(self, item_ids: np.ndarray):
+        super().__init__()
+        ids = tf.constant(np.asarray(item_ids).tolist(), tf.string)
+        self.index_of = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(ids, tf.range(len(item_ids), dtype=tf.int64)), default_value=-1)
+
+    def extra(self, history_item_ids: tf.Tensor) -> tf.Tensor:
+        """How many more candidates to retrieve: the history width N (scalar int32)."""
+        return tf.shape(history_item_ids)[1]
+
+    def __call__(self, indices: tf.Tensor, scores: tf.Tensor, history_item_ids: tf.Tensor, k: int):
+        """indices, scores [B, M] best first; history_item_ids [B, N] -> the best k [B, k] not in the history
+        (with fewer than k such candidates, the last slots hold history items with score -inf)."""
+        history = self.index_of.lookup(history_item_ids)  # [B, N], -1 for padding and unknown ids
+        seen = tf.reduce_any(tf.equal(tf.cast(indices, tf.int64)[:, :, None], history[:, None, :]), axis=-1)
+        kept, order = tf.math.top_k(tf.where(seen, tf.fill(tf.shape(scores), -np.inf), scores), k=k)
+        return tf.gather(indices, order, batch_dims=1), kept
+
+
 class TopKServing(tf.Module):
     """Serving model: raw request features -> top-K item ids and scores by exact dot product.
 
     Stock TF ops only (loads in any TF Serving). Unknown users and history items fall back to
-    the model's out-of-vocabulary embeddings.
+    the model's out-of-vocabulary embeddings. With exclude_history the request's history items
+    are left out of the top-K.
     """
 
-    def __init__(self, query_model, item_ids: np.ndarray, candidates: np.ndarray, k: int):
+    def __init__(self, query_model, item_ids: np.ndarray, candidates: np.ndarray, k: int,
+                 exclude_history: bool = False):
         super().__init__()
         self.query_model = query_model
         self.item_ids = tf.constant(np.asarray(item_ids).tolist(), tf.string)
         self.candidates = tf.constant(candidates, tf.float32)
         self.k = min(k, len(item_ids))
+        self.history_filter = _HistoryFilter(item_ids) if exclude_history else None
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id"),
                                   tf.TensorSpec([None, None], tf.string, name="history_item_ids")])
     def __call__(self, user_id, history_item_ids):
         query = self.query_model(user_id, history_item_ids)["embedding"]
-        scores, indices = tf.math.top_k(tf.matmul(query, self.candidates, transpose_b=True), k=self.k)
+        all_scores = tf.matmul(query, self.candidates, transpose_b=True)
+        if self.history_filter is None:
+            scores, indices = tf.math.top_k(all_scores, k=self.k)
+        else:
+            wanted = tf.minimum(self.k + self.history_filter.extra(history_item_ids), tf.shape(all_scores)[1])
+            scores, indices = tf.math.top_k(all_scores, k=wanted)
+            indices, scores = self.history_filter(indices, scores, history_item_ids, self.k)
         return {"item_ids": tf.gather(self.item_ids, indices), "scores": scores}
 
 
@@ -92,6 +126,7 @@ class ScannTopKServing(tf.Module):
         scann_ops = _import_scann("scann_ops")
         candidates = np.asarray(candidates, np.float32)
         self.k = min(config.k, len(candidates))
+        self.history_filter = _HistoryFilter(item_ids) if config.exclude_history else None
         builder = scann_ops.builder(candidates, self.k, "dot_product")
         searcher = _scann_config(builder, len(candidates), config).build(shared_name=f"llm-hardneg-{uuid.uuid4()}")
         self.state = searcher.serialize_to_module()
@@ -111,5 +146,10 @@ class ScannTopKServing(tf.Module):
         # the saved tensors on the first call and reused after (measured: 78 ms once, then 0.5 ms
         # per single query on 100k items).
         searcher = scann_ops.searcher_from_module(self.state)
-        result = searcher.search_batched_parallel(query, final_num_neighbors=self.k)
-        return {"item_ids": tf.gather(self.item_ids, result.indices), "scores": result.distances}
+        if self.history_filter is None:
+            result = searcher.search_batched_parallel(query, final_num_neighbors=self.k)
+            return {"item_ids": tf.gather(self.item_ids, result.indices), "scores": result.distances}
+        wanted = tf.minimum(self.k + self.history_filter.extra(history_item_ids), tf.shape(self.item_ids)[0])
+        result = searcher.search_batched_parallel(query, final_num_neighbors=wanted)
+        indices, scores = self.history_filter(result.indices, result.distances, history_item_ids, self.k)
+        return {"item_ids": tf.gather(self.item_ids, indices), "scores": scores}

@@ -34,7 +34,7 @@ def run_exporter(config: ExporterConfig, model_dir: str, items_path: str, output
         f.writelines(f"{i}\n" for i in item_ids)
 
     serving_dir = os.path.join(output_dir, "serving_model")
-    tf.saved_model.save(TopKServing(query_model, item_ids, candidates, config.k), serving_dir)
+    tf.saved_model.save(TopKServing(query_model, item_ids, candidates, config.k, config.exclude_history), serving_dir)
     scann_serving_dir = os.path.join(output_dir, "serving_model_scann")
     tf.saved_model.save(ScannTopKServing(query_model, item_ids, candidates, config), scann_serving_dir,
                         options=ScannTopKServing.save_options())
