@@ -66,6 +66,11 @@ def test_local_run_end_to_end(tmp_path, movielens_dir, tiny_bert, capsys):
     assert local_runner.main(args) == 0
     out = capsys.readouterr().out
     assert "HitRate@5" in out and "HitRate@10" in out
+    # where to look next: every printed path exists
+    logs = out.split("tensorboard --logdir ")[1].split()[0]
+    serving = out.split("serving model:")[1].split()[0]
+    report = out.split("cluster report:")[1].split()[0]
+    assert os.path.isdir(logs) and os.path.isdir(serving) and os.path.isfile(report)
     (run,) = [p for p in os.listdir(tmp_path / "runs") if p != "cache"]
     metrics = json.load(open(tmp_path / "runs" / run / "evaluator" / "metrics" / "metrics.json"))
     assert 0 <= metrics["hit_rate@5"] <= metrics["hit_rate@10"] <= 1

@@ -51,6 +51,23 @@ def _report(run_dir: str, total_seconds: float) -> None:
         print(f"| {task} | {step.get('wall_seconds', float('nan')):,.1f}{reused} | "
               f"{step.get('peak_rss_mb', float('nan')):,.0f} | {path} |")
     print(f"\ntotal wall time {total_seconds:,.0f}s; run directory {run_dir}")
+    _next_steps(artifacts)
+
+
+def _next_steps(artifacts: dict[str, str]) -> None:
+    """Where to look next: training curves, the serving model with a query, the cluster report."""
+    lines = []
+    if "trainer" in artifacts:
+        lines.append(f"training curves:  .venv/bin/tensorboard --logdir {os.path.join(artifacts['trainer'], 'logs')}")
+    if "exporter" in artifacts:
+        model = os.path.join(artifacts["exporter"], "serving_model")
+        lines.append(f"serving model:    {model}")
+        lines.append("  query it:       .venv/bin/python -c \"import tensorflow as tf; m = tf.saved_model.load("
+                     f"'{model}'); print(m(tf.constant(['1']), tf.constant([['1193', '661']]))['item_ids'][0, :10])\"")
+    if "item-clusterer" in artifacts:
+        lines.append(f"cluster report:   {os.path.join(artifacts['item-clusterer'], 'cluster_sizes.png')}")
+    if lines:
+        print("\nnext:\n" + "\n".join(f"  {line}" for line in lines))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
