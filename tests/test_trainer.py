@@ -267,3 +267,15 @@ def test_mirrored_strategy_keeps_replica_pools_identical(examples_dir, clusters_
     assert report["replicas"] == 2 and report["same_valid"] and report["same_items"]
     assert report["fill"] > 0.05  # the batches' items were written (4 clusters x 64 slots, 40 items)
     assert np.isfinite(report["loss"]) and np.isfinite(report["run_loss"])
+
+
+def test_config_changes_know_which_added_fields_keep_old_behaviour():
+    from components.trainer.run import config_changes, config_record
+
+    old = config_record(TrainerConfig())
+    del old["mask_user_positives"]  # added later; False is what older runs did
+    assert config_changes(old, TrainerConfig()) == []
+    assert config_changes(old, TrainerConfig(mask_user_positives=True)) == ["mask_user_positives: False -> True"]
+    del old["logq_correction"]  # its default changed the loss: a run recorded without it is another config
+    assert config_changes(old, TrainerConfig()) == ["logq_correction: None -> 'mixture'"]
+    assert config_changes({**old, "epochs": 9}, TrainerConfig()) == ["logq_correction: None -> 'mixture'"]

@@ -99,6 +99,16 @@ def config_record(config: TrainerConfig) -> dict:
 
 
 RESUMABLE_CHANGES = ("epochs", "log_every_steps")  # what may change between a run and its resumption
+# Fields added after runs were recorded, with the value that reproduces what those runs did (a
+# field whose default changed the behaviour, such as logq_correction, is not listed: such runs differ).
+ADDED_FIELDS = {"mask_user_positives": False}
+
+
+def config_changes(old: dict, config: TrainerConfig) -> list[str]:
+    """How `config` differs from a recorded config ('field: old -> new'), ignoring RESUMABLE_CHANGES."""
+    old, new = {**ADDED_FIELDS, **old}, config_record(config)
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)]
 
 
 def checkpoint_config_changes(output_dir: str, config: TrainerConfig) -> list[str] | None:
@@ -111,10 +121,7 @@ def checkpoint_config_changes(output_dir: str, config: TrainerConfig) -> list[st
     if not os.path.exists(path):
         return ["config.json: missing (checkpoints of an unknown config)"]
     with open(path, encoding="utf-8") as f:
-        old = json.load(f)
-    new = config_record(config)
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-            if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)]
+        return config_changes(json.load(f), config)
 
 
 def run_trainer(config: TrainerConfig, examples_dir: str, clusters_dir: str, output_dir: str) -> dict:
