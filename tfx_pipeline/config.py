@@ -51,7 +51,12 @@ class PipelineConfig:
     cache_root: str = ""
 
     def section_json(self, section: str) -> str:
-        return json.dumps(dataclasses.asdict(getattr(self, section)))
+        return config_json(getattr(self, section))
+
+
+def config_json(section_config) -> str:
+    """A step config as the JSON its step component receives."""
+    return json.dumps(dataclasses.asdict(section_config))
 
 
 def section_from_json(section: str, payload: str):

@@ -12,11 +12,10 @@ the same step on the exported item embeddings) -> trainer -> evaluator, exporter
 from __future__ import annotations
 
 import dataclasses
-import json
 
 from kfp import dsl
 
-from tfx_pipeline.config import PipelineConfig
+from tfx_pipeline.config import PipelineConfig, config_json
 from tfx_pipeline.steps import components_for
 
 STEP_NAMES = ("example-gen", "item-embedder", "item-clusterer", "trainer", "evaluator", "exporter")
@@ -28,8 +27,8 @@ def create_pipeline(config: PipelineConfig):
     beam = {"beam_args": list(config.beam_args)}
 
     def step(name: str, section=None, display: str = "", **inputs):
-        payload = config.section_json(name) if section is None else json.dumps(dataclasses.asdict(section))
-        task = c[name](config_json=payload, cache_root=config.cache_root, **inputs)
+        task = c[name](config_json=config_json(section or getattr(config, name)), cache_root=config.cache_root,
+                       **inputs)
         task.set_display_name(display or name.replace("_", "-"))
         return task
 
