@@ -84,6 +84,15 @@ def test_resume_refuses_checkpoints_of_another_config(examples_dir, clusters_dir
         run_trainer(tiny_config(epochs=2), examples_dir, clusters_dir, str(tmp_path))
 
 
+def test_resume_refuses_checkpoints_of_another_state_layout_with_a_clear_error(examples_dir, clusters_dir, tmp_path):
+    run_trainer(tiny_config(epochs=1), examples_dir, clusters_dir, str(tmp_path))
+    directory = str(tmp_path / "checkpoints")
+    old = tf.train.Checkpoint(model=tf.Module(), epoch=tf.Variable(1, dtype=tf.int64))  # an older layout
+    tf.train.CheckpointManager(old, directory, max_to_keep=5).save(checkpoint_number=7)
+    with pytest.raises(ValueError, match="ckpt-7 does not hold this version's training state.*older llm-hardneg"):
+        run_trainer(tiny_config(epochs=2), examples_dir, clusters_dir, str(tmp_path))
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_in_history_matches_numpy(seed):
     from components.trainer.model import in_history

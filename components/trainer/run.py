@@ -141,14 +141,23 @@ def run_trainer(config: TrainerConfig, examples_dir: str, clusters_dir: str, out
         model = TwoTowerModel(config, catalogue, users, positive_keys)
         model.compile(optimizer=tf_keras.optimizers.Adam(config.learning_rate))
         epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch)
+    # The training state only: towers, pool, optimizer and epoch. Metric trackers are left out (they
+    # restart each epoch), so adding a metric never invalidates the checkpoints of earlier runs.
+    checkpoint = tf.train.Checkpoint(query_tower=model.query_tower, candidate_tower=model.candidate_tower,
+                                     optimizer=model.optimizer, epoch=epoch,
+                                     **({"pool": model.pool} if model.pool is not None else {}))
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(output_dir, "checkpoints"), max_to_keep=2)
     changes = checkpoint_config_changes(output_dir, config)
     if changes:
         raise ValueError(f"{output_dir} holds checkpoints of a different trainer config ({'; '.join(changes)}): "
                          "resuming needs the same config; use another output directory or delete it")
     if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        try:
+            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        except AssertionError as error:  # the state's layout changed (a checkpoint of an older version)
+            raise ValueError(f"{manager.latest_checkpoint} does not hold this version's training state "
+                             f"({str(error).splitlines()[0][:200]}): it was written by an older llm-hardneg; "
+                             "use another output directory or delete it") from None
         print(f"[trainer] resumed from {manager.latest_checkpoint} (epoch {int(epoch.numpy())})", flush=True)
     else:
         model.preload_pool(catalogue)
