@@ -86,6 +86,36 @@ def test_random_draws_are_uniform_over_the_whole_pool():
     assert counts.sum() == items.size and stats.chisquare(counts).pvalue > 1e-3
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_filled_lists_hold_each_filled_slot_once_over_many_updates(seed):
+    """segment_filled / pool_filled (what makes a draw O(1)) always list exactly the filled slots,
+    each once, whatever repeats and overwrites the updates carry; checked against the oracle."""
+    c, s = 5, 6
+    rng = np.random.default_rng(seed)
+    pool, state = make_pool(c, s), {}
+    for _ in range(6):
+        ids, clusters = rng.integers(0, 60, size=12), rng.integers(0, c, size=12)
+        features = {"item_index": tf.constant(ids), "dense": tf.zeros([12, 3])}
+        pool.update(tf.constant(ids), tf.constant(clusters), features)
+        state.update(numpy_update(c, s, ids, clusters))
+        counts, lists = pool.segment_count.numpy(), pool.segment_filled.numpy()
+        for segment in range(c):
+            listed = lists[segment * s: segment * s + counts[segment]]
+            assert sorted(listed) == sorted(slot for slot in state if slot // s == segment)
+        total = int(pool.total_filled.numpy())
+        assert sorted(pool.pool_filled.numpy()[:total]) == sorted(state)
+        assert float(pool.fill_rate()) == pytest.approx(len(state) / (c * s))
+
+
+def test_filled_draw_ranks_are_exact_for_huge_segments():
+    """Ranks come from a float64 uniform: a float32 one (24 bits) times 2^26 filled slots would give
+    only multiples of 4, so three quarters of the items could never be drawn."""
+    rank = make_pool()._uniform_rank(tf.constant([2**26], tf.int64), 20_000).numpy().ravel()
+    assert rank.min() >= 0 and rank.max() < 2**26
+    np.testing.assert_array_equal(np.unique(rank % 4), [0, 1, 2, 3])
+    assert stats.kstest(rank / 2**26, "uniform").pvalue > 1e-3
+
+
 @pytest.mark.parametrize("sampling", ["filled", "slot"])
 def test_draw_probabilities_and_membership(sampling):
     c, s = 4, 8

@@ -20,9 +20,14 @@ class ClusterPool(tf_keras.layers.Layer):
       `item_key`: [C*S] int64, the integer key of the item in the slot (the id itself for integer
         ids, a 63-bit hash for string ids); used to mask samples equal to the positive.
       `valid`: [C*S] bool, whether the slot has ever been filled.
+      `segment_filled` [C*S] int64 and `segment_count` [C] int64: the filled slots of segment c,
+        in the order they were first filled, are segment_filled[c*S : c*S + segment_count[c]].
+      `pool_filled` [C*S] int64 and `total_filled` [] int64: the same list for the whole pool.
+        Slots are never emptied, so both lists only grow; they make a 'filled' draw O(1) (a
+        uniform rank into the list) instead of a pass over the segment or the pool.
       a `tf.random.Generator` for sampling.
     All of it is checkpointed with the model (training state) and none of it is part of a
-    serving SavedModel.
+    serving SavedModel. Per step, update and sampling cost O(B log B + B*k), whatever C*S is.
 
     Under a `tf.distribute` strategy every replica holds a copy of the pool: `update` all-gathers
     the batch's items from every replica and each replica applies the same update, so the copies
@@ -67,6 +72,11 @@ class ClusterPool(tf_keras.layers.Layer):
                        for name, (shape, dtype) in self.feature_specs.items()}
         self.item_key = self.add_weight(name="item_key", shape=(capacity,), dtype=tf.int64, **state)
         self.valid = self.add_weight(name="valid", shape=(capacity,), dtype=tf.bool, **state)
+        self.segment_filled = self.add_weight(name="segment_filled", shape=(capacity,), dtype=tf.int64, **state)
+        self.segment_count = self.add_weight(name="segment_count", shape=(self.num_clusters,), dtype=tf.int64,
+                                             **state)
+        self.pool_filled = self.add_weight(name="pool_filled", shape=(capacity,), dtype=tf.int64, **state)
+        self.total_filled = self.add_weight(name="total_filled", shape=(), dtype=tf.int64, **state)
         self.rng = tf.random.Generator.from_seed(self.seed)
 
     # -- keys and slots -------------------------------------------------------------------
@@ -102,31 +112,31 @@ class ClusterPool(tf_keras.layers.Layer):
         slots = self.slots(item_ids, cluster_ids)
         unique_slots, position = tf.unique(slots)
         last = tf.math.unsorted_segment_max(tf.range(tf.size(slots)), position, tf.size(unique_slots))
+        self._append_new_slots(unique_slots)
         for name, variable in self.stored.items():
             variable.scatter_update(tf.IndexedSlices(tf.gather(features[name], last), unique_slots))
         self.item_key.scatter_update(tf.IndexedSlices(tf.gather(self.keys(item_ids), last), unique_slots))
         self.valid.scatter_update(tf.IndexedSlices(tf.ones_like(unique_slots, dtype=tf.bool), unique_slots))
 
-    # -- sampling engine ------------------------------------------------------------------
-    def _draw(self, valid_rows: tf.Tensor, rows: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
-        """k draws for each example from its row of valid_rows [R, W] (rows: [B] row per example).
+    def _append_new_slots(self, unique_slots: tf.Tensor) -> None:
+        """Appends the slots of `unique_slots` [U] that were empty until now to the filled lists."""
+        new = tf.sort(tf.boolean_mask(unique_slots, tf.logical_not(tf.gather(self.valid, unique_slots))))
+        segment = tf.math.floordiv(new, self.slots_per_cluster)  # sorted, as `new` is
+        rank = tf.range(tf.size(new), dtype=tf.int64) - tf.searchsorted(segment, segment, side="left",
+                                                                          out_type=tf.int64)
+        offset = segment * self.slots_per_cluster + tf.gather(self.segment_count, segment) + rank
+        self.segment_filled.scatter_update(tf.IndexedSlices(new, offset))
+        self.segment_count.scatter_add(tf.IndexedSlices(tf.ones_like(segment), segment))
+        self.pool_filled.scatter_update(tf.IndexedSlices(new, self.total_filled + tf.range(tf.size(new),
+                                                                                             dtype=tf.int64)))
+        self.total_filled.assign_add(tf.size(new, out_type=tf.int64))
 
-        Returns (position in the row [B, k] int32, found [B, k] bool).
-        'filled' orders each row's filled positions first once (an argsort of R x W, not B x W)
-        and picks the rank-th filled position for a uniform rank.
-        """
-        batch, width = tf.shape(rows)[0], tf.shape(valid_rows)[1]
-        rows = tf.cast(rows, tf.int32)
-        if self.sampling == "slot":
-            position = self.rng.uniform([batch, k], 0, width, dtype=tf.int32)
-            ok = tf.gather_nd(valid_rows, tf.stack([tf.broadcast_to(rows[:, None], [batch, k]), position], -1))
-            return position, ok
-        filled_first = tf.argsort(tf.cast(tf.logical_not(valid_rows), tf.int32), axis=1, stable=True)  # [R, W]
-        filled = tf.gather(tf.reduce_sum(tf.cast(valid_rows, tf.int32), axis=1), rows)[:, None]  # [B, 1]
-        u = self.rng.uniform([batch, k], dtype=tf.float32)
-        rank = tf.minimum(tf.cast(u * tf.cast(filled, tf.float32), tf.int32), tf.maximum(filled - 1, 0))
-        position = tf.gather_nd(filled_first, tf.stack([tf.broadcast_to(rows[:, None], [batch, k]), rank], -1))
-        return position, tf.broadcast_to(filled > 0, [batch, k])
+    # -- sampling engine ------------------------------------------------------------------
+    def _uniform_rank(self, counts: tf.Tensor, k: int) -> tf.Tensor:
+        """k uniform ranks in [0, counts[b]) per example (0 where counts[b] is 0): [B, k] int64."""
+        u = self.rng.uniform([tf.shape(counts)[0], k], dtype=tf.float64)
+        rank = tf.cast(u * tf.cast(counts[:, None], tf.float64), tf.int64)
+        return tf.minimum(rank, tf.maximum(counts[:, None] - 1, 0))
 
     def _gather(self, slots: tf.Tensor, ok: tf.Tensor) -> dict[str, tf.Tensor]:
         out = {name: tf.gather(variable, slots) for name, variable in self.stored.items()}
@@ -141,15 +151,22 @@ class ClusterPool(tf_keras.layers.Layer):
         `valid` [B, k] bool (False: the draw found no item).
         """
         cluster_ids = tf.cast(cluster_ids, tf.int64)
-        segments = tf.reshape(self.valid, [self.num_clusters, self.slots_per_cluster])
-        position, ok = self._draw(segments, cluster_ids, k)
-        slots = cluster_ids[:, None] * self.slots_per_cluster + tf.cast(position, tf.int64)
-        return self._gather(slots, ok)
+        start = cluster_ids[:, None] * self.slots_per_cluster
+        if self.sampling == "slot":
+            slots = start + self.rng.uniform([tf.shape(cluster_ids)[0], k], 0, self.slots_per_cluster, tf.int64)
+            return self._gather(slots, tf.gather(self.valid, slots))
+        counts = tf.gather(self.segment_count, cluster_ids)
+        slots = tf.gather(self.segment_filled, start + self._uniform_rank(counts, k))
+        return self._gather(slots, tf.broadcast_to(counts[:, None] > 0, tf.shape(slots)))
 
     def sample_random(self, batch_size: tf.Tensor, k: int) -> dict[str, tf.Tensor]:
         """k draws per example from the whole pool; same outputs as `sample_cluster`."""
-        position, ok = self._draw(self.valid[None, :], tf.zeros([batch_size], tf.int64), k)
-        return self._gather(tf.cast(position, tf.int64), ok)
+        if self.sampling == "slot":
+            slots = self.rng.uniform([batch_size, k], 0, self.capacity, tf.int64)
+            return self._gather(slots, tf.gather(self.valid, slots))
+        counts = tf.fill([batch_size], self.total_filled.read_value())
+        slots = tf.gather(self.pool_filled, self._uniform_rank(counts, k))
+        return self._gather(slots, tf.broadcast_to(counts[:, None] > 0, tf.shape(slots)))
 
     def draw_probabilities(self, cluster_ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Probability that ONE draw returns a given pooled item, per example: (random [B], cluster [B]).
@@ -162,9 +179,8 @@ class ClusterPool(tf_keras.layers.Layer):
         if self.sampling == "slot":
             batch = tf.shape(cluster_ids)[0]
             return (tf.fill([batch], 1.0 / self.capacity), tf.fill([batch], 1.0 / self.slots_per_cluster))
-        per_segment = tf.reduce_sum(tf.cast(tf.reshape(self.valid, [self.num_clusters, -1]), tf.float32), axis=1)
-        filled = tf.gather(per_segment, cluster_ids)
-        total = tf.reduce_sum(per_segment)
+        filled = tf.cast(tf.gather(self.segment_count, cluster_ids), tf.float32)
+        total = tf.cast(self.total_filled, tf.float32)
         inverse = lambda n: tf.math.divide_no_nan(tf.ones_like(n), n)  # noqa: E731
         return inverse(tf.fill(tf.shape(filled), total)), inverse(filled)
 
@@ -176,7 +192,7 @@ class ClusterPool(tf_keras.layers.Layer):
 
     def fill_rate(self) -> tf.Tensor:
         """Share of filled slots (scalar float32)."""
-        return tf.reduce_mean(tf.cast(self.valid, tf.float32))
+        return tf.cast(self.total_filled, tf.float32) / self.capacity
 
     def call(self, cluster_ids: tf.Tensor, num_random: int = 0, num_cluster: int = 0) -> dict[str, tf.Tensor]:
         """Random and cluster draws concatenated along axis 1: [B, num_random + num_cluster, ...]."""
