@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras
 
 from components.trainer import TrainerConfig, run_trainer
 from components.trainer.data import example_files, load_catalogue, make_dataset
@@ -56,6 +57,19 @@ def test_train_and_export(strategy, examples_dir, clusters_dir, tmp_path):
     assert q.shape == (2, 8) and c.shape == (3, 8)
     np.testing.assert_allclose(np.linalg.norm(np.concatenate([q, c]), axis=1), 1.0, rtol=1e-5)
     assert os.listdir(tmp_path / "logs")
+
+
+def test_hashed_user_ids_train_and_serve(examples_dir, clusters_dir, tmp_path):
+    summary = run_trainer(tiny_config(user_id_buckets=3, epochs=1, strategy="in_batch"), examples_dir, clusters_dir,
+                          str(tmp_path))
+    assert summary["user_rows"] == 3 and summary["users"] > 3
+    query = tf.saved_model.load(str(tmp_path / "query_model"))
+    users = [f"user-{i}" for i in range(12)]  # 12 ids, 3 rows: ids that share a row share an embedding
+    q = query(tf.constant(users), tf.constant([["3", ""]] * len(users)))["embedding"].numpy()
+    bucket = tf_keras.layers.Hashing(num_bins=3)(tf.constant(users)).numpy().ravel()
+    assert len(np.unique(q.round(6), axis=0)) == len(set(bucket))
+    for b in set(bucket):
+        np.testing.assert_allclose(q[bucket == b], np.repeat(q[bucket == b][:1], (bucket == b).sum(), 0), atol=1e-5)
 
 
 def test_same_seed_same_model_and_resume_equals_uninterrupted(examples_dir, clusters_dir, tmp_path):

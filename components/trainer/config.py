@@ -8,6 +8,7 @@ STRATEGIES = ("in_batch", "oob", "cluster_oob")
 HISTORY_POOLING = ("mean", "position")
 CLUSTER_SOURCES = ("llm", "category", "behavioural")  # tables of item_clusterer's output
 LOGQ_CORRECTIONS = ("mixture", "in_batch", "none")  # see losses.py
+OPTIMIZERS = ("lazy_adam", "adam")  # see optimizer.py
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +36,12 @@ class TrainerConfig:
       a ~ U[0, edis_max_weight) (0 = off).
     history_pooling: 'position' (a learned weight per history position, most recent first) or 'mean'
       (every history item alike), see QueryTower.
+    optimizer: 'lazy_adam' (Adam; embedding rows change only in steps that look them up, so a step
+      costs the same whatever the table sizes; see optimizer.py) or 'adam' (tf_keras' Adam, which
+      updates every row of every table each step: the earlier default).
+    user_id_buckets: 0 = one embedding row per training user (exact vocabulary, users.txt read
+      into memory); N > 0 = user ids hashed into N rows, for user counts a table cannot hold
+      (users sharing a row share its embedding; the history part of the tower is per example).
     distribute: 'none' (default device) or 'mirrored' (tf.distribute.MirroredStrategy over
       all local devices; batch_size is the global batch).
     """
@@ -46,6 +53,7 @@ class TrainerConfig:
     batch_size: int = 1024
     epochs: int = 3
     learning_rate: float = 1e-3
+    optimizer: str = "lazy_adam"
     num_negatives: int = 16
     random_ratio: int = 1
     cluster_ratio: int = 15
@@ -57,6 +65,7 @@ class TrainerConfig:
     edis_negatives: int = 0
     edis_max_weight: float = 0.5
     distribute: str = "none"
+    user_id_buckets: int = 0
     history_length: int = 20
     history_pooling: str = "position"
     shuffle_buffer: int = 1_000_000
@@ -79,6 +88,10 @@ class TrainerConfig:
             raise ValueError(f"logq_correction must be one of {LOGQ_CORRECTIONS}, got {self.logq_correction!r}")
         if self.history_pooling not in HISTORY_POOLING:
             raise ValueError(f"history_pooling must be one of {HISTORY_POOLING}, got {self.history_pooling!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.user_id_buckets < 0:
+            raise ValueError(f"user_id_buckets must be >= 0 (0 = exact vocabulary), got {self.user_id_buckets}")
         if self.distribute not in ("none", "mirrored"):
             raise ValueError(f"distribute must be 'none' or 'mirrored', got {self.distribute!r}")
         if self.edis_negatives < 0 or not 0.0 <= self.edis_max_weight < 1.0:

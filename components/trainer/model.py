@@ -78,11 +78,18 @@ class QueryTower(tf_keras.Model):
     tower can weight recent items up). 'position' starts equal to 'mean' (zero logits).
     """
 
-    def __init__(self, user_ids: Sequence[str], items: ItemFeatures, item_embedding, cluster_embedding,
-                 dim: int, history_pooling: str, history_length: int, **kwargs):
+    def __init__(self, user_ids: Sequence[str] | None, items: ItemFeatures, item_embedding, cluster_embedding,
+                 dim: int, history_pooling: str, history_length: int, user_id_buckets: int = 0, **kwargs):
+        """user_ids: the training users (one row each, plus one for unknown users), or None with
+        user_id_buckets > 0: ids hashed (FarmHash fingerprint) into that many rows."""
         super().__init__(**kwargs)
-        self.user_lookup = tf_keras.layers.StringLookup(vocabulary=list(user_ids), num_oov_indices=1)
-        self.user_embedding = tf_keras.layers.Embedding(len(user_ids) + 1, dim, name="user_embedding")
+        if user_id_buckets:
+            self.user_lookup = tf_keras.layers.Hashing(num_bins=user_id_buckets, name="user_hashing")
+            rows = user_id_buckets
+        else:
+            self.user_lookup = tf_keras.layers.StringLookup(vocabulary=list(user_ids), num_oov_indices=1)
+            rows = len(user_ids) + 1
+        self.user_embedding = tf_keras.layers.Embedding(rows, dim, name="user_embedding")
         self.items, self.item_embedding, self.cluster_embedding = items, item_embedding, cluster_embedding
         self.history_pooling, self.history_length = history_pooling, history_length
         if history_pooling == "position":
@@ -122,7 +129,7 @@ class TwoTowerModel(tf_keras.Model):
     loss and gradients, then the batch's items are written into the pool.
     """
 
-    def __init__(self, config: TrainerConfig, catalogue: ItemCatalogue, user_ids: Sequence[str],
+    def __init__(self, config: TrainerConfig, catalogue: ItemCatalogue, user_ids: Sequence[str] | None,
                  user_positive_keys: np.ndarray | None = None, **kwargs):
         """user_positive_keys: data.user_positive_keys of the training data, needed by `mask_user_positives`."""
         super().__init__(**kwargs)
@@ -132,7 +139,8 @@ class TwoTowerModel(tf_keras.Model):
         item_embedding = tf_keras.layers.Embedding(self.items.vocabulary_size, dim, name="item_embedding")
         cluster_embedding = tf_keras.layers.Embedding(catalogue.num_clusters + 1, dim, name="cluster_embedding")
         self.query_tower = QueryTower(user_ids, self.items, item_embedding, cluster_embedding, dim,
-                                      config.history_pooling, config.history_length, name="query")
+                                      config.history_pooling, config.history_length, config.user_id_buckets,
+                                      name="query")
         self.candidate_tower = CandidateTower(self.items, item_embedding, cluster_embedding, dim, name="candidate")
         self.num_random, self.num_cluster = config.negative_split()
         self.pool = None

@@ -21,6 +21,7 @@ import tf_keras
 from components.trainer.config import TrainerConfig
 from components.trainer.data import example_files, load_catalogue, make_dataset, user_positive_keys
 from components.trainer.model import CandidateTower, QueryTower, TwoTowerModel
+from components.trainer.optimizer import make_optimizer
 
 
 class _Progress(tf_keras.callbacks.Callback):
@@ -93,6 +94,11 @@ def read_lines(path: str) -> list[str]:
         return [line.rstrip("\n") for line in f if line.strip()]
 
 
+def count_lines(path: str) -> int:
+    with open(path, encoding="utf-8") as f:
+        return sum(1 for line in f if line.strip())
+
+
 def config_record(config: TrainerConfig) -> dict:
     """The config as it is written to (and read back from) train_summary.json and the checkpoints' config.json."""
     return json.loads(json.dumps(dataclasses.asdict(config)))
@@ -101,7 +107,7 @@ def config_record(config: TrainerConfig) -> dict:
 RESUMABLE_CHANGES = ("epochs", "log_every_steps")  # what may change between a run and its resumption
 # Fields added after runs were recorded, with the value that reproduces what those runs did (a
 # field whose default changed the behaviour, such as logq_correction, is not listed: such runs differ).
-ADDED_FIELDS = {"mask_user_positives": False}
+ADDED_FIELDS = {"mask_user_positives": False, "optimizer": "adam", "user_id_buckets": 0}
 
 
 def config_changes(old: dict, config: TrainerConfig) -> list[str]:
@@ -129,7 +135,8 @@ def run_trainer(config: TrainerConfig, examples_dir: str, clusters_dir: str, out
     tf_keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     catalogue = load_catalogue(os.path.join(examples_dir, "items"), os.path.join(clusters_dir, config.cluster_source))
-    users = read_lines(os.path.join(examples_dir, "users.txt"))
+    users_path = os.path.join(examples_dir, "users.txt")
+    users = None if config.user_id_buckets else read_lines(users_path)  # hashed ids need no vocabulary
     with open(os.path.join(examples_dir, "summary.json"), encoding="utf-8") as f:
         train_examples = json.load(f)["train_examples"]
     steps_per_epoch = -(-train_examples // config.batch_size)
@@ -139,7 +146,7 @@ def run_trainer(config: TrainerConfig, examples_dir: str, clusters_dir: str, out
     strategy = tf.distribute.MirroredStrategy() if config.distribute == "mirrored" else tf.distribute.get_strategy()
     with strategy.scope():
         model = TwoTowerModel(config, catalogue, users, positive_keys)
-        model.compile(optimizer=tf_keras.optimizers.Adam(config.learning_rate))
+        model.compile(optimizer=make_optimizer(config.optimizer, config.learning_rate))
         epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     # The training state only: towers, pool, optimizer and epoch. Metric trackers are left out (they
     # restart each epoch), so adding a metric never invalidates the checkpoints of earlier runs.
@@ -188,7 +195,8 @@ def run_trainer(config: TrainerConfig, examples_dir: str, clusters_dir: str, out
         "train_examples_per_epoch": train_examples,
         "steps_per_epoch": steps_per_epoch,
         "items": len(catalogue.item_ids),
-        "users": len(users),
+        "users": len(users) if users is not None else count_lines(users_path),
+        "user_rows": config.user_id_buckets or len(users) + 1,
         "num_clusters": catalogue.num_clusters,
         "train_seconds": train_seconds,
         "examples_per_second": progress.examples_per_second,
