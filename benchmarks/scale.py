@@ -1,0 +1,273 @@
+"""Cost against catalogue size: pool, trainer step, evaluator and ScaNN build from 10^4 to 10^7 items.
+
+    python -m benchmarks.scale [--sizes 10000,100000,1000000] [--pool-sizes ...,10000000]
+        [--step-10m yes|no] [--parts pool,step,evaluator,scann]
+
+Every measurement runs in its own process (peak memory = that process's max RSS). The data are
+SYNTHETIC (benchmarks/synthetic.py's popularity model, made in memory): what is measured is cost,
+not quality. Users scale with items (as many users as items; hashed into 10^6 rows at 10^7).
+- pool: ClusterPool draws (1 random + 15 cluster per example) and update for a batch of 1024,
+  sqrt(items) clusters, default slots, the pool pre-loaded with every item; median of 50 steps.
+- step: one training step of TwoTowerModel (batch 1024, 16 pool negatives, history 20), median
+  of 30 steps after 5 warm-up steps, per strategy; also `adam` (dense Adam, the earlier default)
+  for cluster_oob to show what the lazy optimiser removes.
+- evaluator: `evaluate` (exact full-catalogue HR@50/100) of 4,096 queries with the default
+  memory budget.
+- scann: building the exporter's ScaNN index (tree + AH + reorder) over random unit vectors.
+Writes benchmarks/results/scale.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+RESULTS = os.path.join("benchmarks", "results")
+BATCH, DIM, HISTORY = 1024, 64, 20
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _zipf_items(rng: np.random.Generator, cdf: np.ndarray, shape) -> np.ndarray:
+    return np.searchsorted(cdf, rng.random(shape))
+
+
+def catalogue_of(items: int):
+    from benchmarks.synthetic import zipf_cdf
+    from components.trainer.data import ItemCatalogue
+
+    clusters = max(1, int(round(np.sqrt(items))))
+    cdf = zipf_cdf(items, 1.0)
+    counts = np.maximum(1, np.round(np.diff(cdf, prepend=0.0) * 100 * items)).astype(np.int64)
+    ids = np.char.add("i", np.arange(items).astype(str))
+    return ItemCatalogue(ids, np.arange(items) % clusters, counts, clusters), cdf
+
+
+def measure_pool(items: int) -> dict:
+    import tensorflow as tf
+
+    from components.trainer.config import TrainerConfig
+    from components.trainer.pool import ClusterPool
+
+    clusters = max(1, int(round(np.sqrt(items))))
+    slots = TrainerConfig().slots_for(items, clusters)
+    pool = ClusterPool(clusters, slots, {"item_index": ((), "int64")})
+    for start in range(0, items, 1_000_000):
+        ids = tf.range(start, min(items, start + 1_000_000), dtype=tf.int64)
+        pool.update(ids, ids % clusters, {"item_index": ids})
+
+    @tf.function
+    def step(index, cluster):
+        drawn = pool(cluster, 1, 15)
+        pool.update(index, cluster, {"item_index": index})
+        return drawn["item_index"]
+
+    rng = np.random.default_rng(0)
+    batches = [tf.constant(rng.integers(0, items, BATCH)) for _ in range(60)]
+    times = []
+    for i, index in enumerate(batches):
+        started = time.perf_counter()
+        step(index, index % clusters).numpy()
+        if i >= 10:
+            times.append(time.perf_counter() - started)
+    return {"items": items, "clusters": clusters, "slots_per_cluster": slots, "pool_ms": 1e3 * statistics.median(times)}
+
+
+def measure_step(items: int, strategy: str, optimizer: str) -> dict:
+    import tensorflow as tf
+
+    from components.trainer.config import TrainerConfig
+    from components.trainer.model import TwoTowerModel
+    from components.trainer.optimizer import make_optimizer
+
+    started = time.monotonic()
+    catalogue, cdf = catalogue_of(items)
+    buckets = 1_000_000 if items > 1_000_000 else 0
+    users = None if buckets else np.char.add("u", np.arange(items).astype(str)).tolist()
+    config = TrainerConfig(strategy=strategy, optimizer=optimizer, user_id_buckets=buckets, history_length=HISTORY)
+    model = TwoTowerModel(config, catalogue, users)
+    model.compile(optimizer=make_optimizer(optimizer, config.learning_rate))
+    model.preload_pool(catalogue)
+    setup = time.monotonic() - started
+    rng = np.random.default_rng(0)
+
+    def batch():
+        history = catalogue.item_ids[_zipf_items(rng, cdf, (BATCH, HISTORY))]
+        history[rng.random((BATCH, HISTORY)) < 0.2] = ""  # some short histories
+        return {"user_id": np.char.add("u", rng.integers(0, items, BATCH).astype(str)),
+                "item_id": catalogue.item_ids[_zipf_items(rng, cdf, BATCH)],
+                "label": (rng.random(BATCH) < 0.85).astype(np.float32),
+                "history_item_ids": history}
+
+    batches = [batch() for _ in range(8)]
+    data = tf.data.Dataset.from_tensor_slices({k: np.stack([b[k] for b in batches]) for k in batches[0]})
+    iterator = iter(data.repeat())
+    train = model.make_train_function()
+    times = []
+    for i in range(35):
+        started = time.perf_counter()
+        logs = train(iterator)
+        float(logs["loss"])
+        if i >= 5:
+            times.append(time.perf_counter() - started)
+    step = statistics.median(times)
+    return {"items": items, "users": items, "user_rows": buckets or items + 1, "strategy": strategy,
+            "optimizer": optimizer, "step_ms": 1e3 * step, "examples_per_second": BATCH / step,
+            "setup_seconds": setup}
+
+
+def measure_evaluator(items: int) -> dict:
+    from components.evaluator.core import EvaluatorConfig, evaluate
+
+    rng = np.random.default_rng(0)
+    candidates = rng.normal(size=(items, DIM)).astype(np.float32)
+    candidates /= np.linalg.norm(candidates, axis=1, keepdims=True)
+    config = EvaluatorConfig()
+    batch = config.query_batch(items)
+    queries = rng.normal(size=(4096, DIM)).astype(np.float32)
+    targets = rng.integers(0, items, 4096)
+    started = time.monotonic()
+    result = evaluate(((queries[i:i + batch], targets[i:i + batch]) for i in range(0, 4096, batch)), candidates,
+                      config)
+    return {"items": items, "queries": 4096, "query_batch": batch, "seconds": time.monotonic() - started,
+            "hit_rate@100": result["metrics"]["hit_rate@100"]}
+
+
+def measure_scann(items: int) -> dict:
+    from components.exporter.core import ExporterConfig, build_scann_index
+
+    rng = np.random.default_rng(0)
+    candidates = rng.normal(size=(items, DIM)).astype(np.float32)
+    candidates /= np.linalg.norm(candidates, axis=1, keepdims=True)
+    started = time.monotonic()
+    searcher = build_scann_index(candidates, ExporterConfig())
+    seconds = time.monotonic() - started
+    neighbours, _ = searcher.search_batched(candidates[:100])
+    return {"items": items, "seconds": seconds, "self_found": float(np.mean(neighbours[:, 0] == np.arange(100)))}
+
+
+MEASURES = {"pool": measure_pool, "step": measure_step, "evaluator": measure_evaluator, "scann": measure_scann}
+
+
+def run_one(part: str, items: int, *args: str) -> dict:
+    """Runs one measurement in a fresh process; returns its result with peak_mb."""
+    command = [sys.executable, "-m", "benchmarks.scale", "--one", part, str(items), *args]
+    print(f"[scale] {part} {items:,} {' '.join(args)}", flush=True)
+    done = subprocess.run(command, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        print(done.stdout[-2000:], done.stderr[-4000:], file=sys.stderr)
+        return {"items": items, "error": f"exit {done.returncode}: {done.stderr.strip().splitlines()[-1:]}"}
+    result = json.loads(lines[-1])
+    print(f"[scale]   {result}", flush=True)
+    return result
+
+
+def markdown(result: dict) -> str:
+    lines = ["SYNTHETIC data (cost only), 2-core CPU machine, one process per measurement; batch 1024, 16 pool "
+             "negatives (1 random + 15 cluster), sqrt(items) clusters, users = items.", ""]
+    if result.get("pool"):
+        lines += ["| items | pool draws + update (ms) |", "|---|---|"]
+        lines += [f"| {r['items']:,} | {r['pool_ms']:.2f} |" for r in result["pool"] if "error" not in r]
+        lines.append("")
+    if result.get("step"):
+        lines += ["| items | strategy | optimizer | step (ms) | examples/s | pool share of the step "
+                  "| peak memory (GB) |", "|---|---|---|---|---|---|---|"]
+        pool = {r["items"]: r["pool_ms"] for r in result.get("pool", []) if "error" not in r}
+        for r in result["step"]:
+            if "error" in r:
+                lines.append(f"| {r['items']:,} | {r.get('strategy', '')} | | failed: {r['error']} | | | |")
+                continue
+            share = (f"{100 * pool[r['items']] / r['step_ms']:.1f}%" if r["strategy"] != "in_batch"
+                     and r["items"] in pool else "-")
+            lines.append(f"| {r['items']:,} | {r['strategy']} | {r['optimizer']} | {r['step_ms']:.1f} | "
+                         f"{r['examples_per_second']:,.0f} | {share} | {r['peak_mb'] / 1024:.1f} |")
+        lines.append("")
+    for part, title in (("evaluator", "exact evaluation of 4,096 queries"), ("scann", "ScaNN index build")):
+        if result.get(part):
+            lines += [f"| items | {title} (s) | peak memory (GB) |", "|---|---|---|"]
+            lines += [f"| {r['items']:,} | {r['seconds']:.1f} | {r['peak_mb'] / 1024:.2f} |"
+                      for r in result[part] if "error" not in r]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def plot(result: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r_key, y_key, label in (("pool", "pool_ms", "pool draws + update"),):
+        rows = [r for r in result.get(r_key, []) if "error" not in r]
+        if rows:
+            ax.plot([r["items"] for r in rows], [r[y_key] for r in rows], "o-", label=label)
+    for strategy, optimizer in sorted({(r["strategy"], r["optimizer"]) for r in result.get("step", [])
+                                       if "error" not in r}):
+        rows = [r for r in result["step"] if "error" not in r and (r["strategy"], r["optimizer"]) ==
+                (strategy, optimizer)]
+        ax.plot([r["items"] for r in rows], [r["step_ms"] for r in rows], "s-", label=f"step {strategy} ({optimizer})")
+    for part in ("evaluator", "scann"):
+        rows = [r for r in result.get(part, []) if "error" not in r]
+        if rows:
+            ax.plot([r["items"] for r in rows], [1e3 * r["seconds"] for r in rows], "^--", label=f"{part} (total)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("items (users = items)")
+    ax.set_ylabel("milliseconds")
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(RESULTS, "scale.png"), dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--pool-sizes", default="10000,100000,1000000,10000000")
+    parser.add_argument("--big", default="10000000", help="the size of the cluster_oob step row at 10^7 ('' = none)")
+    parser.add_argument("--parts", default="pool,step,evaluator,scann")
+    parser.add_argument("--one", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        import components  # noqa: F401  (environment before TensorFlow)
+
+        part, items, *rest = args.one
+        result = MEASURES[part](int(items), *rest)
+        print(json.dumps({**result, "peak_mb": _peak_mb()}), flush=True)
+        return
+    from benchmarks.paper_tables import write_results
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    result: dict = {"sizes": sizes}
+    for part in args.parts.split(","):
+        if part == "pool":
+            result["pool"] = [run_one("pool", n) for n in [int(s) for s in args.pool_sizes.split(",")]]
+        elif part == "step":
+            rows = [run_one("step", n, s, "lazy_adam") for n in sizes for s in ("in_batch", "oob", "cluster_oob")]
+            rows += [run_one("step", n, "cluster_oob", "adam") for n in sizes]
+            if args.big:
+                rows.append(run_one("step", int(args.big), "cluster_oob", "lazy_adam"))
+            result["step"] = rows
+        elif part in ("evaluator", "scann"):
+            result[part] = [run_one(part, n) for n in sizes]
+        else:
+            raise SystemExit(f"unknown part {part!r}: use pool, step, evaluator, scann")
+        write_results("scale", result, markdown(result))
+        plot(result)
+
+
+if __name__ == "__main__":
+    main()
