@@ -29,3 +29,31 @@ def test_changed_config_or_input_reruns(tmp_path):
                 calls.append(i)
     assert calls == [0, 1, 2]
     assert os.path.exists(tmp_path / "o3" / "fingerprint.txt")
+
+
+def test_code_fingerprint_covers_what_the_step_imports_only(tmp_path, monkeypatch):
+    from components.common import step
+
+    root = tmp_path / "pkg"
+    for package, source in {"common": "x = 1", "a": "from components.common import x", "b": "import components.a",
+                            "c": "y = 2"}.items():
+        (root / "components" / package).mkdir(parents=True)
+        (root / "components" / package / "core.py").write_text(source)
+    (root / "components" / "__init__.py").write_text("")
+    (root / "schemas").mkdir()
+    monkeypatch.setattr(step, "PACKAGE_ROOT", str(root))
+
+    def prints():
+        step.code_fingerprint.cache_clear()
+        return {name: step.code_fingerprint(name) for name in ("a", "b", "c")}
+
+    before = prints()
+    (root / "components" / "c" / "core.py").write_text("y = 3")  # only c changes
+    after = prints()
+    assert after["c"] != before["c"] and after["a"] == before["a"] and after["b"] == before["b"]
+    (root / "components" / "a" / "core.py").write_text("from components.common import x  # edited")
+    again = prints()  # b imports a: both change
+    assert again["a"] != after["a"] and again["b"] != after["b"] and again["c"] == after["c"]
+    (root / "schemas" / "s.pbtxt").write_text("feature {}")
+    assert all(prints()[n] != again[n] for n in "abc")  # schemas and common belong to every step
+    step.code_fingerprint.cache_clear()

@@ -1,7 +1,9 @@
 """Step bookkeeping shared by every pipeline step: timing, and reuse of identical earlier outputs.
 
 A step's fingerprint hashes its name, its configuration, the fingerprints of its input
-artifacts and the source code of the package. With a cache root, a step whose fingerprint
+artifacts and the source code the step runs: its own package under components/, every
+components package it imports (transitively), components/common and schemas/. So a change
+to the trainer re-runs the trainer and what follows it, not example_gen. With a cache root, a step whose fingerprint
 was completed before gets that output (hard links, no copy of the bytes) instead of running,
 so a pipeline that failed restarts at the failed step. Every output gets `fingerprint.txt`
 and `step.json` (wall time, whether it was reused, peak memory of the step's process).
@@ -15,6 +17,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import resource
 import shutil
 import time
@@ -22,23 +25,48 @@ import time
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@functools.lru_cache(maxsize=1)
-def code_fingerprint() -> str:
-    """Hash of every .py and .pbtxt file of the package (components/, tfx_pipeline/, schemas/)."""
+_IMPORT = re.compile(r"\bcomponents\.(\w+)")
+
+
+def _code_files(folder: str) -> list[str]:
+    if os.path.isfile(os.path.join(PACKAGE_ROOT, folder)):
+        return [os.path.join(PACKAGE_ROOT, folder)]
+    found = []
+    for root, dirs, files in os.walk(os.path.join(PACKAGE_ROOT, folder)):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        found += [os.path.join(root, name) for name in sorted(files) if name.endswith((".py", ".pbtxt"))]
+    return found
+
+
+@functools.cache
+def code_fingerprint(step: str = "") -> str:
+    """Hash of the .py and .pbtxt files a step runs: components/<step> and the components packages it
+    imports (transitively), components/common and schemas/. A name that is no components package
+    (or '') hashes the whole package (components/, tfx_pipeline/, schemas/)."""
+    if not step or not os.path.isdir(os.path.join(PACKAGE_ROOT, "components", step)):
+        folders = ["components", "tfx_pipeline", "schemas"]
+    else:
+        packages, todo = set(), [step, "common"]
+        while todo:
+            package = todo.pop()
+            if package in packages or not os.path.isdir(os.path.join(PACKAGE_ROOT, "components", package)):
+                continue
+            packages.add(package)
+            for path in _code_files(os.path.join("components", package)):
+                with open(path, encoding="utf-8") as f:
+                    todo += _IMPORT.findall(f.read())
+        folders = [os.path.join("components", p) for p in sorted(packages)] + ["schemas"]
+        folders.insert(0, os.path.join("components", "__init__.py"))
     digest = hashlib.sha256()
-    for folder in ("components", "tfx_pipeline", "schemas"):
-        for root, dirs, files in os.walk(os.path.join(PACKAGE_ROOT, folder)):
-            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-            for name in sorted(f for f in files if f.endswith((".py", ".pbtxt"))):
-                path = os.path.join(root, name)
-                digest.update(os.path.relpath(path, PACKAGE_ROOT).encode())
-                with open(path, "rb") as f:
-                    digest.update(f.read())
+    for path in [p for folder in folders for p in _code_files(folder)]:
+        digest.update(os.path.relpath(path, PACKAGE_ROOT).encode())
+        with open(path, "rb") as f:
+            digest.update(f.read())
     return digest.hexdigest()
 
 
 def fingerprint(name: str, config_json: str, input_dirs: list[str]) -> str:
-    digest = hashlib.sha256(f"{name}\n{config_json}\n{code_fingerprint()}\n".encode())
+    digest = hashlib.sha256(f"{name}\n{config_json}\n{code_fingerprint(name)}\n".encode())
     for path in input_dirs:
         marker = os.path.join(path, "fingerprint.txt")
         if os.path.exists(marker):
