@@ -67,3 +67,16 @@ def test_query_batch_bounds_memory_by_the_budget():
     for items in (10**6, 10**7, 10**8):
         assert 3 * 4 * items * config.query_batch(items) <= 2**30 or config.query_batch(items) == 1
     assert config.query_batch(10**6) == 89
+
+
+def test_batches_of_any_size_share_one_trace():
+    from components.evaluator.core import EvaluatorConfig, _batch_top_k, evaluate
+
+    rng = np.random.default_rng(0)
+    candidates = rng.normal(size=(30, 4)).astype(np.float32)
+    before = _batch_top_k.experimental_get_tracing_count()
+    for batch, ks in ((7, (5,)), (4, (3, 9))):  # a smaller last batch, another K
+        queries, targets = rng.normal(size=(10, 4)).astype(np.float32), rng.integers(0, 30, 10)
+        evaluate(((queries[i:i + batch], targets[i:i + batch]) for i in range(0, 10, batch)), candidates,
+                 EvaluatorConfig(ks=ks))
+    assert _batch_top_k.experimental_get_tracing_count() - before <= 1

@@ -66,6 +66,14 @@ def test_local_run_end_to_end(tmp_path, movielens_dir, tiny_bert, capsys):
     assert local_runner.main(args) == 0
     out = capsys.readouterr().out
     assert "HitRate@5" in out and "HitRate@10" in out
+    # a quiet console: the steps' own lines and the tables; the rest is in the run's log file
+    assert len(out.splitlines()) <= 80, out
+    for noise in ("op_level_cost_estimator", "cuInit", "apitools", "executor_input", "Traceback"):
+        assert noise not in out, noise
+    for step in ("example_gen", "item_embedder", "item_clusterer", "trainer", "evaluator", "exporter"):
+        assert f"[{step}] " in out, step
+    log = out.split("full output of every step: ")[1].split()[0]
+    assert "executor" in open(log).read().lower()
     # where to look next: every printed path exists
     logs = out.split("tensorboard --logdir ")[1].split()[0]
     serving = out.split("serving model:")[1].split()[0]
@@ -120,3 +128,30 @@ def test_behavioural_clusters_come_from_a_first_model(tmp_path, movielens_dir, t
     summary = json.load(open(tmp_path / "runs" / run / "trainer-2" / "model" / "train_summary.json"))
     assert summary["config"]["cluster_source"] == "behavioural" and summary["num_clusters"] == 3
     assert local_runner._artifacts(str(tmp_path / "runs" / run))["trainer"].endswith(os.path.join("trainer-2", "model"))
+
+
+def test_user_errors_end_with_one_line_and_bugs_with_a_traceback(tmp_path, capsys):
+    root = ["--pipeline-root", str(tmp_path / "runs")]
+    assert local_runner.main(root + ["--trainer.strategy", "hardest"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "error: strategy must be one of ('in_batch', 'oob', 'cluster_oob'), got 'hardest'"
+
+    missing = str(tmp_path / "no-such-file.csv")
+    assert local_runner.main(root + ["--example_gen.source", "generic", "--example_gen.interactions", missing]) == 1
+    captured = capsys.readouterr()
+    first, second = captured.err.strip().splitlines()
+    assert first.startswith("error: example-gen failed: ") and "no-such-file.csv" in first
+    assert "Traceback" not in captured.err + captured.out
+    log = second.split("traceback in ")[1].rstrip(")")
+    assert "Traceback (most recent call last)" in open(log).read()
+
+
+def test_failure_reads_the_last_traceback():
+    lines = ["noise", "Traceback (most recent call last):", '  File "x.py", line 1', "KeyError: 'a'",
+             "more", "Traceback (most recent call last):", '  File "y.py", line 2',
+             "ValueError: items.csv:6: field 'text': missing [while running 'Read/Parse']"]
+    kind, message, trace = local_runner.failure(lines)
+    assert (kind, message) == ("ValueError", "items.csv:6: field 'text': missing")
+    assert trace.startswith("Traceback") and "y.py" in trace and "x.py" not in trace
+    kind, _, _ = local_runner.failure(["Traceback (most recent call last):", "apache_beam.x.SchemaViolation: bad"])
+    assert kind == "SchemaViolation"

@@ -57,3 +57,33 @@ def test_code_fingerprint_covers_what_the_step_imports_only(tmp_path, monkeypatc
     (root / "schemas" / "s.pbtxt").write_text("feature {}")
     assert all(prints()[n] != again[n] for n in "abc")  # schemas and common belong to every step
     step.code_fingerprint.cache_clear()
+
+
+def test_step_command_line_ends_input_errors_with_one_line(tmp_path, capsys):
+    import dataclasses
+
+    import pytest
+
+    from components.common.cli import step_main
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        size: int = 1
+
+        def __post_init__(self):
+            if self.size < 1:
+                raise ValueError(f"size must be >= 1, got {self.size}")
+
+    def run(config, path):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: no such file")
+        raise KeyError("a bug")
+
+    assert step_main(Config, ["input"], run, "", ["--input", "x", "--size", "0"]) == 1
+    assert capsys.readouterr().err.splitlines()[0] == "error: size must be >= 1, got 0"
+    assert step_main(Config, ["input"], run, "", ["--input", str(tmp_path / "nope")]) == 1
+    assert "nope: no such file" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError):  # --verbose: the traceback
+        step_main(Config, ["input"], run, "", ["--input", str(tmp_path / "nope"), "--verbose"])
+    with pytest.raises(KeyError):  # a bug keeps its traceback
+        step_main(Config, ["input"], run, "", ["--input", str(tmp_path)])

@@ -1,13 +1,22 @@
 """Runs the pipeline on this machine: kfp.local subprocess runner, Beam DirectRunner in the steps.
 
-    python -m tfx_pipeline.local_runner [--data-dir ../shared/data/ml-1m] [--trainer.strategy oob] ...
+    python -m tfx_pipeline.local_runner [--data-dir ../shared/data/ml-1m] [--trainer.strategy oob] ... [--verbose]
+
+The console shows each step's own lines (start, progress, summary) and the final table; the
+whole output of every step (TensorFlow, Beam and KFP logs, the executor's JSON) goes to
+<pipeline-root>/logs/<time>.log, whose path is printed first (--verbose: everything on the console).
+An error the input or the flags cause ends the run with its one-line message and exit status 1
+(the traceback is in the log); any other error shows its traceback.
 """
 
 from __future__ import annotations
 
+import collections
 import glob
+import io
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -70,17 +79,91 @@ def _next_steps(artifacts: dict[str, str]) -> None:
         print("\nnext:\n" + "\n".join(f"  {line}" for line in lines))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from kfp import local
+# The steps' own lines ("[trainer] epoch 1/3 ...") and KFP's task start/end lines reach the console.
+_CONSOLE = re.compile(r"^\s*(\[[a-z][\w\-]*\] |.*Executing task '|.*Task '[\w\-]+' finished with status)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_EXCEPTION = re.compile(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception|Exit|Violation|Split)\w*): (.*)$")
+# What a user's input, flags or files cause: one line is enough. Anything else is a bug: traceback.
+USER_ERRORS = ("ValueError", "SchemaViolation", "DegenerateSplit", "FileNotFoundError", "NotADirectoryError",
+               "IsADirectoryError", "PermissionError", "SystemExit")
 
-    config = parse(argv, description=__doc__)
-    os.makedirs(config.pipeline_root, exist_ok=True)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=config.pipeline_root,
-               raise_on_error=True)
+
+class _Console(io.TextIOBase):
+    """sys.stdout during a run: every line to the log file, the steps' own lines to the terminal."""
+
+    def __init__(self, log, terminal, verbose: bool):
+        self.log, self.terminal, self.verbose, self.pending = log, terminal, verbose, ""
+        self.tail: collections.deque[str] = collections.deque(maxlen=2000)
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            line = _ANSI.sub("", line)
+            self.tail.append(line)
+            if self.verbose or _CONSOLE.match(line):
+                self.terminal.write(line.strip() + "\n" if not self.verbose else line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+        self.terminal.flush()
+
+
+def failure(lines: Sequence[str]) -> tuple[str, str, str]:
+    """(exception type, message, traceback) of the last traceback in a step's output."""
+    start = max((i for i, line in enumerate(lines) if line.strip().startswith("Traceback (most recent call")),
+                default=0)
+    block = list(lines)[start:]
+    for line in reversed(block):
+        match = _EXCEPTION.match(line)
+        if match:
+            message = re.sub(r" \[while running '[^']*'\]", "", match.group(2)).strip()
+            return match.group(1), message, "\n".join(block)
+    return "", "", "\n".join(block)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in argv
+    argv = [a for a in argv if a != "--verbose"]
+    try:
+        config = parse(argv, description=__doc__)
+    except ValueError as error:  # a flag value the config refuses (argparse exits itself for unknown flags)
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    os.makedirs(os.path.join(config.pipeline_root, "logs"), exist_ok=True)
+    log_path = os.path.join(config.pipeline_root, "logs", time.strftime("%Y-%m-%d_%H%M%S") + ".log")
+    print(f"[pipeline] full output of every step: {log_path}", flush=True)
     before = set(glob.glob(os.path.join(config.pipeline_root, "*")))
-    before.add(os.path.join(config.pipeline_root, "cache"))
+    before |= {os.path.join(config.pipeline_root, name) for name in ("cache", "logs")}
     started = time.monotonic()
-    create_pipeline(config)()
+    terminal = sys.stdout
+    with open(log_path, "w", encoding="utf-8") as log:
+        console = _Console(log, terminal, verbose)
+        sys.stdout = console
+        try:
+            from kfp import local
+
+            local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=config.pipeline_root,
+                       raise_on_error=True)
+            create_pipeline(config)()
+        except RuntimeError as error:  # a step failed (kfp.local raises when a task ends in FAILURE)
+            sys.stdout = terminal
+            kind, message, trace = failure(console.tail)
+            step = re.findall(r"Task '([\w\-]+)' finished with status FAILURE", "\n".join(console.tail))
+            where = f"{step[0]} failed" if step else "the pipeline failed"
+            if kind in USER_ERRORS:
+                print(f"error: {where}: {message}\n(traceback in {log_path})", file=sys.stderr)
+            else:
+                print(f"error: {where} ({error}):\n{trace}\n(full output in {log_path})", file=sys.stderr)
+            return 1
+        finally:
+            sys.stdout = terminal
     new = sorted(set(glob.glob(os.path.join(config.pipeline_root, "*"))) - before, key=os.path.getmtime)
     if not new:
         print("no run directory was created", file=sys.stderr)

@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import components.common.env  # noqa: F401
+
+# Errors that bad input, flags or files cause (a one-line message is enough); anything else is a bug.
+USER_ERRORS = (ValueError, OSError)
 
 
 def parse_value(text: str, default: Any) -> Any:
@@ -58,8 +63,13 @@ def config_from_json(cls: type, payload: str):
 def step_main(cls: type, paths: Sequence[str], run: Callable, description: str,
               argv: Sequence[str] | None = None, beam: bool = False) -> int:
     """A step's command line: --<path> for each path argument, the config's flags (or
-    --config-json), and --beam-arg=... for Beam steps; calls run(config, *paths[, beam_args])."""
+    --config-json), and --beam-arg=... for Beam steps; calls run(config, *paths[, beam_args]).
+
+    An error of the input, the flags or the files (ValueError and its kin, USER_ERRORS) ends with
+    its one-line message and status 1; --verbose shows its traceback. Other errors are bugs and
+    keep their traceback."""
     parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--verbose", action="store_true", help="show the traceback of input errors too")
     for name in paths:
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True)
     parser.add_argument("--config-json", default=None, help="the whole config as JSON (flags override it)")
@@ -68,8 +78,15 @@ def step_main(cls: type, paths: Sequence[str], run: Callable, description: str,
                             help="a Beam option, as --beam-arg=--runner=DataflowRunner; repeatable")
     add_config_flags(parser, cls)
     args = parser.parse_args(argv)
-    base = json.loads(args.config_json) if args.config_json else {}
-    config = config_from_json(cls, json.dumps({**base, **config_overrides(args, cls)}))
-    extra = [args.beam_arg] if beam else []
-    run(config, *[getattr(args, name) for name in paths], *extra)
+    try:
+        base = json.loads(args.config_json) if args.config_json else {}
+        config = config_from_json(cls, json.dumps({**base, **config_overrides(args, cls)}))
+        extra = [args.beam_arg] if beam else []
+        run(config, *[getattr(args, name) for name in paths], *extra)
+    except USER_ERRORS as error:
+        if args.verbose:
+            raise
+        message = re.sub(r" \[while running '[^']*'\]", "", str(error))  # Beam's wrapping of a step's error
+        print(f"error: {message}\n(run with --verbose for the traceback)", file=sys.stderr)
+        return 1
     return 0

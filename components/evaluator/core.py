@@ -38,8 +38,10 @@ class EvaluatorConfig:
         return max(1, min(self.batch_size, self.memory_budget_mb * 2**20 // (3 * 4 * max(1, num_items))))
 
 
-@tf.function
-def _batch_top_k(queries: tf.Tensor, candidates: tf.Tensor, targets: tf.Tensor, k: int):
+# One trace for every batch size and K (a smaller last batch used to retrace and warn).
+@tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None, None], tf.float32),
+                              tf.TensorSpec([None], tf.int64), tf.TensorSpec([], tf.int32)])
+def _batch_top_k(queries: tf.Tensor, candidates: tf.Tensor, targets: tf.Tensor, k: tf.Tensor):
     """queries [B, d], candidates [V, d], targets [B] index -> (rank of target [B], top-k indices [B, k]).
 
     The rank is the number of candidates scoring strictly higher than the target (0 = first).
@@ -69,7 +71,7 @@ def evaluate(query_batches: Iterable[tuple[np.ndarray, np.ndarray]], candidates:
         total += len(targets)
         unknown += int((~known).sum())
         rank, top = _batch_top_k(tf.constant(queries, tf.float32), candidates_t,
-                                 tf.constant(np.where(known, targets, 0), tf.int64), k_max)
+                                 tf.constant(np.where(known, targets, 0), tf.int64), tf.constant(k_max, tf.int32))
         rank = rank.numpy()
         gain = np.where(known, 1.0 / np.log2(rank + 2.0), 0.0)  # one relevant item: DCG = 1 / log2(rank + 2)
         for k in config.ks:
