@@ -231,6 +231,21 @@ def test_csv_quoted_multiline_fields_bom_and_crlf(tmp_path):
     assert bad == [(6, "<line>", "expected 3 fields, got 2"), (7, "<bytes>", "bytes not valid utf-8")]
 
 
+def test_json_lines_with_bom_crlf_and_gzip(tmp_path):
+    import gzip
+
+    from components.example_gen import readers
+
+    text = '\ufeff{"user_id": "a", "item_id": "x"}\r\n\r\n{"user_id": "b", "item_id": "y"}\r\n[1]\r\n'
+    (tmp_path / "rows.jsonl").write_bytes(text.encode("utf-8"))
+    with gzip.open(tmp_path / "rows.jsonl.gz", "wb") as f:
+        f.write(text.encode("utf-8"))
+    for name in ("rows.jsonl", "rows.jsonl.gz"):
+        records = list(readers.generic_rows(str(tmp_path / name)))
+        assert [(r.line, r.row["user_id"]) for r in records if r.row] == [(1, "a"), (3, "b")]
+        assert [(r.line, r.problem) for r in records if r.row is None] == [(4, "a line must be a JSON object")]
+
+
 def test_csv_with_bom_runs_through_example_gen(tmp_path):
     (tmp_path / "inter.csv").write_bytes(b"\xef\xbb\xbfuser_id,item_id,rating,timestamp\r\na,x,5,1\r\nb,x,4,2\r\n")
     summary = run_example_gen(ExampleGenConfig(source="generic", interactions=str(tmp_path / "inter.csv")),

@@ -29,9 +29,12 @@ class Record(NamedTuple):
 
 
 def _lines(path: str, encoding: str) -> Iterator[tuple[int, str, str | None]]:
-    """(line number, text, decoding problem or None) for every line; gzip is detected by name."""
+    """(line number, text, decoding problem or None) for every line; gzip is detected by name; a
+    UTF-8 byte-order mark (what spreadsheet programs and some exporters write) is dropped."""
     with FileSystems.open(path) as handle:
         for number, raw in enumerate(iter(handle.readline, b""), start=1):  # gzip handles only readline
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf") and encoding.replace("-", "").lower() == "utf8":
+                raw = raw[3:]
             try:
                 yield number, raw.decode(encoding).rstrip("\r\n"), None
             except UnicodeDecodeError as error:
