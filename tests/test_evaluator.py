@@ -80,3 +80,27 @@ def test_batches_of_any_size_share_one_trace():
         evaluate(((queries[i:i + batch], targets[i:i + batch]) for i in range(0, 10, batch)), candidates,
                  EvaluatorConfig(ks=ks))
     assert _batch_top_k.experimental_get_tracing_count() - before <= 1
+
+
+def test_scann_search_reports_recall_and_matches_exact_where_it_retrieves_the_same():
+    from components.evaluator.core import EvaluatorConfig, evaluate
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(40, 16))  # clustered, as trained item embeddings are
+    candidates = (centres[rng.integers(0, 40, 5000)] + 0.3 * rng.normal(size=(5000, 16))).astype(np.float32)
+    candidates /= np.linalg.norm(candidates, axis=1, keepdims=True)  # 5000 > brute_force_below: tree + AH + reorder
+    queries = candidates[rng.integers(0, 5000, 300)] + 0.1 * rng.normal(size=(300, 16)).astype(np.float32)
+    targets = rng.integers(0, 5000, 300)
+    targets[:150] = np.argsort(-(queries[:150] @ candidates.T), axis=1)[:, 3]  # half the targets ranked 4th
+    batches = lambda: ((queries[i:i + 64], targets[i:i + 64]) for i in range(0, 300, 64))  # noqa: E731
+    exact = evaluate(batches(), candidates, EvaluatorConfig(ks=(10, 50)))["metrics"]
+    approx = evaluate(batches(), candidates, EvaluatorConfig(ks=(10, 50), search="scann", recall_sample=100))
+    metrics = approx["metrics"]
+    assert metrics["search"] == "scann" and metrics["recall_queries"] == 100
+    assert 0.9 <= metrics["recall@50"] <= 1.0
+    for key in ("hit_rate@10", "hit_rate@50", "ndcg@10"):  # the index can miss, never rank a target higher
+        assert exact[key] - 0.03 <= metrics[key] <= exact[key] + 1e-12, key
+    assert exact["hit_rate@10"] >= 0.5 and approx["appearances"].sum() == 300 * 50
+    assert EvaluatorConfig(search="scann").query_batch(10**7) == 4096
+    with pytest.raises(ValueError, match="search must be 'exact' or 'scann', got 'faiss'"):
+        EvaluatorConfig(search="faiss")

@@ -17,15 +17,23 @@ class EvaluatorConfig:
     min_recommended: N for 'share of the catalogue recommended at least N times'.
     batch_size: queries scored at once, at most; memory_budget_mb caps it so that the [queries,
       items] score matrix and its top-K work stay within the budget whatever the catalogue size
-      (HR stays exact: every query is still scored against every item)."""
+      (HR stays exact: every query is still scored against every item).
+    search: 'exact' (every query against every item) or 'scann' (the exporter's ScaNN index, for
+      catalogues where exact scoring is too slow, e.g. 10^7 items: HR and NDCG then count what the
+      index retrieves, and `recall@K` against exact search on the first `recall_sample` queries is
+      reported beside them)."""
 
     ks: tuple[int, ...] = (50, 100)
     batch_size: int = 4096
     memory_budget_mb: int = 1024
     top_popular: int = 100
     min_recommended: tuple[int, ...] = (1, 10, 100)
+    search: str = "exact"
+    recall_sample: int = 1000
 
     def __post_init__(self):
+        if self.search not in ("exact", "scann"):
+            raise ValueError(f"search must be 'exact' or 'scann', got {self.search!r}")
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"ks must be positive, got {self.ks}")
         if self.batch_size < 1 or self.memory_budget_mb < 1:
@@ -35,7 +43,9 @@ class EvaluatorConfig:
     def query_batch(self, num_items: int) -> int:
         """Queries per batch for a catalogue of num_items: the score matrix, the comparison with the
         target and top_k's copy (about 3 float32 [B, V] buffers) fit in memory_budget_mb."""
-        return max(1, min(self.batch_size, self.memory_budget_mb * 2**20 // (3 * 4 * max(1, num_items))))
+        if self.search == "scann":  # the index holds no [B, V] scores
+            return self.batch_size
+        return exact_queries_per_batch(self, num_items)
 
 
 # One trace for every batch size and K (a smaller last batch used to retrace and warn).
@@ -66,12 +76,29 @@ def evaluate(query_batches: Iterable[tuple[np.ndarray, np.ndarray]], candidates:
     gains = {k: 0.0 for k in config.ks}
     appearances = np.zeros(len(candidates), np.int64)
     total = unknown = 0
+    searcher = _scann_searcher(candidates, k_max) if config.search == "scann" else None
+    overlap, sampled = 0, 0
     for queries, targets in query_batches:
         known = targets >= 0
         total += len(targets)
         unknown += int((~known).sum())
-        rank, top = _batch_top_k(tf.constant(queries, tf.float32), candidates_t,
-                                 tf.constant(np.where(known, targets, 0), tf.int64), tf.constant(k_max, tf.int32))
+        if searcher is None:
+            rank, top = _batch_top_k(tf.constant(queries, tf.float32), candidates_t,
+                                     tf.constant(np.where(known, targets, 0), tf.int64), tf.constant(k_max, tf.int32))
+        else:  # ranks within what the index returns (k_max = not retrieved); recall on the first queries
+            top = np.asarray(searcher.search_batched(np.asarray(queries, np.float32), final_num_neighbors=k_max)[0],
+                             np.int64)
+            need = min(len(queries), config.recall_sample - sampled)
+            step = exact_queries_per_batch(config, len(candidates))
+            for start in range(0, need, step):
+                part = slice(start, min(need, start + step))
+                _, exact = _batch_top_k(tf.constant(queries[part], tf.float32), candidates_t,
+                                        tf.zeros([part.stop - start], tf.int64), tf.constant(k_max, tf.int32))
+                overlap += sum(len(set(a) & set(b)) for a, b in zip(exact.numpy(), top[part]))
+            sampled += need
+            found = top == np.where(known, targets, -1)[:, None]
+            rank = tf.constant(np.where(found.any(axis=1), found.argmax(axis=1), k_max))
+            top = tf.constant(top)
         rank = rank.numpy()
         gain = np.where(known, 1.0 / np.log2(rank + 2.0), 0.0)  # one relevant item: DCG = 1 / log2(rank + 2)
         for k in config.ks:
@@ -82,8 +109,22 @@ def evaluate(query_batches: Iterable[tuple[np.ndarray, np.ndarray]], candidates:
         raise ValueError("no positive evaluation examples to score")
     metrics = {f"hit_rate@{k}": hits[k] / total for k in config.ks}
     metrics.update({f"ndcg@{k}": gains[k] / total for k in config.ks})
-    metrics.update(num_queries=total, targets_not_in_corpus=unknown, corpus_size=len(candidates))
+    metrics.update(num_queries=total, targets_not_in_corpus=unknown, corpus_size=len(candidates), search=config.search)
+    if searcher is not None:
+        metrics[f"recall@{k_max}"] = overlap / max(1, sampled * k_max)
+        metrics["recall_queries"] = sampled
     return {"metrics": metrics, "appearances": appearances, "k": k_max}
+
+
+def exact_queries_per_batch(config: EvaluatorConfig, num_items: int) -> int:
+    """Queries scored exactly at once within the memory budget (the exact path of query_batch)."""
+    return max(1, min(config.batch_size, config.memory_budget_mb * 2**20 // (3 * 4 * max(1, num_items))))
+
+
+def _scann_searcher(candidates: np.ndarray, k: int):
+    from components.exporter.core import ExporterConfig, build_scann_index
+
+    return build_scann_index(candidates, ExporterConfig(k=k))
 
 
 def popularity_figures(appearances: np.ndarray, train_counts: np.ndarray, k: int, config: EvaluatorConfig) -> dict:
