@@ -265,3 +265,21 @@ def test_degenerate_splits_stop_early_and_say_why(tmp_path, rows, split, message
     with pytest.raises(ValueError, match=message):
         run_example_gen(ExampleGenConfig(source="generic", interactions=str(tmp_path / "inter.csv"), split=split),
                         str(tmp_path / "out"))
+
+
+@pytest.mark.parametrize("rows,train,eval_", [
+    ("a,x,5,1\na,y,4,2\na,z,5,3\na,w,5,4\na,v,5,5\n", 4, 1),  # one user: the time cut still splits its sequence
+    ("a,x,5,1\nb,x,4,2\nc,x,5,3\nd,x,5,4\ne,x,5,5\n", 4, 1),  # one item: every example is that item
+])
+def test_one_user_or_one_item_runs(tmp_path, rows, train, eval_):
+    (tmp_path / "inter.csv").write_text("user_id,item_id,rating,timestamp\n" + rows)
+    summary = run_example_gen(ExampleGenConfig(source="generic", interactions=str(tmp_path / "inter.csv")),
+                              str(tmp_path / "out"))
+    assert (summary["train_examples"], summary["eval_examples"]) == (train, eval_)
+
+
+def test_more_clusters_asked_than_items_gives_one_cluster_per_item():
+    from components.item_clusterer import ItemClustererConfig
+
+    assert ItemClustererConfig(num_clusters=50).clusters_for(7) == 7
+    assert ItemClustererConfig().clusters_for(1) == 1 and ItemClustererConfig().clusters_for(10**8) == 1024
