@@ -238,6 +238,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--pool-sizes", default="10000,100000,1000000,10000000")
+    parser.add_argument("--scann-sizes", default="10000,100000,1000000,10000000")
     parser.add_argument("--big", default="10000000", help="the size of the cluster_oob step row at 10^7 ('' = none)")
     parser.add_argument("--parts", default="pool,step,evaluator,scann",
                         help="parts to measure; the others keep their previous results")
@@ -273,8 +274,10 @@ def main() -> None:
             if args.big:
                 rows.append(fastest("step", int(args.big), "cluster_oob", "lazy_adam"))
             result["step"] = rows
-        elif part in ("evaluator", "scann"):
+        elif part == "evaluator":
             result[part] = [run_one(part, n) for n in sizes]
+        elif part == "scann":
+            result[part] = [run_one(part, n) for n in [int(s) for s in args.scann_sizes.split(",")]]
         else:
             raise SystemExit(f"unknown part {part!r}: use pool, step, evaluator, scann")
         write_results("scale", result, markdown(result))
