@@ -11,7 +11,9 @@ import re
 SECTIONS = (("Paper tables (`benchmarks.paper_tables`)", "paper_tables.md"),
             ("Where cluster negatives help (`benchmarks.regimes`)", "regimes.md"),
             ("Larger catalogues, per-user split (`benchmarks.larger_catalogues`)", "larger_catalogues.md"),
-            ("ScaNN vs brute force (`benchmarks.scann_vs_bruteforce`)", "scann.md"))
+            ("ScaNN vs brute force (`benchmarks.scann_vs_bruteforce`)", "scann.md"),
+            ("Cost against catalogue size (`benchmarks.scale`)", "scale.md"),
+            ("What the scale options cost in quality (`benchmarks.scale_quality`)", "scale_quality.md"))
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
