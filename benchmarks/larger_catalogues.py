@@ -195,13 +195,17 @@ def main() -> None:
     parser.add_argument("--data-root", default=os.environ.get("DATA_ROOT", os.path.join("..", "shared", "data")))
     parser.add_argument("--parts", default="main,regimes,ml1m", help="which parts to run, in this order")
     parser.add_argument("--ml1m-seeds", default="", help="seeds of the ML-1M part (default: --seeds)")
+    parser.add_argument("--datasets", default=",".join(AMAZON), help="the Amazon sets of the main part")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     root = os.path.abspath(args.data_root)
     started = time.monotonic()
     result = {"seeds": seeds, "table": [], "items": {}}
     prepared = {}
-    for name, folder in AMAZON.items():
+    unknown = sorted(set(args.datasets.split(",")) - set(AMAZON))
+    if unknown:
+        raise SystemExit(f"unknown data sets {unknown}: choose from {sorted(AMAZON)}")
+    for name, folder in ((n, AMAZON[n]) for n in args.datasets.split(",")):
         config = ExampleGenConfig(source="generic", interactions=os.path.join(root, folder, "interactions.csv.gz"),
                                   split="leave_last_out")
         prepared[name] = prepare(name, config)
