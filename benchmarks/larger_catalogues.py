@@ -130,9 +130,10 @@ def regimes(name: str, examples: str, base_clusters: str, seed: int, overrides: 
 def markdown(result: dict) -> str:
     lines = [f"Per-user split (`leave_last_out`): each user's last positive is the evaluation example; full-catalogue "
              f"ranking. Seeds {result['seeds']}, 3 epochs, batch 1024, 16 pool negatives (random:cluster 1:15), "
-             "mixture logQ correction. Behavioural clusters: k-means (sqrt(items) clusters) of the item embeddings "
-             "of that seed's first-pass in_batch model; in_batch, oob and cluster_oob then all use them as "
-             "cluster features. Mean ± std over seeds; gain over in_batch with the same (behavioural) features.", "",
+             f"mixture logQ correction, optimizer {result.get('optimizer', 'adam')}. Behavioural clusters: k-means "
+             "(sqrt(items) clusters) of the item embeddings of that seed's first-pass in_batch model; in_batch, oob "
+             "and cluster_oob then all use them as cluster features. Mean ± std over seeds; gain over in_batch "
+             "with the same (behavioural) features.", "",
              "| data set | items | strategy | clusters | HR@10 | NDCG@10 | HR@50 | HR@100 | gain HR@10 | gain HR@50 "
              "| softmax mass |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["table"]:
@@ -196,11 +197,14 @@ def main() -> None:
     parser.add_argument("--parts", default="main,regimes,ml1m", help="which parts to run, in this order")
     parser.add_argument("--ml1m-seeds", default="", help="seeds of the ML-1M part (default: --seeds)")
     parser.add_argument("--datasets", default=",".join(AMAZON), help="the Amazon sets of the main part")
+    parser.add_argument("--optimizer", default=TrainerConfig.optimizer,
+                        help="trainer optimizer of every run ('adam': the runs made before lazy_adam was the default)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     root = os.path.abspath(args.data_root)
     started = time.monotonic()
-    result = {"seeds": seeds, "table": [], "items": {}}
+    result = {"seeds": seeds, "table": [], "items": {}, "optimizer": args.optimizer}
+    overrides = {"optimizer": args.optimizer}
     prepared = {}
     unknown = sorted(set(args.datasets.split(",")) - set(AMAZON))
     if unknown:
@@ -213,20 +217,20 @@ def main() -> None:
         if part == "main":
             for name, (examples, clusters) in prepared.items():
                 result["items"][name] = _items(examples)
-                result["table"] += strategy_table(name, examples, clusters, "category", seeds, {})
+                result["table"] += strategy_table(name, examples, clusters, "category", seeds, overrides)
         elif part == "ml1m":
             examples, clusters = prepare("ml1m_leave_last_out", ExampleGenConfig.movielens(
                 os.path.join(root, "ml-1m"), split="leave_last_out"))
             result["items"]["ml1m_leave_last_out"] = _items(examples)
             ml_seeds = [int(x) for x in args.ml1m_seeds.split(",")] if args.ml1m_seeds else seeds
             result["ml1m_seeds"] = ml_seeds
-            result["table"] += strategy_table("ml1m_leave_last_out", examples, clusters, "llm", ml_seeds, {},
+            result["table"] += strategy_table("ml1m_leave_last_out", examples, clusters, "llm", ml_seeds, overrides,
                                               extra=(("oob", "llm"), ("cluster_oob", "llm"),
                                                      ("cluster_oob", "category")))
         elif part == "regimes":
             name = max(prepared, key=lambda n: _items(prepared[n][0]))
             result["regimes_dataset"] = name
-            result["regimes"] = regimes(name, *prepared[name], seeds[0], {})
+            result["regimes"] = regimes(name, *prepared[name], seeds[0], overrides)
         else:
             raise SystemExit(f"unknown part {part!r}: use main, ml1m, regimes")
         result["wall_seconds"] = time.monotonic() - started
