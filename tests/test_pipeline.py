@@ -79,7 +79,7 @@ def test_local_run_end_to_end(tmp_path, movielens_dir, tiny_bert, capsys):
     serving = out.split("serving model:")[1].split()[0]
     report = out.split("cluster report:")[1].split()[0]
     assert os.path.isdir(logs) and os.path.isdir(serving) and os.path.isfile(report)
-    (run,) = [p for p in os.listdir(tmp_path / "runs") if p != "cache"]
+    (run,) = [p for p in os.listdir(tmp_path / "runs") if p not in ("cache", "logs")]
     metrics = json.load(open(tmp_path / "runs" / run / "evaluator" / "metrics" / "metrics.json"))
     assert 0 <= metrics["hit_rate@5"] <= metrics["hit_rate@10"] <= 1
     for step, output in local_runner.OUTPUTS.items():
@@ -88,8 +88,8 @@ def test_local_run_end_to_end(tmp_path, movielens_dir, tiny_bert, capsys):
 
     # a second identical run reuses every step; a new trainer setting reruns trainer and what follows
     assert local_runner.main(args + ["--trainer.temperature", "0.1"]) == 0
-    runs = sorted((p for p in os.listdir(tmp_path / "runs") if p != "cache"), key=lambda p: os.path.getmtime(
-        tmp_path / "runs" / p))
+    runs = sorted((p for p in os.listdir(tmp_path / "runs") if p not in ("cache", "logs")),
+                  key=lambda p: os.path.getmtime(tmp_path / "runs" / p))
     reused = {step: json.load(open(tmp_path / "runs" / runs[-1] / step / output / "step.json"))["reused"]
               for step, output in local_runner.OUTPUTS.items()}
     assert reused == {"example-gen": True, "item-embedder": True, "item-clusterer": True, "trainer": False,
@@ -124,7 +124,7 @@ def test_behavioural_clusters_come_from_a_first_model(tmp_path, movielens_dir, t
             "--trainer.batch_size", "64", "--trainer.embedding_dim", "8", "--trainer.num_negatives", "4",
             "--evaluator.ks", "5,10", "--exporter.k", "5"]
     assert local_runner.main(args) == 0
-    (run,) = [p for p in os.listdir(tmp_path / "runs") if p != "cache"]
+    (run,) = [p for p in os.listdir(tmp_path / "runs") if p not in ("cache", "logs")]
     summary = json.load(open(tmp_path / "runs" / run / "trainer-2" / "model" / "train_summary.json"))
     assert summary["config"]["cluster_source"] == "behavioural" and summary["num_clusters"] == 3
     assert local_runner._artifacts(str(tmp_path / "runs" / run))["trainer"].endswith(os.path.join("trainer-2", "model"))
