@@ -228,3 +228,23 @@ def test_checkpoint_and_savedmodel_round_trip(tmp_path):
     ids, clusters = tf.constant([3, 9, 14], tf.int64), tf.constant([0, 3, 1], tf.int64)
     np.testing.assert_array_equal(loaded.slots(ids, clusters).numpy(), pool.slots(ids, clusters).numpy())
     assert os.path.isdir(tmp_path / "sm" / "variables")
+
+
+def test_key_feature_pool_behaves_like_one_with_a_key_array():
+    """key_feature='item_index' (the trainer's pool) keeps no item_key array and draws, masks and
+    answers membership exactly like a pool that keeps one."""
+    rng = np.random.default_rng(5)
+    ids, clusters = rng.integers(0, 500, size=60), rng.integers(0, 4, size=60)
+    features = {"item_index": tf.constant(ids), "dense": tf.zeros([60, 3])}
+    plain, keyed = make_pool(4, 8, seed=9), ClusterPool(4, 8, SPEC, seed=9, key_feature="item_index")
+    for pool in (plain, keyed):
+        pool.update(tf.constant(ids), tf.constant(clusters), features)
+    assert "item_key" in {v.name.split("/")[-1].split(":")[0] for v in plain.weights}
+    assert "item_key" not in {v.name.split("/")[-1].split(":")[0] for v in keyed.weights}
+    a, b = plain(tf.constant([0, 1, 2, 3] * 5), 2, 6), keyed(tf.constant([0, 1, 2, 3] * 5), 2, 6)
+    for name in ("item_index", "item_key", "valid"):
+        np.testing.assert_array_equal(a[name].numpy(), b[name].numpy())
+    query = tf.constant([*ids[:10], 999]), tf.constant([*clusters[:10], 0])
+    np.testing.assert_array_equal(plain.contains(*query).numpy(), keyed.contains(*query).numpy())
+    with pytest.raises(ValueError, match="key_feature must name a stored scalar int64 feature, got 'dense'"):
+        ClusterPool(4, 8, SPEC, key_feature="dense")

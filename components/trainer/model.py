@@ -160,7 +160,8 @@ class TwoTowerModel(tf_keras.Model):
         if config.uses_pool:
             slots = config.slots_for(len(catalogue.item_ids), catalogue.num_clusters)
             self.pool = ClusterPool(catalogue.num_clusters, slots, {"item_index": ((), "int64")},
-                                    sampling=config.pool_sampling, seed=config.seed, name="pool")
+                                    sampling=config.pool_sampling, seed=config.seed, key_feature="item_index",
+                                    name="pool")
         self.user_positives = None
         if config.mask_user_positives:
             if user_positive_keys is None:

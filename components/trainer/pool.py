@@ -18,7 +18,9 @@ class ClusterPool(tf_keras.layers.Layer):
         index); sampled negatives are re-embedded by the current item tower, so the pool holds
         features, never embeddings.
       `item_key`: [C*S] int64, the integer key of the item in the slot (the id itself for integer
-        ids, a 63-bit hash for string ids); used to mask samples equal to the positive.
+        ids, a 63-bit hash for string ids); used to mask samples equal to the positive. With
+        `key_feature`, the stored int64 feature of that name is the key (the items are written
+        with that feature as their id) and no separate array is kept, read or written.
       `valid`: [C*S] bool, whether the slot has ever been filled.
       `segment_filled` [C*S] int64 and `segment_count` [C] int64: the filled slots of segment c,
         in the order they were first filled, are segment_filled[c*S : c*S + segment_count[c]].
@@ -48,7 +50,7 @@ class ClusterPool(tf_keras.layers.Layer):
 
     def __init__(self, num_clusters: int, slots_per_cluster: int,
                  feature_specs: Mapping[str, tuple[tuple[int, ...], str]],
-                 sampling: str = "filled", seed: int = 0, **kwargs):
+                 sampling: str = "filled", seed: int = 0, key_feature: str = "", **kwargs):
         kwargs.pop("trainable", None)  # the pool is never trainable
         super().__init__(trainable=False, **kwargs)
         if num_clusters < 1:
@@ -59,10 +61,13 @@ class ClusterPool(tf_keras.layers.Layer):
             raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
         if not feature_specs:
             raise ValueError("feature_specs must name at least one stored feature")
+        if key_feature and tuple(feature_specs.get(key_feature, ((1,), ""))) != ((), "int64"):
+            raise ValueError(f"key_feature must name a stored scalar int64 feature, got {key_feature!r}")
         self.num_clusters = int(num_clusters)
         self.slots_per_cluster = int(slots_per_cluster)
         self.sampling = sampling
         self.seed = int(seed)
+        self.key_feature = key_feature
         self.feature_specs = {k: (tuple(v[0]), str(v[1])) for k, v in feature_specs.items()}
         capacity = self.num_clusters * self.slots_per_cluster
         self.capacity = capacity
@@ -70,7 +75,8 @@ class ClusterPool(tf_keras.layers.Layer):
                      aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         self.stored = {name: self.add_weight(name=name, shape=(capacity, *shape), dtype=dtype, **state)
                        for name, (shape, dtype) in self.feature_specs.items()}
-        self.item_key = self.add_weight(name="item_key", shape=(capacity,), dtype=tf.int64, **state)
+        self.item_key = (self.stored[key_feature] if key_feature else
+                         self.add_weight(name="item_key", shape=(capacity,), dtype=tf.int64, **state))
         self.valid = self.add_weight(name="valid", shape=(capacity,), dtype=tf.bool, **state)
         self.segment_filled = self.add_weight(name="segment_filled", shape=(capacity,), dtype=tf.int64, **state)
         self.segment_count = self.add_weight(name="segment_count", shape=(self.num_clusters,), dtype=tf.int64,
@@ -115,7 +121,8 @@ class ClusterPool(tf_keras.layers.Layer):
         self._append_new_slots(unique_slots)
         for name, variable in self.stored.items():
             variable.scatter_update(tf.IndexedSlices(tf.gather(features[name], last), unique_slots))
-        self.item_key.scatter_update(tf.IndexedSlices(tf.gather(self.keys(item_ids), last), unique_slots))
+        if not self.key_feature:
+            self.item_key.scatter_update(tf.IndexedSlices(tf.gather(self.keys(item_ids), last), unique_slots))
         self.valid.scatter_update(tf.IndexedSlices(tf.ones_like(unique_slots, dtype=tf.bool), unique_slots))
 
     def _append_new_slots(self, unique_slots: tf.Tensor) -> None:
@@ -140,7 +147,7 @@ class ClusterPool(tf_keras.layers.Layer):
 
     def _gather(self, slots: tf.Tensor, ok: tf.Tensor) -> dict[str, tf.Tensor]:
         out = {name: tf.gather(variable, slots) for name, variable in self.stored.items()}
-        out["item_key"] = tf.gather(self.item_key, slots)
+        out["item_key"] = out[self.key_feature] if self.key_feature else tf.gather(self.item_key, slots)
         out["valid"] = ok
         return out
 
@@ -209,5 +216,5 @@ class ClusterPool(tf_keras.layers.Layer):
         config = super().get_config()
         config.update(num_clusters=self.num_clusters, slots_per_cluster=self.slots_per_cluster,
                       feature_specs={k: [list(s), d] for k, (s, d) in self.feature_specs.items()},
-                      sampling=self.sampling, seed=self.seed)
+                      sampling=self.sampling, seed=self.seed, key_feature=self.key_feature)
         return config
