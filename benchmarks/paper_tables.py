@@ -150,19 +150,29 @@ def pool_share(config: TrainerConfig, examples: str, clusters: str, step_seconds
     rng = np.random.default_rng(0)
     index = tf.constant(rng.integers(2, len(catalogue.item_ids) + 2, config.batch_size), tf.int64)
     cluster = tf.gather(model.items.cluster_of_index, index)
+    return pool_seconds(model, [(index, cluster)], steps=200, correction=True) / step_seconds
+
+
+def pool_seconds(model, batches: list, steps: int = 40, correction: bool = False) -> float:
+    """Median seconds of one step's pool work on a TwoTowerModel: draws and update (and, with
+    `correction`, the logQ correction's pool lookups), cycling over batches of (index, cluster)."""
+    import tensorflow as tf
 
     @tf.function
     def pool_ops(index, cluster):
         drawn = model.pool(cluster, model.num_random, model.num_cluster)
-        in_batch, pool = model._log_counts(index, cluster, drawn["item_index"])  # the correction's pool lookups
+        if correction:
+            model._log_counts(index, cluster, drawn["item_index"])
         model.pool.update(index, cluster, {"item_index": index})
-        return drawn["item_index"], in_batch, pool
+        return drawn["item_index"]
 
-    pool_ops(index, cluster)
-    started = time.perf_counter()
-    for _ in range(200):
-        pool_ops(index, cluster)[0].numpy()
-    return (time.perf_counter() - started) / 200 / step_seconds
+    pool_ops(*batches[0])
+    times = []
+    for i in range(steps):
+        started = time.perf_counter()
+        pool_ops(*batches[i % len(batches)]).numpy()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
 
 
 def table2(examples: str, clusters: str) -> dict:

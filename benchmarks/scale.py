@@ -125,20 +125,9 @@ def measure_step(items: int, strategy: str, optimizer: str) -> dict:
               "optimizer": optimizer, "step_ms": 1e3 * step, "examples_per_second": BATCH / step,
               "setup_seconds": setup}
     if model.pool is not None:  # the pool's share, timed in this process on this model's pool
-        @tf.function
-        def pool_ops(index, cluster):
-            drawn = model.pool(cluster, model.num_random, model.num_cluster)
-            model.pool.update(index, cluster, {"item_index": index})
-            return drawn["item_index"]
+        from benchmarks.paper_tables import pool_seconds
 
-        looked_up = [model.items(tf.constant(b["item_id"])) for b in batches]
-        pool_times = []
-        for i in range(40):
-            started = time.perf_counter()
-            pool_ops(*looked_up[i % len(looked_up)]).numpy()
-            if i >= 5:
-                pool_times.append(time.perf_counter() - started)
-        result["pool_ms"] = 1e3 * statistics.median(pool_times)
+        result["pool_ms"] = 1e3 * pool_seconds(model, [model.items(tf.constant(b["item_id"])) for b in batches])
     return result
 
 
