@@ -84,6 +84,8 @@ _CONSOLE = re.compile(r"^\s*(\[[a-z][\w\-]*\] |.*Executing task '|.*Task '[\w\-]
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _EXCEPTION = re.compile(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception|Exit|Violation|Split)\w*): (.*)$")
 # What a user's input, flags or files cause: one line is enough. Anything else is a bug: traceback.
+# The names, as they appear in a step's output, of components.common.cli.USER_ERRORS (ValueError and
+# OSError) and their subclasses the steps raise; a step runs in another process, so only its text is seen.
 USER_ERRORS = ("ValueError", "SchemaViolation", "DegenerateSplit", "FileNotFoundError", "NotADirectoryError",
                "IsADirectoryError", "PermissionError", "SystemExit")
 

@@ -85,6 +85,7 @@ def evaluate(query_batches: Iterable[tuple[np.ndarray, np.ndarray]], candidates:
         if searcher is None:
             rank, top = _batch_top_k(tf.constant(queries, tf.float32), candidates_t,
                                      tf.constant(np.where(known, targets, 0), tf.int64), tf.constant(k_max, tf.int32))
+            rank, top = rank.numpy(), top.numpy()
         else:  # ranks within what the index returns (k_max = not retrieved); recall on the first queries
             top = np.asarray(searcher.search_batched(np.asarray(queries, np.float32), final_num_neighbors=k_max)[0],
                              np.int64)
@@ -97,14 +98,12 @@ def evaluate(query_batches: Iterable[tuple[np.ndarray, np.ndarray]], candidates:
                 overlap += sum(len(set(a) & set(b)) for a, b in zip(exact.numpy(), top[part]))
             sampled += need
             found = top == np.where(known, targets, -1)[:, None]
-            rank = tf.constant(np.where(found.any(axis=1), found.argmax(axis=1), k_max))
-            top = tf.constant(top)
-        rank = rank.numpy()
+            rank = np.where(found.any(axis=1), found.argmax(axis=1), k_max)
         gain = np.where(known, 1.0 / np.log2(rank + 2.0), 0.0)  # one relevant item: DCG = 1 / log2(rank + 2)
         for k in config.ks:
             hits[k] += int(((rank < k) & known).sum())
             gains[k] += float(gain[rank < k].sum())
-        appearances += np.bincount(top.numpy().ravel(), minlength=len(candidates))
+        appearances += np.bincount(top.ravel(), minlength=len(candidates))
     if total == 0:
         raise ValueError("no positive evaluation examples to score")
     metrics = {f"hit_rate@{k}": hits[k] / total for k in config.ks}
