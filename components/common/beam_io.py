@@ -47,17 +47,19 @@ class ReadNumberedRecords(beam.PTransform):
 
 
 class _CountDoFn(beam.DoFn):
-    def __init__(self, namespace: str, name: str):
+    def __init__(self, namespace: str, name: str, rows: bool):
         self._counter = Metrics.counter(namespace, name)
+        self._rows = rows
 
     def process(self, element):
-        self._counter.inc()
+        self._counter.inc(len(element) if self._rows else 1)
         yield element
 
 
-def Counted(namespace: str, name: str) -> beam.ParDo:  # noqa: N802 (reads like a transform)
-    """Passes elements through, counting them in the Beam counter `namespace/name`."""
-    return beam.ParDo(_CountDoFn(namespace, name))
+def Counted(namespace: str, name: str, rows: bool = False) -> beam.ParDo:  # noqa: N802 (reads like a transform)
+    """Passes elements through, counting them in the Beam counter `namespace/name`; rows=True: the elements are
+    batches (Arrow tables) and each counts its number of rows."""
+    return beam.ParDo(_CountDoFn(namespace, name, rows))
 
 
 def stable_shard(key: str, num_shards: int) -> int:

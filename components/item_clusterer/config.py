@@ -17,6 +17,8 @@ class ItemClustererConfig:
       granular clusters raise false negatives), fine enough to be harder than random.
     max_fit_items: k-means is fit on at most this many items (a deterministic hash sample),
       then every item is assigned to its nearest centroid.
+    n_init, iterations: k-means restarts (the lowest-inertia one is kept) and Lloyd iterations of
+      each; the fit costs O(n_init * iterations * sample * C * d).
     embedding_kind: the name of the table made from the embeddings: 'llm' (item_embedder's text
       embeddings) or 'behavioural' (a trained candidate tower's item embeddings, e.g. the
       exporter's candidates.parquet: clusters refreshed from the previous model).
@@ -24,7 +26,8 @@ class ItemClustererConfig:
 
     num_clusters: int = 0
     max_fit_items: int = 200_000
-    n_init: int = 4
+    n_init: int = 1
+    iterations: int = 25
     seed: int = 0
     embedding_kind: str = "llm"
 
@@ -33,6 +36,8 @@ class ItemClustererConfig:
             raise ValueError(f"embedding_kind must be one of {EMBEDDING_KINDS}, got {self.embedding_kind!r}")
         if self.num_clusters < 0 or self.num_clusters == 1:
             raise ValueError(f"num_clusters must be 0 (auto) or >= 2, got {self.num_clusters}")
+        if self.n_init < 1 or self.iterations < 1:
+            raise ValueError(f"n_init and iterations must be >= 1, got {self.n_init} and {self.iterations}")
         if self.max_fit_items < 2:
             raise ValueError(f"max_fit_items must be >= 2, got {self.max_fit_items}")
 

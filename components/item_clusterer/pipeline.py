@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
@@ -28,14 +29,44 @@ NAMESPACE = "item_clusterer"
 CLUSTER_SCHEMA = pa.schema([("item_id", pa.string()), ("cluster_id", pa.int64())])
 
 
-def _fit(rows, num_clusters: int, seed: int, n_init: int) -> np.ndarray:
-    vectors = np.asarray([r["embedding"] for r in sorted(rows, key=lambda r: r["item_id"])], dtype=np.float32)
-    return core.fit_centroids(vectors, num_clusters, seed, n_init)
+def _arrays(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """A record batch of an embeddings table -> (item ids [n], embeddings [n, d] float32), without a Python
+    object per float."""
+    ids = np.asarray(table.column("item_id").to_pylist(), dtype=object)
+    if not len(ids):
+        return ids, np.zeros((0, 0), np.float32)
+    column = table.column("embedding").combine_chunks()
+    lengths = pc.list_value_length(column)
+    if column.null_count or pc.min(lengths).as_py() != pc.max(lengths).as_py():
+        raise ValueError(f"embeddings must all have one length and no nulls; found lengths "
+                         f"{pc.min(lengths).as_py()}..{pc.max(lengths).as_py()} and {column.null_count} nulls")
+    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return ids, flat.reshape(len(ids), -1)
 
 
-def _assign_batch(rows, centroids):
-    ids = core.assign(np.asarray([r["embedding"] for r in rows], dtype=np.float32), centroids)
-    return [{"item_id": r["item_id"], "cluster_id": int(c)} for r, c in zip(rows, ids)]
+def _sample(table: pa.Table, rate: float) -> tuple[np.ndarray, np.ndarray]:
+    ids, vectors = _arrays(table)
+    keep = core.fit_sample_mask(ids, rate)
+    return ids[keep], vectors[keep]
+
+
+def _fit(parts, num_clusters: int, seed: int, n_init: int, iterations: int) -> np.ndarray:
+    """k-means on the fit sample, rows sorted by item id (the order Beam collects them in is not fixed)."""
+    parts = [p for p in parts if len(p[0])]
+    ids = np.concatenate([p[0] for p in parts])
+    vectors = np.concatenate([p[1] for p in parts])
+    order = np.argsort(ids, kind="stable")
+    print(f"[item_clusterer] k-means: {num_clusters} clusters on a sample of {len(ids):,} items x "
+          f"{vectors.shape[1]} dims", flush=True)
+    return core.fit_centroids(vectors[order], num_clusters, seed, n_init, iterations)
+
+
+def _assign_batch(table: pa.Table, centroids: np.ndarray) -> pa.Table:
+    ids, vectors = _arrays(table)
+    if not len(ids):
+        return CLUSTER_SCHEMA.empty_table()
+    return pa.table({"item_id": pa.array(ids, pa.string()), "cluster_id": pa.array(core.assign(vectors, centroids))},
+                    schema=CLUSTER_SCHEMA)
 
 
 def _write_table(pcoll, label: str, path_prefix: str):
@@ -50,19 +81,21 @@ def build(pipeline, config: ItemClustererConfig, embeddings_pattern: str, items_
     if num_items:
         num_clusters = config.clusters_for(num_items)
         rate = min(1.0, config.max_fit_items / max(num_items, 1))
-        embeddings = pipeline | "ReadEmbeddings" >> beam.io.ReadFromParquet(embeddings_pattern)
+        # Elements are Arrow record batches (one per Parquet row group), not one dict per item.
+        embeddings = pipeline | "ReadEmbeddings" >> beam.io.ReadFromParquetBatched(embeddings_pattern)
         centroids = (
             embeddings
-            | "FitSample" >> beam.Filter(lambda r: core.in_fit_sample(r["item_id"], rate))
+            | "FitSample" >> beam.Map(_sample, rate=rate)
             | "CollectSample" >> beam.combiners.ToList()
-            | "FitKMeans" >> beam.Map(_fit, num_clusters=num_clusters, seed=config.seed, n_init=config.n_init)
+            | "FitKMeans" >> beam.Map(_fit, num_clusters=num_clusters, seed=config.seed, n_init=config.n_init,
+                                      iterations=config.iterations)
         )
-        assigned = (
-            embeddings
-            | "Batch" >> beam.BatchElements(min_batch_size=256, max_batch_size=8192)
-            | "Assign" >> beam.FlatMap(_assign_batch, centroids=beam.pvalue.AsSingleton(centroids))
-        )
-        _write_table(assigned, config.embedding_kind, fileio.join(output_dir, config.embedding_kind, "clusters"))
+        assigned = embeddings | "Assign" >> beam.Map(_assign_batch, centroids=beam.pvalue.AsSingleton(centroids))
+        kind = config.embedding_kind
+        _ = (assigned
+             | f"Count{kind}" >> Counted(NAMESPACE, f"{kind}_assigned", rows=True)
+             | f"Write{kind}" >> beam.io.WriteToParquetBatched(fileio.join(output_dir, kind, "clusters"),
+                                                                CLUSTER_SCHEMA, file_name_suffix=".parquet"))
 
     first = (
         pipeline
@@ -91,17 +124,21 @@ def read_num_clusters(path: str) -> int:
     return int(fileio.read_json(meta)["num_clusters"])
 
 
-def _read_parquet(path: str) -> pa.Table:
-    with FileSystems.open(path) as handle:
-        return pq.read_table(handle)
+def _read_columns(path: str, columns: list[str]) -> pa.Table:
+    """The given columns of a cluster table directory (or file)."""
+    files = [path] if path.endswith(".parquet") else fileio.match(fileio.join(path, "*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no cluster table (*.parquet) under {path}")
+    tables = []
+    for f in files:
+        with FileSystems.open(f) as handle:
+            tables.append(pq.read_table(handle, columns=columns))
+    return pa.concat_tables(tables)
 
 
 def read_cluster_table(path: str) -> dict[str, int]:
     """Reads a cluster table directory (or file) -> {item_id: cluster_id}."""
-    files = [path] if path.endswith(".parquet") else fileio.match(fileio.join(path, "*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"no cluster table (*.parquet) under {path}")
-    table = pa.concat_tables([_read_parquet(f) for f in files])
+    table = _read_columns(path, ["item_id", "cluster_id"])
     return dict(zip(table.column("item_id").to_pylist(), table.column("cluster_id").to_pylist()))
 
 
@@ -148,8 +185,7 @@ def run_item_clusterer(config: ItemClustererConfig, embeddings_dir: str, items_p
     kinds = [config.embedding_kind, "category"] if num_items else ["category"]
     report = {"config": dataclasses.asdict(config), "items_in": num_items, "tables": kinds}
     for kind in kinds:
-        table = read_cluster_table(fileio.join(output_dir, kind))
-        ids = np.asarray(list(table.values()), dtype=np.int64)
+        ids = _read_columns(fileio.join(output_dir, kind), ["cluster_id"]).column("cluster_id").to_numpy()
         n = int(ids.max()) + 1 if kind == "category" else config.clusters_for(num_items)
         report[kind] = core.size_summary(ids, n)
         report[kind]["items_assigned"] = counters.get(f"{kind}_assigned", 0)
