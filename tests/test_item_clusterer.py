@@ -116,3 +116,50 @@ def test_catalogue_without_text_runs_with_category_clusters(tmp_path, tiny_bert)
     metrics = run_evaluator(EvaluatorConfig(ks=(10, 50)), model, examples, str(tmp_path / "eval"), 5)
     assert metrics["num_queries"] == len({u for u, _, r, _ in synthetic_log(rows=400) if r >= 3})
     assert 0.0 <= metrics["ndcg@10"] <= metrics["hit_rate@10"] <= metrics["hit_rate@50"] <= 1.0
+
+
+def test_embedding_batches_to_arrays_without_python_floats():
+    import pyarrow as pa
+
+    from components.item_clusterer.pipeline import _arrays
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(10, 3)).astype(np.float32)
+    chunks = [pa.array(list(x[:4]), pa.list_(pa.float32())), pa.array(list(x[4:]), pa.list_(pa.float32()))]
+    table = pa.table({"item_id": [str(i) for i in range(10)], "embedding": pa.chunked_array(chunks)}).slice(2, 7)
+    ids, vectors = _arrays(table)
+    assert ids.tolist() == [str(i) for i in range(2, 9)] and vectors.dtype == np.float32
+    np.testing.assert_array_equal(vectors, x[2:9])
+    ragged = pa.table({"item_id": ["a", "b"], "embedding": pa.array([[1.0, 2.0], [3.0]], pa.list_(pa.float32()))})
+    with pytest.raises(ValueError, match=r"lengths 1\.\.2"):
+        _arrays(ragged)
+
+
+def test_clusters_do_not_depend_on_file_layout_and_match_numpy_oracle(tmp_path):
+    """The same embeddings as one file or as three files of several row groups give the same table: the fit
+    sample is sorted by item id, whatever order Beam hands over the batches; it equals fit + assign by hand."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from components.item_clusterer import run_item_clusterer
+
+    rng = np.random.default_rng(1)
+    ids = [f"item{i:03d}" for i in range(300)]
+    x = rng.normal(size=(300, 8)).astype(np.float32)
+    items = tmp_path / "items.parquet"
+    pq.write_table(pa.table({"item_id": ids, "categories": [["a"]] * 300}), items)
+    config = ItemClustererConfig(num_clusters=5, max_fit_items=150)
+    tables = []
+    for layout, parts in (("one", [slice(0, 300)]), ("three", [slice(200, 300), slice(0, 120), slice(120, 200)])):
+        emb = tmp_path / layout / "emb"
+        emb.mkdir(parents=True)
+        for n, part in enumerate(parts):
+            table = pa.table({"item_id": ids[part], "embedding": pa.array(list(x[part]), pa.list_(pa.float32()))})
+            pq.write_table(table, emb / f"embeddings-{n}.parquet", row_group_size=35)
+        run_item_clusterer(config, str(emb), str(items), str(tmp_path / layout / "out"))
+        tables.append(read_cluster_table(str(tmp_path / layout / "out" / "llm")))
+    assert tables[0] == tables[1]
+    rate = 150 / 300
+    sample = sorted(i for i in range(300) if core.in_fit_sample(ids[i], rate))
+    expected = core.assign(x, core.fit_centroids(x[sample], 5, seed=0))
+    assert [tables[0][i] for i in ids] == expected.tolist()
