@@ -283,3 +283,17 @@ def test_more_clusters_asked_than_items_gives_one_cluster_per_item():
 
     assert ItemClustererConfig(num_clusters=50).clusters_for(7) == 7
     assert ItemClustererConfig().clusters_for(1) == 1 and ItemClustererConfig().clusters_for(10**8) == 1024
+
+
+def test_serialized_example_bytes_do_not_depend_on_the_hash_seed():
+    """tf.train.Example's features are a map: without deterministic serialisation their order follows
+    PYTHONHASHSEED, and two processes write different bytes for one example."""
+    import subprocess
+    import sys
+
+    code = ("import components.common.env; from components.example_gen.core import to_tf_example; "
+            "print(to_tf_example({'user_id': 'u', 'item_id': 'i', 'rating': 4.0, 'label': 1, 'timestamp': 7, "
+            "'history_item_ids': ['a', 'b']}).hex())")
+    outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in range(4)}
+    assert len(outputs) == 1

@@ -102,4 +102,6 @@ def to_tf_example(example: dict) -> bytes:
         "timestamp": tf.train.Feature(int64_list=tf.train.Int64List(value=[example["timestamp"]])),
         "rating": tf.train.Feature(float_list=tf.train.FloatList(value=[example["rating"]])),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    # deterministic: map entries sorted by key. Otherwise their order follows the process's string hash seed,
+    # so two runs (or two Beam workers) write different bytes for the same example.
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
