@@ -1,7 +1,9 @@
-"""Cost against catalogue size: pool, trainer step, evaluator and ScaNN build from 10^4 to 10^7 items.
+"""Cost against catalogue size: pool, trainer step, evaluator and ScaNN build from 10^4 to 10^7 items, and the
+data steps (item_clusterer, item_embedder, example_gen).
 
     python -m benchmarks.scale [--sizes 10000,100000,1000000] [--pool-sizes ...,10000000]
-        [--step-10m yes|no] [--parts pool,step,evaluator,scann]
+        [--parts pool,step,evaluator,scann,clusterer,embedder,example_gen] [--clusterer-sizes 100000,1000000]
+        [--embedder-items 100000] [--example-gen-sizes 1000000]
 
 Every measurement runs in its own process (peak memory = that process's max RSS). The data are
 SYNTHETIC (benchmarks/synthetic.py's popularity model, made in memory): what is measured is cost,
@@ -14,6 +16,9 @@ not quality. Users scale with items (as many users as items; hashed into 10^6 ro
 - evaluator: `evaluate` (exact full-catalogue HR@50/100) of 4,096 queries with the default
   memory budget.
 - scann: building the exporter's ScaNN index (tree + AH + reorder) over random unit vectors.
+- clusterer: the item_clusterer step (default config) on synthetic 384-d embeddings with sqrt(items) families.
+- embedder: the item_embedder step against SentenceTransformer.encode, same texts, model and batch size.
+- example_gen: the step on synthetic generic CSV (benchmarks/synthetic.py), wall time and peak memory.
 Writes benchmarks/results/scale.{json,md,png}.
 """
 
@@ -161,7 +166,105 @@ def measure_scann(items: int) -> dict:
     return {"items": items, "seconds": seconds, "self_found": float(np.mean(neighbours[:, 0] == np.arange(100)))}
 
 
-MEASURES = {"pool": measure_pool, "step": measure_step, "evaluator": measure_evaluator, "scann": measure_scann}
+def _scratch(name: str) -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix=f"scale_{name}_")
+
+
+def measure_clusterer(items: int) -> dict:
+    """item_clusterer (default config: sqrt(items) clusters, 200k fit sample) on synthetic 384-d embeddings."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from benchmarks.synthetic import write_embeddings
+    from components.item_clusterer import ItemClustererConfig, run_item_clusterer
+
+    work = _scratch("clusterer")
+    try:
+        os.makedirs(os.path.join(work, "embeddings"))
+        write_embeddings(os.path.join(work, "embeddings", "embeddings-00000-of-00001.parquet"), items)
+        ids = pa.array(np.char.add("i", np.arange(items).astype(str)))
+        pq.write_table(pa.table({"item_id": ids, "categories": pa.array([[]] * items, pa.list_(pa.string()))}),
+                       os.path.join(work, "items.parquet"))
+        started = time.monotonic()
+        report = run_item_clusterer(ItemClustererConfig(), os.path.join(work, "embeddings"),
+                                    os.path.join(work, "items.parquet"), os.path.join(work, "out"))
+        seconds = time.monotonic() - started
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"items": items, "seconds": seconds, "items_per_second": items / seconds,
+            "clusters": report["llm"]["num_clusters"], "empty_clusters": report["llm"]["empty_clusters"]}
+
+
+def _texts(items: int) -> list[str]:
+    from benchmarks.synthetic import family_words
+
+    families = max(1, int(round(np.sqrt(items))))
+    words = family_words(families, 0)
+    return [f"{words[i % families]} item {i}: a {words[i % families].split()[0]} thing, model {i % 997}"
+            for i in range(items)]  # the synthetic catalogue's item texts (benchmarks/synthetic.py)
+
+
+def measure_embedder(items: int, which: str) -> dict:
+    """'step': item_embedder (Beam, RunInference, default MiniLM, batch 64) over `items` synthetic item texts;
+    'raw': SentenceTransformer.encode of the same texts with the same model and batch size."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from components.item_embedder import ItemEmbedderConfig, run_item_embedder
+
+    texts, config = _texts(items), ItemEmbedderConfig()
+    if which == "raw":
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(config.model_path(), device="cpu")
+        started = time.monotonic()
+        model.encode(texts, batch_size=config.batch_size)
+        seconds = time.monotonic() - started
+    else:
+        work = _scratch("embedder")
+        try:
+            pq.write_table(pa.table({"item_id": [f"i{i}" for i in range(items)], "text": texts,
+                                     "categories": pa.array([[]] * items, pa.list_(pa.string()))}),
+                           os.path.join(work, "items.parquet"))
+            started = time.monotonic()
+            run_item_embedder(config, os.path.join(work, "items.parquet"), os.path.join(work, "out"))
+            seconds = time.monotonic() - started
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return {"items": items, "which": which, "seconds": seconds, "items_per_second": items / seconds}
+
+
+def measure_example_gen(interactions: int) -> dict:
+    """example_gen (default config, generic CSV input) on synthetic interactions: users = interactions / 100,
+    items = interactions / 50."""
+    import shutil
+
+    from benchmarks import synthetic
+    from components.example_gen import ExampleGenConfig, run_example_gen
+
+    work = _scratch("example_gen")
+    try:
+        paths = synthetic.write(os.path.join(work, "in"), max(2, interactions // 50), max(2, interactions // 100),
+                                interactions, log=lambda _: None)
+        started = time.monotonic()
+        summary = run_example_gen(ExampleGenConfig(source="generic", interactions=paths["interactions"],
+                                                   items=paths["items"]), os.path.join(work, "out"))
+        seconds = time.monotonic() - started
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"interactions": interactions, "seconds": seconds,
+            "interactions_per_second": interactions / seconds,
+            "examples": summary["train_examples"] + summary["eval_examples"]}
+
+
+MEASURES = {"pool": measure_pool, "step": measure_step, "evaluator": measure_evaluator, "scann": measure_scann,
+            "clusterer": measure_clusterer, "embedder": measure_embedder, "example_gen": measure_example_gen}
 
 
 def run_one(part: str, items: int, *args: str) -> dict:
@@ -206,6 +309,28 @@ def markdown(result: dict) -> str:
             lines += [f"| {r['items']:,} | {r['seconds']:.1f} | {r['peak_mb'] / 1024:.2f} |"
                       for r in result[part] if "error" not in r]
             lines.append("")
+    rows = [r for r in result.get("clusterer", []) if "error" not in r]
+    if rows:
+        lines += ["| items | item_clusterer, default config (s) | items/s | clusters | peak memory (GB) |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['items']:,} | {r['seconds']:.1f} | {r['items_per_second']:,.0f} | {r['clusters']:,} | "
+                  f"{r['peak_mb'] / 1024:.2f} |" for r in rows]
+        lines.append("")
+    rows = {r["which"]: r for r in result.get("embedder", []) if "error" not in r}
+    if len(rows) == 2:
+        lines += ["| items | SentenceTransformer.encode (items/s) | item_embedder step (items/s) | ratio "
+                  "| step peak memory (GB) |", "|---|---|---|---|---|",
+                  f"| {rows['step']['items']:,} | {rows['raw']['items_per_second']:,.0f} | "
+                  f"{rows['step']['items_per_second']:,.0f} | "
+                  f"{rows['step']['items_per_second'] / rows['raw']['items_per_second']:.2f} | "
+                  f"{rows['step']['peak_mb'] / 1024:.2f} |", ""]
+    rows = [r for r in result.get("example_gen", []) if "error" not in r]
+    if rows:
+        lines += ["| interactions | example_gen (s) | interactions/s | peak memory (GB) | bytes per interaction |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['interactions']:,} | {r['seconds']:.1f} | {r['interactions_per_second']:,.0f} | "
+                  f"{r['peak_mb'] / 1024:.2f} | {r['peak_mb'] * 2**20 / r['interactions']:,.0f} |" for r in rows]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -246,7 +371,10 @@ def main() -> None:
     parser.add_argument("--pool-sizes", default="10000,100000,1000000,10000000")
     parser.add_argument("--scann-sizes", default="10000,100000,1000000,10000000")
     parser.add_argument("--big", default="10000000", help="the size of the cluster_oob step row at 10^7 ('' = none)")
-    parser.add_argument("--parts", default="pool,step,evaluator,scann",
+    parser.add_argument("--clusterer-sizes", default="100000,1000000", help="items")
+    parser.add_argument("--embedder-items", default="100000")
+    parser.add_argument("--example-gen-sizes", default="1000000", help="interactions")
+    parser.add_argument("--parts", default="pool,step,evaluator,scann,clusterer,embedder,example_gen",
                         help="parts to measure; the others keep their previous results")
     parser.add_argument("--repeats", type=int, default=3,
                         help="pool and step: measure this many times, keep the fastest (robust to a busy machine)")
@@ -286,8 +414,15 @@ def main() -> None:
             result[part] = [run_one(part, n) for n in sizes]
         elif part == "scann":
             result[part] = [run_one(part, n) for n in [int(s) for s in args.scann_sizes.split(",")]]
+        elif part == "clusterer":
+            result[part] = [run_one(part, n) for n in [int(s) for s in args.clusterer_sizes.split(",")]]
+        elif part == "embedder":
+            n = int(args.embedder_items)
+            result[part] = [run_one(part, n, which) for which in ("raw", "step")]
+        elif part == "example_gen":
+            result[part] = [run_one(part, n) for n in [int(s) for s in args.example_gen_sizes.split(",")]]
         else:
-            raise SystemExit(f"unknown part {part!r}: use pool, step, evaluator, scann")
+            raise SystemExit(f"unknown part {part!r}: use {', '.join(MEASURES)}")
         write_results("scale", result, markdown(result))
         plot(result)
 

@@ -115,6 +115,30 @@ def write(out: str, items: int, users: int, interactions: int, families: int = 0
     return {"items": items, "users": users, "interactions": interactions, "families": families, **paths}
 
 
+def write_embeddings(path: str, items: int, dim: int = 384, families: int = 0, seed: int = 0,
+                     chunk: int = 100_000) -> int:
+    """An item_embedder-shaped Parquet file (item_id 'i<k>', unit-norm float32 embedding) for `items` items:
+    item k = its family's direction (k % F) plus noise, so k-means has structure to find. SYNTHETIC: for the
+    clusterer's cost at sizes the text model would take hours to embed. Memory O(chunk * dim + F * dim)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    families = families or max(1, int(round(np.sqrt(items))))
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((families, dim)).astype(np.float32)
+    schema = pa.schema([("item_id", pa.string()), ("embedding", pa.list_(pa.float32()))])
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, items, chunk):
+            index = np.arange(start, min(items, start + chunk))
+            x = centres[index % families] + rng.standard_normal((len(index), dim)).astype(np.float32)
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            offsets = pa.array(np.arange(0, (len(index) + 1) * dim, dim, dtype=np.int32))
+            vectors = pa.ListArray.from_arrays(offsets, pa.array(x.ravel()))
+            writer.write_table(pa.table({"item_id": np.char.add("i", index.astype(str)), "embedding": vectors},
+                                        schema=schema), row_group_size=chunk)
+    return items
+
+
 class _Writer:
     """Chunked CSV (categories joined by '|') or Parquet (categories as a list) writer."""
 

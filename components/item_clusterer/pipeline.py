@@ -69,48 +69,65 @@ def _assign_batch(table: pa.Table, centroids: np.ndarray) -> pa.Table:
                     schema=CLUSTER_SCHEMA)
 
 
-def _write_table(pcoll, label: str, path_prefix: str):
-    return (pcoll
-            | f"Count{label}" >> Counted(NAMESPACE, f"{label}_assigned")
-            | f"Write{label}" >> beam.io.WriteToParquet(path_prefix, CLUSTER_SCHEMA, file_name_suffix=".parquet"))
+def _first_categories(table: pa.Table) -> tuple[list[str], list[str]]:
+    """A record batch of the item table -> (item ids, first category of each; '' when it has none)."""
+    return (table.column("item_id").to_pylist(),
+            [names[0] if names else "" for names in table.column("categories").to_pylist()])
+
+
+def _category_batch(table: pa.Table, vocabulary: dict[str, int]) -> pa.Table:
+    ids, names = _first_categories(table)
+    return pa.table({"item_id": pa.array(ids, pa.string()),
+                     "cluster_id": pa.array([vocabulary[n] for n in names], pa.int64())}, schema=CLUSTER_SCHEMA)
+
+
+def _write_table(batches, label: str, path_prefix: str):
+    return (batches
+            | f"Count{label}" >> Counted(NAMESPACE, f"{label}_assigned", rows=True)
+            | f"Write{label}" >> beam.io.WriteToParquetBatched(path_prefix, CLUSTER_SCHEMA,
+                                                               file_name_suffix=".parquet"))
 
 
 def build(pipeline, config: ItemClustererConfig, embeddings_pattern: str, items_path: str, output_dir: str,
           num_items: int) -> None:
-    """k-means table from the embeddings (skipped when there are none: items without text) + category table."""
+    """k-means table from the embeddings (skipped when there are none: items without text) + category table.
+
+    Elements are Arrow record batches (one per Parquet row group), not one dict per item. Each input is read
+    twice, once for what the side input needs (fit sample, category names) and once to assign: a read shared
+    by both branches would be held whole in memory until the side input is ready.
+    """
     if num_items:
         num_clusters = config.clusters_for(num_items)
         rate = min(1.0, config.max_fit_items / max(num_items, 1))
-        # Elements are Arrow record batches (one per Parquet row group), not one dict per item.
-        embeddings = pipeline | "ReadEmbeddings" >> beam.io.ReadFromParquetBatched(embeddings_pattern)
         centroids = (
-            embeddings
+            pipeline
+            | "ReadEmbeddingsToFit" >> beam.io.ReadFromParquetBatched(embeddings_pattern)
             | "FitSample" >> beam.Map(_sample, rate=rate)
             | "CollectSample" >> beam.combiners.ToList()
             | "FitKMeans" >> beam.Map(_fit, num_clusters=num_clusters, seed=config.seed, n_init=config.n_init,
                                       iterations=config.iterations)
         )
-        assigned = embeddings | "Assign" >> beam.Map(_assign_batch, centroids=beam.pvalue.AsSingleton(centroids))
-        kind = config.embedding_kind
-        _ = (assigned
-             | f"Count{kind}" >> Counted(NAMESPACE, f"{kind}_assigned", rows=True)
-             | f"Write{kind}" >> beam.io.WriteToParquetBatched(fileio.join(output_dir, kind, "clusters"),
-                                                                CLUSTER_SCHEMA, file_name_suffix=".parquet"))
+        assigned = (
+            pipeline
+            | "ReadEmbeddings" >> beam.io.ReadFromParquetBatched(embeddings_pattern)
+            | "Assign" >> beam.Map(_assign_batch, centroids=beam.pvalue.AsSingleton(centroids))
+        )
+        _write_table(assigned, config.embedding_kind, fileio.join(output_dir, config.embedding_kind, "clusters"))
 
-    first = (
-        pipeline
-        | "ReadItems" >> beam.io.ReadFromParquet(items_path, columns=["item_id", "categories"])
-        | "FirstCategory" >> beam.Map(lambda r: (r["item_id"], (r["categories"] or [""])[0]))
-    )
+    columns = ["item_id", "categories"]
     vocabulary = (
-        first
-        | "Names" >> beam.Values()
+        pipeline
+        | "ReadItemsForNames" >> beam.io.ReadFromParquetBatched(items_path, columns=columns)
+        | "Names" >> beam.FlatMap(lambda table: set(_first_categories(table)[1]))
         | "Distinct" >> beam.Distinct()
         | "AllNames" >> beam.combiners.ToList()
         | "Vocabulary" >> beam.Map(core.category_vocabulary)
     )
-    category = first | "CategoryId" >> beam.Map(
-        lambda kv, vocab: {"item_id": kv[0], "cluster_id": vocab[kv[1]]}, vocab=beam.pvalue.AsSingleton(vocabulary))
+    category = (
+        pipeline
+        | "ReadItems" >> beam.io.ReadFromParquetBatched(items_path, columns=columns)
+        | "CategoryId" >> beam.Map(_category_batch, vocabulary=beam.pvalue.AsSingleton(vocabulary))
+    )
     _write_table(category, "category", fileio.join(output_dir, "category", "clusters"))
     _ = vocabulary | "SaveVocabulary" >> beam.Map(
         lambda v: fileio.write_json(fileio.join(output_dir, "category", "vocabulary.json"), v))
