@@ -118,21 +118,21 @@ def test_catalogue_without_text_runs_with_category_clusters(tmp_path, tiny_bert)
     assert 0.0 <= metrics["ndcg@10"] <= metrics["hit_rate@10"] <= metrics["hit_rate@50"] <= 1.0
 
 
-def test_embedding_batches_to_arrays_without_python_floats():
+def test_embedding_batches_to_one_float32_array():
     import pyarrow as pa
 
-    from components.item_clusterer.pipeline import _arrays
+    from components.item_clusterer.pipeline import _vectors
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(10, 3)).astype(np.float32)
     chunks = [pa.array(list(x[:4]), pa.list_(pa.float32())), pa.array(list(x[4:]), pa.list_(pa.float32()))]
     table = pa.table({"item_id": [str(i) for i in range(10)], "embedding": pa.chunked_array(chunks)}).slice(2, 7)
-    ids, vectors = _arrays(table)
-    assert ids.tolist() == [str(i) for i in range(2, 9)] and vectors.dtype == np.float32
+    vectors = _vectors(table)
+    assert vectors.dtype == np.float32
     np.testing.assert_array_equal(vectors, x[2:9])
     ragged = pa.table({"item_id": ["a", "b"], "embedding": pa.array([[1.0, 2.0], [3.0]], pa.list_(pa.float32()))})
     with pytest.raises(ValueError, match=r"lengths 1\.\.2"):
-        _arrays(ragged)
+        _vectors(ragged)
 
 
 def test_clusters_do_not_depend_on_file_layout_and_match_numpy_oracle(tmp_path):

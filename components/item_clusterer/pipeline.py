@@ -29,25 +29,25 @@ NAMESPACE = "item_clusterer"
 CLUSTER_SCHEMA = pa.schema([("item_id", pa.string()), ("cluster_id", pa.int64())])
 
 
-def _arrays(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    """A record batch of an embeddings table -> (item ids [n], embeddings [n, d] float32), without a Python
+def _vectors(table: pa.Table) -> np.ndarray:
+    """The embeddings of a record batch of an embeddings table as one [n, d] float32 array, without a Python
     object per float."""
-    ids = np.asarray(table.column("item_id").to_pylist(), dtype=object)
-    if not len(ids):
-        return ids, np.zeros((0, 0), np.float32)
+    if not table.num_rows:
+        return np.zeros((0, 0), np.float32)
     column = table.column("embedding").combine_chunks()
     lengths = pc.list_value_length(column)
     if column.null_count or pc.min(lengths).as_py() != pc.max(lengths).as_py():
         raise ValueError(f"embeddings must all have one length and no nulls; found lengths "
                          f"{pc.min(lengths).as_py()}..{pc.max(lengths).as_py()} and {column.null_count} nulls")
     flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    return ids, flat.reshape(len(ids), -1)
+    return flat.reshape(table.num_rows, -1)
 
 
 def _sample(table: pa.Table, rate: float) -> tuple[np.ndarray, np.ndarray]:
-    ids, vectors = _arrays(table)
+    """(item ids, embeddings) of the batch's items in the fit sample."""
+    ids = np.asarray(table.column("item_id").to_pylist(), dtype=object)
     keep = core.fit_sample_mask(ids, rate)
-    return ids[keep], vectors[keep]
+    return ids[keep], _vectors(table)[keep]
 
 
 def _fit(parts, num_clusters: int, seed: int, n_init: int, iterations: int) -> np.ndarray:
@@ -62,11 +62,10 @@ def _fit(parts, num_clusters: int, seed: int, n_init: int, iterations: int) -> n
 
 
 def _assign_batch(table: pa.Table, centroids: np.ndarray) -> pa.Table:
-    ids, vectors = _arrays(table)
-    if not len(ids):
+    if not table.num_rows:
         return CLUSTER_SCHEMA.empty_table()
-    return pa.table({"item_id": pa.array(ids, pa.string()), "cluster_id": pa.array(core.assign(vectors, centroids))},
-                    schema=CLUSTER_SCHEMA)
+    return pa.table({"item_id": table.column("item_id").cast(pa.string()),
+                     "cluster_id": pa.array(core.assign(_vectors(table), centroids))}, schema=CLUSTER_SCHEMA)
 
 
 def _first_categories(table: pa.Table) -> tuple[list[str], list[str]]:
