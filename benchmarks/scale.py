@@ -281,6 +281,14 @@ def run_one(part: str, items: int, *args: str) -> dict:
     return result
 
 
+def _table(header: list[str], rows: list[dict], cells) -> list[str]:
+    """A Markdown table (and a blank line) of `rows`, one `cells(row)` list per row; nothing when no rows."""
+    if not rows:
+        return []
+    return [f"| {' | '.join(header)} |", "|" + "---|" * len(header),
+            *(f"| {' | '.join(cells(r))} |" for r in rows), ""]
+
+
 def markdown(result: dict) -> str:
     lines = ["SYNTHETIC data (cost only), 2-core CPU machine, one process per measurement; batch 1024, 16 pool "
              "negatives (1 random + 15 cluster), sqrt(items) clusters, users = items (hashed into 10^6 rows above "
@@ -303,19 +311,16 @@ def markdown(result: dict) -> str:
             lines.append(f"| {r['items']:,} | {r['strategy']} | {r['optimizer']} | {r['step_ms']:.1f} | "
                          f"{r['examples_per_second']:,.0f} | {share} | {r['peak_mb'] / 1024:.1f} |")
         lines.append("")
+    def ok(part: str) -> list[dict]:
+        return [r for r in result.get(part, []) if "error" not in r]
+
     for part, title in (("evaluator", "exact evaluation of 4,096 queries"), ("scann", "ScaNN index build")):
-        if result.get(part):
-            lines += [f"| items | {title} (s) | peak memory (GB) |", "|---|---|---|"]
-            lines += [f"| {r['items']:,} | {r['seconds']:.1f} | {r['peak_mb'] / 1024:.2f} |"
-                      for r in result[part] if "error" not in r]
-            lines.append("")
-    rows = [r for r in result.get("clusterer", []) if "error" not in r]
-    if rows:
-        lines += ["| items | item_clusterer, default config (s) | items/s | clusters | peak memory (GB) |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {r['items']:,} | {r['seconds']:.1f} | {r['items_per_second']:,.0f} | {r['clusters']:,} | "
-                  f"{r['peak_mb'] / 1024:.2f} |" for r in rows]
-        lines.append("")
+        lines += _table(["items", f"{title} (s)", "peak memory (GB)"], ok(part),
+                        lambda r: [f"{r['items']:,}", f"{r['seconds']:.1f}", f"{r['peak_mb'] / 1024:.2f}"])
+    lines += _table(["items", "item_clusterer, default config (s)", "items/s", "clusters", "peak memory (GB)"],
+                    ok("clusterer"), lambda r: [f"{r['items']:,}", f"{r['seconds']:.1f}",
+                                                f"{r['items_per_second']:,.0f}", f"{r['clusters']:,}",
+                                                f"{r['peak_mb'] / 1024:.2f}"])
     rows = {r["which"]: r for r in result.get("embedder", []) if "error" not in r}
     if len(rows) == 2:
         lines += ["| items | SentenceTransformer.encode (items/s) | item_embedder step (items/s) | ratio "
@@ -324,13 +329,10 @@ def markdown(result: dict) -> str:
                   f"{rows['step']['items_per_second']:,.0f} | "
                   f"{rows['step']['items_per_second'] / rows['raw']['items_per_second']:.2f} | "
                   f"{rows['step']['peak_mb'] / 1024:.2f} |", ""]
-    rows = [r for r in result.get("example_gen", []) if "error" not in r]
-    if rows:
-        lines += ["| interactions | example_gen (s) | interactions/s | peak memory (GB) | bytes per interaction |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {r['interactions']:,} | {r['seconds']:.1f} | {r['interactions_per_second']:,.0f} | "
-                  f"{r['peak_mb'] / 1024:.2f} | {r['peak_mb'] * 2**20 / r['interactions']:,.0f} |" for r in rows]
-        lines.append("")
+    lines += _table(["interactions", "example_gen (s)", "interactions/s", "peak memory (GB)", "bytes per interaction"],
+                    ok("example_gen"), lambda r: [f"{r['interactions']:,}", f"{r['seconds']:.1f}",
+                                                  f"{r['interactions_per_second']:,.0f}", f"{r['peak_mb'] / 1024:.2f}",
+                                                  f"{r['peak_mb'] * 2**20 / r['interactions']:,.0f}"])
     return "\n".join(lines)
 
 
