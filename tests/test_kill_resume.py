@@ -1,5 +1,6 @@
 """SIGKILL the trainer mid-epoch, start it again: it resumes from the last checkpoint (model,
-optimizer, pool, random state) and ends exactly where an uninterrupted run ends."""
+optimizer, pool, random state, input position), written every 2 steps, and ends exactly where an
+uninterrupted run ends."""
 
 import json
 import os
@@ -11,7 +12,8 @@ import numpy as np
 import tensorflow as tf
 
 CONFIG = {"batch_size": 32, "epochs": 3, "embedding_dim": 8, "num_negatives": 4, "random_ratio": 1,
-          "cluster_ratio": 3, "log_every_steps": 1, "shuffle_buffer": 1000, "history_length": 5, "seed": 5}
+          "cluster_ratio": 3, "log_every_steps": 1, "shuffle_buffer": 1000, "history_length": 5, "seed": 5,
+          "checkpoint_every_steps": 2}
 
 
 def trainer_command(examples_dir, clusters_dir, output_dir):
@@ -29,9 +31,9 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(examples_dir, clust
     process = subprocess.Popen(trainer_command(examples_dir, clusters_dir, killed), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     seen = []
-    for line in process.stdout:  # kill inside epoch 2, after epoch 1's checkpoint was written
+    for line in process.stdout:  # kill inside epoch 2 at step 5: the checkpoint of step 4 was written
         seen.append(line)
-        if "epoch 2/3 step 3/" in line:
+        if "epoch 2/3 step 5/" in line:
             process.send_signal(signal.SIGKILL)
             break
     process.wait(timeout=60)
@@ -41,7 +43,9 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(examples_dir, clust
     resumed = subprocess.run(trainer_command(examples_dir, clusters_dir, killed), capture_output=True, text=True,
                              timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stdout and "(epoch 1)" in resumed.stdout
+    assert "resumed from" in resumed.stdout and "(epoch 1, step 4/" in resumed.stdout, resumed.stdout[-3000:]
+    progress = [line for line in resumed.stdout.splitlines() if " step " in line and "examples/s" in line]
+    assert "epoch 2/3 step 5/" in progress[0]  # one step lost (at most checkpoint_every_steps), not an epoch
 
     uninterrupted = str(tmp_path / "uninterrupted")
     subprocess.run(trainer_command(examples_dir, clusters_dir, uninterrupted), check=True, capture_output=True,

@@ -44,6 +44,11 @@ class TrainerConfig:
       (users sharing a row share its embedding; the history part of the tower is per example).
     distribute: 'none' (default device) or 'mirrored' (tf.distribute.MirroredStrategy over
       all local devices; batch_size is the global batch).
+    checkpoint_every_steps, checkpoint_every_minutes: also write a checkpoint inside an epoch every
+      N steps and/or M minutes (0 = at epoch ends only). A restarted run resumes at the step of the
+      last checkpoint (model, optimizer, pool, random state, input position): a preempted worker
+      loses at most that many steps. Each checkpoint writes the towers, their optimizer moments
+      and the pool, so keep N to minutes of training.
     """
 
     strategy: str = "cluster_oob"
@@ -71,6 +76,8 @@ class TrainerConfig:
     shuffle_buffer: int = 1_000_000
     seed: int = 0
     log_every_steps: int = 100
+    checkpoint_every_steps: int = 0
+    checkpoint_every_minutes: float = 0.0
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -80,6 +87,9 @@ class TrainerConfig:
         for name in ("embedding_dim", "batch_size", "epochs", "history_length", "log_every_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.checkpoint_every_steps < 0 or self.checkpoint_every_minutes < 0:
+            raise ValueError(f"checkpoint_every_steps and checkpoint_every_minutes must be >= 0 (0 = at epoch ends "
+                             f"only), got {self.checkpoint_every_steps} and {self.checkpoint_every_minutes}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.strategy != "in_batch" and self.num_negatives < 1:

@@ -1,7 +1,7 @@
 """run_trainer: train the two-tower model and export the query and candidate towers.
 
 Outputs under output_dir:
-  checkpoints/      model, optimizer, pool state and epoch (resume restarts at the last epoch)
+  checkpoints/      model, optimizer, pool state, epoch and step (resume restarts where the last one was written)
   logs/             TensorBoard scalars: loss, pool fill, masked-sample and hit rates
   query_model/      SavedModel: (user_id [B], history_item_ids [B, N]) -> embedding [B, d]
   candidate_model/  SavedModel: item_id [B] -> embedding [B, d]
@@ -31,12 +31,13 @@ class _Progress(tf_keras.callbacks.Callback):
         super().__init__()
         self.every, self.batch_size, self.steps_per_epoch, self.epochs = every, batch_size, steps_per_epoch, epochs
         self.examples_per_second: list[float] = []
+        self.offset = 0  # steps of this epoch done before a resumption
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.epoch, self.t0, self.tick, self.tick_step = epoch, time.monotonic(), time.monotonic(), 0
+        self.epoch, self.t0, self.tick, self.tick_step = epoch, time.monotonic(), time.monotonic(), self.offset
 
     def on_train_batch_end(self, batch, logs=None):
-        step = batch + 1
+        step = self.offset + batch + 1
         if step % self.every == 0:
             now = time.monotonic()
             rate = (step - self.tick_step) * self.batch_size / max(now - self.tick, 1e-9)
@@ -47,21 +48,42 @@ class _Progress(tf_keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.monotonic() - self.t0
-        rate = self.steps_per_epoch * self.batch_size / max(seconds, 1e-9)
+        rate = (self.steps_per_epoch - self.offset) * self.batch_size / max(seconds, 1e-9)
         self.examples_per_second.append(rate)
         extras = ", ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items())
         print(f"[trainer] epoch {epoch + 1}/{self.epochs} done in {seconds:.0f}s: {extras}; {rate:,.0f} examples/s",
               flush=True)
 
 
-class _CheckpointEachEpoch(tf_keras.callbacks.Callback):
-    def __init__(self, manager: tf.train.CheckpointManager, epoch: tf.Variable):
+class _Checkpoints(tf_keras.callbacks.Callback):
+    """Writes a checkpoint at every epoch end and, inside an epoch, every `every_steps` steps and/or
+    `every_minutes` minutes; `epoch` and `step` (done in the current epoch) say where to resume."""
+
+    def __init__(self, manager: tf.train.CheckpointManager, epoch: tf.Variable, step: tf.Variable,
+                 steps_per_epoch: int, every_steps: int, every_minutes: float):
         super().__init__()
-        self.manager, self.epoch_var = manager, epoch
+        self.manager, self.epoch_var, self.step_var = manager, epoch, step
+        self.steps_per_epoch, self.every_steps, self.every_seconds = steps_per_epoch, every_steps, 60 * every_minutes
+        self.offset, self.last_save = 0, time.monotonic()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self.offset + batch + 1
+        due = ((self.every_steps and step % self.every_steps == 0)
+               or (self.every_seconds and time.monotonic() - self.last_save >= self.every_seconds))
+        if due and step < self.steps_per_epoch:  # the epoch's last step is saved as the epoch's end
+            self._save(self.epoch, step)
 
     def on_epoch_end(self, epoch, logs=None):
-        self.epoch_var.assign(epoch + 1)
-        self.manager.save(checkpoint_number=epoch + 1)
+        self._save(epoch + 1, 0)
+
+    def _save(self, epoch: int, step: int) -> None:
+        self.epoch_var.assign(epoch)
+        self.step_var.assign(step)
+        self.manager.save(checkpoint_number=epoch * self.steps_per_epoch + step)
+        self.last_save = time.monotonic()
 
 
 class QueryServing(tf.Module):
@@ -104,7 +126,8 @@ def config_record(config: TrainerConfig) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
-RESUMABLE_CHANGES = ("epochs", "log_every_steps")  # what may change between a run and its resumption
+# what may change between a run and its resumption
+RESUMABLE_CHANGES = ("epochs", "log_every_steps", "checkpoint_every_steps", "checkpoint_every_minutes")
 # Fields added after runs were recorded, with the value that reproduces what those runs did (a
 # field whose default changed the behaviour, such as logq_correction, is not listed: such runs differ).
 ADDED_FIELDS = {"mask_user_positives": False, "optimizer": "adam", "user_id_buckets": 0}
@@ -148,10 +171,11 @@ def run_trainer(config: TrainerConfig, examples_dir: str, clusters_dir: str, out
         model = TwoTowerModel(config, catalogue, users, positive_keys)
         model.compile(optimizer=make_optimizer(config.optimizer, config.learning_rate))
         epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-    # The training state only: towers, pool, optimizer and epoch. Metric trackers are left out (they
-    # restart each epoch), so adding a metric never invalidates the checkpoints of earlier runs.
+        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
+    # The training state only: towers, pool (with its random generator), optimizer, epoch and step. Metric
+    # trackers are left out (they restart each epoch), so adding a metric never invalidates earlier checkpoints.
     checkpoint = tf.train.Checkpoint(query_tower=model.query_tower, candidate_tower=model.candidate_tower,
-                                     optimizer=model.optimizer, epoch=epoch,
+                                     optimizer=model.optimizer, epoch=epoch, step_in_epoch=step,
                                      **({"pool": model.pool} if model.pool is not None else {}))
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(output_dir, "checkpoints"), max_to_keep=2)
     changes = checkpoint_config_changes(output_dir, config)
@@ -165,7 +189,9 @@ def run_trainer(config: TrainerConfig, examples_dir: str, clusters_dir: str, out
             raise ValueError(f"{manager.latest_checkpoint} does not hold this version's training state "
                              f"({str(error).splitlines()[0][:200]}): it was written by an older llm-hardneg; "
                              "use another output directory or delete it") from None
-        print(f"[trainer] resumed from {manager.latest_checkpoint} (epoch {int(epoch.numpy())})", flush=True)
+        where = f"epoch {int(epoch.numpy())}" + (f", step {int(step.numpy())}/{steps_per_epoch} of the next"
+                                                 if int(step.numpy()) else "")
+        print(f"[trainer] resumed from {manager.latest_checkpoint} ({where})", flush=True)
     else:
         model.preload_pool(catalogue)
         os.makedirs(manager.directory, exist_ok=True)
@@ -177,15 +203,20 @@ def run_trainer(config: TrainerConfig, examples_dir: str, clusters_dir: str, out
               f"{model.num_random} random + {model.num_cluster} cluster", flush=True)
 
     progress = _Progress(config.log_every_steps, config.batch_size, steps_per_epoch, config.epochs)
-    callbacks = [progress, _CheckpointEachEpoch(manager, epoch),
+    checkpoints = _Checkpoints(manager, epoch, step, steps_per_epoch, config.checkpoint_every_steps,
+                               config.checkpoint_every_minutes)
+    callbacks = [progress, checkpoints,
                  tf_keras.callbacks.TensorBoard(os.path.join(output_dir, "logs"), update_freq=config.log_every_steps)]
     started = time.monotonic()
-    for e in range(int(epoch.numpy()), config.epochs):
+    first, skip = int(epoch.numpy()), int(step.numpy())
+    for e in range(first, config.epochs):
         # One fit per epoch with an epoch-specific shuffle seed: the order of epoch e is the same
-        # whether or not the run was interrupted and resumed before it.
+        # whether or not the run was interrupted and resumed before it, so a run resumed at step s of
+        # an epoch skips that epoch's first s batches and trains on exactly the batches it had not.
         dataset = make_dataset(files, config.batch_size, config.history_length, config.shuffle_buffer,
                                seed=config.seed * 100_003 + e, reshuffle=False)
-        model.fit(dataset, epochs=e + 1, initial_epoch=e, verbose=0, callbacks=callbacks)
+        progress.offset = checkpoints.offset = skip if e == first else 0
+        model.fit(dataset.skip(progress.offset), epochs=e + 1, initial_epoch=e, verbose=0, callbacks=callbacks)
     train_seconds = time.monotonic() - started
 
     tf.saved_model.save(QueryServing(model.query_tower), os.path.join(output_dir, "query_model"))
