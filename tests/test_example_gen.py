@@ -287,7 +287,8 @@ def test_more_clusters_asked_than_items_gives_one_cluster_per_item():
 
 def test_serialized_example_bytes_do_not_depend_on_the_hash_seed():
     """tf.train.Example's features are a map: without deterministic serialisation their order follows
-    PYTHONHASHSEED, and two processes write different bytes for one example."""
+    PYTHONHASHSEED, and two processes write different bytes for one example (seeds 0 and 1 order them
+    differently when serialised without it)."""
     import subprocess
     import sys
 
@@ -295,5 +296,5 @@ def test_serialized_example_bytes_do_not_depend_on_the_hash_seed():
             "print(to_tf_example({'user_id': 'u', 'item_id': 'i', 'rating': 4.0, 'label': 1, 'timestamp': 7, "
             "'history_item_ids': ['a', 'b']}).hex())")
     outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                              env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in range(4)}
+                              env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (0, 1)}
     assert len(outputs) == 1
