@@ -31,6 +31,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -166,24 +167,15 @@ def measure_scann(items: int) -> dict:
     return {"items": items, "seconds": seconds, "self_found": float(np.mean(neighbours[:, 0] == np.arange(100)))}
 
 
-def _scratch(name: str) -> str:
-    import tempfile
-
-    return tempfile.mkdtemp(prefix=f"scale_{name}_")
-
-
 def measure_clusterer(items: int) -> dict:
     """item_clusterer (default config: sqrt(items) clusters, 200k fit sample) on synthetic 384-d embeddings."""
-    import shutil
-
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from benchmarks.synthetic import write_embeddings
     from components.item_clusterer import ItemClustererConfig, run_item_clusterer
 
-    work = _scratch("clusterer")
-    try:
+    with tempfile.TemporaryDirectory(prefix="scale_clusterer_") as work:
         os.makedirs(os.path.join(work, "embeddings"))
         write_embeddings(os.path.join(work, "embeddings", "embeddings-00000-of-00001.parquet"), items)
         ids = pa.array(np.char.add("i", np.arange(items).astype(str)))
@@ -193,32 +185,20 @@ def measure_clusterer(items: int) -> dict:
         report = run_item_clusterer(ItemClustererConfig(), os.path.join(work, "embeddings"),
                                     os.path.join(work, "items.parquet"), os.path.join(work, "out"))
         seconds = time.monotonic() - started
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return {"items": items, "seconds": seconds, "items_per_second": items / seconds,
             "clusters": report["llm"]["num_clusters"], "empty_clusters": report["llm"]["empty_clusters"]}
-
-
-def _texts(items: int) -> list[str]:
-    from benchmarks.synthetic import family_words
-
-    families = max(1, int(round(np.sqrt(items))))
-    words = family_words(families, 0)
-    return [f"{words[i % families]} item {i}: a {words[i % families].split()[0]} thing, model {i % 997}"
-            for i in range(items)]  # the synthetic catalogue's item texts (benchmarks/synthetic.py)
 
 
 def measure_embedder(items: int, which: str) -> dict:
     """'step': item_embedder (Beam, RunInference, default MiniLM, batch 64) over `items` synthetic item texts;
     'raw': SentenceTransformer.encode of the same texts with the same model and batch size."""
-    import shutil
-
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from benchmarks.synthetic import item_texts
     from components.item_embedder import ItemEmbedderConfig, run_item_embedder
 
-    texts, config = _texts(items), ItemEmbedderConfig()
+    texts, config = item_texts(np.arange(items), max(1, int(round(np.sqrt(items))))), ItemEmbedderConfig()
     if which == "raw":
         from sentence_transformers import SentenceTransformer
 
@@ -227,37 +207,29 @@ def measure_embedder(items: int, which: str) -> dict:
         model.encode(texts, batch_size=config.batch_size)
         seconds = time.monotonic() - started
     else:
-        work = _scratch("embedder")
-        try:
+        with tempfile.TemporaryDirectory(prefix="scale_embedder_") as work:
             pq.write_table(pa.table({"item_id": [f"i{i}" for i in range(items)], "text": texts,
                                      "categories": pa.array([[]] * items, pa.list_(pa.string()))}),
                            os.path.join(work, "items.parquet"))
             started = time.monotonic()
             run_item_embedder(config, os.path.join(work, "items.parquet"), os.path.join(work, "out"))
             seconds = time.monotonic() - started
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
     return {"items": items, "which": which, "seconds": seconds, "items_per_second": items / seconds}
 
 
 def measure_example_gen(interactions: int) -> dict:
     """example_gen (default config, generic CSV input) on synthetic interactions: users = interactions / 100,
     items = interactions / 50."""
-    import shutil
-
     from benchmarks import synthetic
     from components.example_gen import ExampleGenConfig, run_example_gen
 
-    work = _scratch("example_gen")
-    try:
+    with tempfile.TemporaryDirectory(prefix="scale_example_gen_") as work:
         paths = synthetic.write(os.path.join(work, "in"), max(2, interactions // 50), max(2, interactions // 100),
                                 interactions, log=lambda _: None)
         started = time.monotonic()
         summary = run_example_gen(ExampleGenConfig(source="generic", interactions=paths["interactions"],
                                                    items=paths["items"]), os.path.join(work, "out"))
         seconds = time.monotonic() - started
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return {"interactions": interactions, "seconds": seconds,
             "interactions_per_second": interactions / seconds,
             "examples": summary["train_examples"] + summary["eval_examples"]}

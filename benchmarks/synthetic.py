@@ -79,6 +79,13 @@ class Generator:
                 "timestamp": np.arange(start, start + count, dtype=np.int64) + 1_000_000_000}
 
 
+def item_texts(index: np.ndarray, families: int, seed: int = 0) -> list[str]:
+    """The text of items `index`: three words of the item's family (index % families), what an LLM clusters on."""
+    words = family_words(families, seed)
+    return [f"{words[f]} item {i}: a {words[f].split()[0]} thing, model {i % 997}"
+            for i, f in zip(index, index % families)]
+
+
 def write(out: str, items: int, users: int, interactions: int, families: int = 0, seed: int = 0,
           fmt: str = "csv", chunk: int = 1_000_000, log=print) -> dict:
     """Writes out/interactions.<fmt> and out/items.<fmt>; returns counts and paths."""
@@ -100,15 +107,11 @@ def write(out: str, items: int, users: int, interactions: int, families: int = 0
         done = start + len(part["rating"])
         log(f"[synthetic] {done:,}/{interactions:,} interactions ({done / (time.monotonic() - started):,.0f}/s)")
     writer.close()
-    words = family_words(families, seed)
     writer = _Writer(paths["items"], fmt, ("item_id", "text", "categories"))
     for start in range(0, items, chunk):
         index = np.arange(start, min(items, start + chunk))
-        family = index % families
-        writer.write({"item_id": np.char.add("i", index.astype(str)),
-                      "text": [f"{words[f]} item {i}: a {words[f].split()[0]} thing, model {i % 997}"
-                               for i, f in zip(index, family)],
-                      "categories": [[f"group{f % 20}"] for f in family]})
+        writer.write({"item_id": np.char.add("i", index.astype(str)), "text": item_texts(index, families, seed),
+                      "categories": [[f"group{f % 20}"] for f in index % families]})
     writer.close()
     log(f"[synthetic] {interactions:,} interactions, {items:,} items in {families:,} families, {users:,} users -> "
         f"{out} ({time.monotonic() - started:.0f}s; SYNTHETIC: for cost measurements, not quality)")
