@@ -27,6 +27,12 @@ def read_examples(directory):
     return out
 
 
+def examples_of(log, cut, history_length, split="time"):
+    """(split, example dict) of every row of (user, item, rating, timestamp[, input order]) tuples."""
+    table = core.interactions_table([tuple(map(str, row[:2])) + tuple(row[2:]) for row in log])
+    return list(core.iter_examples(core.user_examples(table, cut, history_length, 3.0, split)))
+
+
 # -- schema ------------------------------------------------------------------------------------
 def test_validate_row_coerces_types():
     row = validate_row(load_schema("interactions"), {"user_id": 7, "item_id": "12", "rating": "4",
@@ -51,7 +57,7 @@ def test_validate_row_names_file_line_field(field, value, problem):
 @pytest.mark.parametrize("fraction", [0.5, 0.8, 0.95])
 def test_cut_matches_sorted_position(seed, fraction):
     ts = np.random.default_rng(seed).integers(0, 50, size=500)
-    cut = core.compute_cut(zip(*np.unique(ts, return_counts=True)), fraction)
+    cut = core.compute_cut(ts, fraction)
     assert cut == np.sort(ts)[int(len(ts) * fraction)]
     assert (ts < cut).sum() <= int(len(ts) * fraction) < (ts <= cut).sum()
 
@@ -65,7 +71,7 @@ def test_cut_rejects_empty_input():
 @given(st.lists(st.tuples(st.sampled_from("abcdef"), st.integers(1, 5), st.integers(0, 30)), max_size=40),
        st.integers(1, 4), st.integers(0, 30))
 def test_history_is_strictly_before_and_most_recent_positives(rows, history_length, cut):
-    out = list(core.user_examples("u", rows, cut, history_length, 3.0))
+    out = examples_of([("u", *row) for row in rows], cut, history_length)
     assert len(out) == len(rows)
     for split, e in out:
         assert split == (core.TRAIN if e["timestamp"] < cut else core.EVAL)
@@ -101,13 +107,15 @@ def test_pipeline_outputs_match_oracle(examples_dir, movielens_dir):
     assert all(row["train_count"] == counts.get(row["item_id"], 0) for row in items)
 
 
-def test_pipeline_is_deterministic(tmp_path, movielens_dir):
+def test_pipeline_is_deterministic_whatever_the_user_shards(tmp_path, movielens_dir):
     outputs = []
-    for run in ("a", "b"):
+    for run, user_shards in (("a", 1), ("b", 7)):
         out = str(tmp_path / run)
-        run_example_gen(ExampleGenConfig.movielens(movielens_dir, num_train_shards=3, num_eval_shards=2), out)
+        run_example_gen(ExampleGenConfig.movielens(movielens_dir, num_train_shards=3, num_eval_shards=2,
+                                                   user_shards=user_shards), out)
         outputs.append([open(p, "rb").read() for p in sorted(glob.glob(os.path.join(out, "*", "*.tfrecord")))])
-    assert len(outputs[0]) == 5 and outputs[0] == outputs[1]
+        outputs[-1].append(open(os.path.join(out, "users.txt"), "rb").read())
+    assert len(outputs[0]) == 6 and outputs[0] == outputs[1]
 
 
 def test_unknown_items_are_dropped_and_counted(tmp_path):
@@ -142,11 +150,10 @@ def test_generic_csv_source(tmp_path):
                 min_size=1, max_size=60),
        st.sampled_from([0.5, 0.8, 0.9]))
 def test_split_has_no_leakage_over_random_logs(log, fraction):
-    cut = core.compute_cut([(t, 1) for *_, t in log], fraction)
+    cut = core.compute_cut([t for *_, t in log], fraction)
     examples = {core.TRAIN: [], core.EVAL: []}
-    for user in {u for u, *_ in log}:
-        for split, e in core.user_examples(user, [(i, r, t) for u, i, r, t in log if u == user], cut, 3, 3.0):
-            examples[split].append(e)
+    for split, e in examples_of(log, cut, 3):
+        examples[split].append(e)
     train, evaluation = examples[core.TRAIN], examples[core.EVAL]
     assert len(train) + len(evaluation) == len(log)
     # exact at the cut: train is every interaction strictly before it, eval the rest
@@ -167,10 +174,8 @@ def test_split_has_no_leakage_over_random_logs(log, fraction):
 def test_leave_last_out_over_random_logs(log):
     """Per user: the last positive (timestamp, then input order) and what follows go to eval; no leakage."""
     examples = {core.TRAIN: [], core.EVAL: []}
-    for user in sorted({u for u, *_ in log}):
-        rows = [(i, r, t, n) for n, (u, i, r, t) in enumerate(log) if u == user]
-        for split, e in core.user_examples(user, rows, None, 3, 3.0, split="leave_last_out"):
-            examples[split].append(e)
+    for split, e in examples_of(log, None, 3, split="leave_last_out"):
+        examples[split].append(e)
     train, evaluation = examples[core.TRAIN], examples[core.EVAL]
     assert len(train) + len(evaluation) == len(log)
     for user in {u for u, *_ in log}:
@@ -285,16 +290,87 @@ def test_more_clusters_asked_than_items_gives_one_cluster_per_item():
     assert ItemClustererConfig().clusters_for(1) == 1 and ItemClustererConfig().clusters_for(10**8) == 1024
 
 
-def test_serialized_example_bytes_do_not_depend_on_the_hash_seed():
-    """tf.train.Example's features are a map: without deterministic serialisation their order follows
-    PYTHONHASHSEED, and two processes write different bytes for one example (seeds 0 and 1 order them
-    differently when serialised without it)."""
-    import subprocess
-    import sys
+def tf_example(e: dict) -> bytes:
+    """The reference serialisation: tf.train.Example, deterministic (map entries by key)."""
+    def _bytes(values):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode("utf-8") for v in values]))
 
-    code = ("import components.common.env; from components.example_gen.core import to_tf_example; "
-            "print(to_tf_example({'user_id': 'u', 'item_id': 'i', 'rating': 4.0, 'label': 1, 'timestamp': 7, "
-            "'history_item_ids': ['a', 'b']}).hex())")
-    outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                              env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (0, 1)}
-    assert len(outputs) == 1
+    feature = {"user_id": _bytes([e["user_id"]]), "item_id": _bytes([e["item_id"]]),
+               "history_item_ids": _bytes(e["history_item_ids"]),
+               "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[e["label"]])),
+               "timestamp": tf.train.Feature(int64_list=tf.train.Int64List(value=[e["timestamp"]])),
+               "rating": tf.train.Feature(float_list=tf.train.FloatList(value=[e["rating"]]))}
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["u", "ü" * 70, "7"]), st.sampled_from(["a", "é", "x" * 150, "中"]),
+                          st.sampled_from([0.0, 1.0, 3.0, 3.5, 1 / 3, 5.0]), st.sampled_from([0, 5, 7, 2**31, 2**62])),
+                min_size=1, max_size=60), st.integers(1, 25))
+def test_serialized_bytes_equal_tf_train_example(log, history_length):
+    """The hand-written encoder writes exactly tf.train.Example's deterministic bytes (long and non-ASCII
+    ids, histories over 127 bytes, empty histories, large timestamps, fractional ratings)."""
+    examples = core.user_examples(core.interactions_table(log), 7, history_length, 3.0)
+    rows = list(core.iter_examples(examples))
+    serialized = list(core.serialized(examples))
+    assert [row for row, *_ in serialized] == list(range(len(log)))
+    for (_, key, record), (_, e) in zip(serialized, rows):
+        assert record == tf_example(e)
+        assert key == core.example_key(e["user_id"], e["timestamp"], e["item_id"])
+
+
+def reference_shards(log: list, history_length: int, fraction: float, shards: dict) -> dict:
+    """example_gen's output by its definition, row by row in plain Python: per user, rows sorted by (timestamp,
+    item, input order); history = the last positives strictly earlier; the time cut; tf.train.Example bytes;
+    shard = crc32(key) % n; a shard's records sorted by key."""
+    import zlib
+
+    cut = sorted(t for *_, t in log)[int(len(log) * fraction)]
+    out = {split: [[] for _ in range(n)] for split, n in shards.items()}
+    for user in {u for u, *_ in log}:
+        rows = sorted((t, str(i), n, r) for n, (u, i, r, t) in enumerate(log) if u == user)
+        for t, item, _, r in rows:
+            earlier = [i for t2, i, _, r2 in rows if t2 < t and r2 >= 3]
+            e = {"user_id": str(user), "item_id": item, "rating": float(r), "label": int(r >= 3), "timestamp": t,
+                 "history_item_ids": earlier[::-1][:history_length]}
+            key = core.example_key(e["user_id"], t, item)
+            split = core.TRAIN if t < cut else core.EVAL
+            out[split][zlib.crc32(key.encode()) % shards[split]].append((key, tf_example(e)))
+    return {split: [[record for _, record in sorted(shard)] for shard in files] for split, files in out.items()}
+
+
+def test_pipeline_files_equal_the_reference_byte_for_byte(examples_dir):
+    """The shared fixture (600 interactions with ties and repeats, 64 user shards) against reference_shards."""
+    expected = reference_shards(helpers.synthetic_log(), 5, 0.8, {core.TRAIN: 3, core.EVAL: 2})
+    for split, files in expected.items():
+        paths = sorted(glob.glob(os.path.join(examples_dir, split, "*.tfrecord")))
+        assert len(paths) == len(files)
+        for path, records in zip(paths, files):
+            assert [r.numpy() for r in tf.data.TFRecordDataset(path)] == records
+    assert not os.path.exists(os.path.join(examples_dir, "_runs"))  # the sorted runs are removed
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.fixed_dictionaries({
+    "user_id": st.sampled_from(["a", " b ", "", None, 7]), "item_id": st.sampled_from(["x", "y ", "  "]),
+    "rating": st.sampled_from(["4", 3.5, "5.0", "x", "nan", "9", " 2 ", None, "1e0"]),
+    "timestamp": st.sampled_from(["10", 12, "-5", "1.5", " 3", "99999999999999999999", "+4"])}), min_size=1,
+    max_size=8))
+def test_validate_columns_agrees_with_validate_row(rows):
+    """The columnar fast path gives validate_row's values, or None exactly when some row breaks the schema."""
+    from components.common.schema import validate_columns
+
+    schema = load_schema("interactions")
+    columns = validate_columns(schema, rows)
+    expected = []
+    for row in rows:
+        try:
+            expected.append(validate_row(schema, row, "f", 1))
+        except SchemaViolation:
+            expected = None
+            break
+    if columns is None:  # None also for an int64 overflow, which validate_row accepts as a Python int
+        assert expected is None or any(abs(r["timestamp"]) >= 2**63 for r in expected)
+        return
+    assert expected is not None
+    assert [dict(zip(columns, values)) for values in zip(*(list(c) for c in columns.values()))] == expected

@@ -1,16 +1,19 @@
 """Beam I/O shared by the data steps.
 
 Beam's text source does not expose line numbers, and its sharded sinks assign elements to
-shards at random. The two transforms here exist for what those lack: errors that name
-file and line, and byte-identical outputs for identical inputs (deterministic training).
+shards at random. The transforms here exist for what those lack: errors that name file and
+line, and byte-identical outputs for identical inputs (deterministic training) at any size.
 """
 
 from __future__ import annotations
 
+import heapq
+import struct
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
@@ -26,23 +29,37 @@ def expand_patterns(patterns: Iterable[str]) -> list[str]:
     return paths
 
 
+def _batches(path: str, reader: Callable[[str], Iterable], size: int) -> Iterator[list]:
+    batch = []
+    for record in reader(path):
+        batch.append(record)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 class ReadNumberedRecords(beam.PTransform):
-    """Reads files with `reader(path)` -> iterable of records; each file is read by one worker.
+    """Reads files with `reader(path)` -> iterable of records; each file is read by one worker, and each
+    element is a list of up to `batch_size` consecutive records of one file (per-element costs of a runner
+    are paid per batch, not per row).
 
     Parallelism is per file: shard large inputs into many files.
     """
 
-    def __init__(self, paths: list[str], reader: Callable[[str], Iterable]):
+    def __init__(self, paths: list[str], reader: Callable[[str], Iterable], batch_size: int = 16384):
         super().__init__()
         self._paths = paths
         self._reader = reader
+        self._batch_size = batch_size
 
     def expand(self, pbegin):
         return (
             pbegin
             | "Files" >> beam.Create(self._paths)
             | "Spread" >> beam.Reshuffle()
-            | "Read" >> beam.FlatMap(self._reader)
+            | "Read" >> beam.FlatMap(_batches, reader=self._reader, size=self._batch_size)
         )
 
 
@@ -67,23 +84,47 @@ def stable_shard(key: str, num_shards: int) -> int:
     return zlib.crc32(key.encode("utf-8")) % num_shards
 
 
-def _write_shard(element, prefix: str, num_shards: int) -> str:
+_PAIR = struct.Struct("<II")
+
+
+def write_sorted_run(path: str, pairs: list[tuple[str, bytes]]) -> str:
+    """Writes (sort key, record) pairs sorted (by key, then record) to a run file for MergeSortedRuns."""
+    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        for key, record in sorted(pairs):
+            encoded = key.encode("utf-8")
+            handle.write(_PAIR.pack(len(encoded), len(record)) + encoded + record)
+    return path
+
+
+def _read_run(path: str) -> Iterator[tuple[bytes, bytes]]:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        while header := handle.read(_PAIR.size):
+            key_size, record_size = _PAIR.unpack(header)
+            yield handle.read(key_size), handle.read(record_size)
+
+
+def _merge_shard(element, prefix: str, num_shards: int) -> str:
     import tensorflow as tf  # workers import TF only when they write
 
-    shard, keyed = element
+    shard, runs = element
+    runs = sorted(r for r in runs if r is not None)
     path = f"{prefix}-{shard:05d}-of-{num_shards:05d}.tfrecord"
+    # UTF-8 byte order is code point order, so the merge by encoded key keeps write_sorted_run's order
     with tf.io.TFRecordWriter(path) as writer:
-        for _, record in sorted(keyed, key=lambda kv: kv[0]):
+        for _, record in heapq.merge(*(_read_run(run) for run in runs)):
             writer.write(record)
     return path
 
 
-class WriteDeterministicTFRecords(beam.PTransform):
-    """Writes (sort_key, serialized record) pairs to `num_shards` TFRecord files.
-
-    A record's shard is a hash of its key and records are sorted by key inside a shard, so the
-    files are identical across runs. A shard is sorted in memory: size shards accordingly.
+class MergeSortedRuns(beam.PTransform):
+    """(shard, run file) pairs -> `num_shards` TFRecord files `prefix-SSSSS-of-NNNNN.tfrecord`, each the k-way
+    merge of its runs (written by write_sorted_run; the caller removes them after the pipeline, so a retried
+    merge finds them), so a shard's records are sorted by key and the files are identical across runs.
+    Memory: one buffered read per run, never a whole shard.
     Every shard file is written, empty or not. Output: the PCollection of written paths.
+
+    Beam's sinks assign records to shards at random and hold a shard to sort it: this is the external
+    merge sort that deterministic output at any size needs.
     """
 
     def __init__(self, prefix: str, num_shards: int):
@@ -93,14 +134,12 @@ class WriteDeterministicTFRecords(beam.PTransform):
         self._prefix = prefix
         self._num_shards = num_shards
 
-    def expand(self, records):
+    def expand(self, runs):
         n = self._num_shards
-        empty = records.pipeline | "AllShards" >> beam.Create([(s, None) for s in range(n)])
-        keyed = records | "ByShard" >> beam.Map(lambda kv: (stable_shard(kv[0], n), kv))
+        empty = runs.pipeline | "AllShards" >> beam.Create([(s, None) for s in range(n)])
         return (
-            (keyed, empty)
+            (runs, empty)
             | "Merge" >> beam.Flatten()
             | "Group" >> beam.GroupByKey()
-            | "Drop" >> beam.Map(lambda kv: (kv[0], [r for r in kv[1] if r is not None]))
-            | "Write" >> beam.Map(_write_shard, prefix=self._prefix, num_shards=n)
+            | "Write" >> beam.Map(_merge_shard, prefix=self._prefix, num_shards=n)
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import shutil
 from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
@@ -47,6 +48,16 @@ def exists(path: str) -> bool:
 def match(pattern: str) -> list[str]:
     """Sorted paths matching a glob pattern; [] when none."""
     return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+
+
+def remove_tree(path: str) -> None:
+    """Removes a directory (local) or every object under a prefix (remote); nothing if absent."""
+    if "://" not in path:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    paths = match(join(path, "**"))
+    if paths:
+        FileSystems.delete(paths)
 
 
 def for_beam(path: str, uri: str) -> str:

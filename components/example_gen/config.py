@@ -30,6 +30,9 @@ class ExampleGenConfig:
     train_fraction: share of interactions, in time order, that form the training period ('time').
     positive_threshold: ratings >= this are positives (label 1), others label 0.
     history_length: the last N positive items strictly before each example's timestamp.
+    user_shards: users are processed in this many groups (by a hash of the user id), each with array
+      operations in one worker's memory (about 100 bytes per interaction): raise it when interactions /
+      user_shards passes ~10^7, or to spread a large input over more workers.
     bad_rows: what a row that breaks the schema does (malformed line, wrong field count,
       non-numeric or out-of-range value, bytes not valid in the file's encoding):
       'fail' stops the step with file, line and field; 'dead_letter' drops the row, counts it
@@ -48,6 +51,7 @@ class ExampleGenConfig:
     history_length: int = 20
     num_train_shards: int = 8
     num_eval_shards: int = 4
+    user_shards: int = 64
     bad_rows: str = "fail"
     tfds_data_dir: str = ""
 
@@ -58,6 +62,8 @@ class ExampleGenConfig:
             raise ValueError(f"bad_rows must be one of {BAD_ROW_POLICIES}, got {self.bad_rows!r}")
         if not 0.0 < self.train_fraction < 1.0:
             raise ValueError(f"train_fraction must be in (0, 1), got {self.train_fraction}")
+        if self.user_shards < 1:
+            raise ValueError(f"user_shards must be >= 1, got {self.user_shards}")
         if self.history_length < 1:
             raise ValueError(f"history_length must be >= 1, got {self.history_length}")
         if not self.interactions:

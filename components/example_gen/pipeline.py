@@ -1,13 +1,17 @@
-"""example_gen as a Beam pipeline.
+"""example_gen as a Beam pipeline. Elements are batches (lists of input records, Arrow record batches),
+never one Python object per interaction; users are processed a shard of users at a time with array
+operations (core.user_examples).
 
-    interactions --parse+validate--> drop rows whose item is not in the catalogue (counted)
-      |-> timestamp counts -> cut (side input)
-      |-> group by user -> histories + split -> tf.Examples -> train/, eval/ (deterministic shards)
+    interactions --parse+validate (per batch)--> drop rows whose item is not in the catalogue (counted)
+      |-> timestamps -> cut (side input)
+      |-> by user shard -> histories + split + tf.Examples -> sorted runs per output shard
+      |       -> k-way merge -> train/, eval/ (deterministic shards)
       |-> training counts per item --join catalogue--> items/items.parquet
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
@@ -15,13 +19,22 @@ import logging
 from collections.abc import Sequence
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
 from components.common import fileio
-from components.common.beam_io import Counted, ReadNumberedRecords, WriteDeterministicTFRecords, expand_patterns
+from components.common.beam_io import (
+    Counted,
+    MergeSortedRuns,
+    ReadNumberedRecords,
+    expand_patterns,
+    stable_shard,
+    write_sorted_run,
+)
 from components.common.beam_run import run_pipeline
-from components.common.schema import SchemaViolation, load_schema, validate_row
+from components.common.schema import SchemaViolation, load_schema, validate_columns, validate_row
 from components.example_gen import core, readers
 from components.example_gen.config import ExampleGenConfig
 
@@ -42,7 +55,7 @@ DROP_REASONS = ("bad_interactions_row", "bad_items_row", "unknown_item", "item_w
 
 
 class _Validate(beam.DoFn):
-    """Record -> validated row, or per the policy: stop with the problem, or a dead letter.
+    """A batch of records -> validated rows, or per the policy: stop with the problem, or a dead letter.
 
     Always fatal: an empty input file. Always a counted drop (dead letter), whatever the policy:
     an item without text (its interactions then drop as unknown items).
@@ -58,14 +71,11 @@ class _Validate(beam.DoFn):
                                                       "line": record.line, "field": field, "problem": problem,
                                                       "raw": record.raw})
 
-    def process(self, record: readers.Record):
+    def _one(self, record: readers.Record):
         field, problem = record.field, record.problem
         if not problem:
             try:
-                row = validate_row(load_schema(self._schema_name), record.row, record.source, record.line)
-                if self._schema_name == "interactions":
-                    row["input_order"] = (record.source, record.line)  # breaks timestamp ties per user
-                yield row
+                yield validate_row(load_schema(self._schema_name), record.row, record.source, record.line)
                 return
             except SchemaViolation as violation:
                 field, problem = violation.field, violation.problem
@@ -81,22 +91,72 @@ class _Validate(beam.DoFn):
             self.bad.inc()
             yield self._dead(record, field, problem)
 
+    def process(self, batch: list[readers.Record]):
+        for record in batch:
+            yield from self._one(record)
+
+
+_LINE_BITS = 40  # input order = file rank << 40 | line number
+
+
+class _ValidateInteractions(_Validate):
+    """A batch of interaction records (all of one file) -> one Arrow record batch (core.INTERACTIONS) of its
+    valid rows. The columns are converted and checked at once (schema.validate_columns); a batch with a bad
+    row goes row by row, so every problem is reported as validate_row words it."""
+
+    def __init__(self, policy: str, sources: list[str]):
+        super().__init__("interactions", policy)
+        self._rank = {source: rank for rank, source in enumerate(sorted(sources))}
+
+    def process(self, batch: list[readers.Record]):
+        columns = None
+        if not any(record.problem for record in batch):
+            columns = validate_columns(load_schema("interactions"), [record.row for record in batch])
+            lines = [record.line for record in batch]
+        if columns is None:
+            rows, lines = [], []
+            for record in batch:
+                for out in self._one(record):
+                    if isinstance(out, dict):
+                        rows.append(out)
+                        lines.append(record.line)
+                    else:
+                        yield out
+            if not rows:
+                return
+            columns = {name: [row[name] for row in rows] for name in ("user_id", "item_id", "rating", "timestamp")}
+        order = (self._rank[batch[0].source] << _LINE_BITS) + np.asarray(lines, dtype=np.int64)
+        yield pa.RecordBatch.from_arrays(
+            [pa.array(columns["user_id"], pa.string()), pa.array(columns["item_id"], pa.string()),
+             pa.array(columns["rating"], pa.float64()), pa.array(columns["timestamp"], pa.int64()),
+             pa.array(order)], schema=core.INTERACTIONS)
+
+
+def _input_order(order: int, sources: list[str]) -> list:
+    return [sorted(sources)[order >> _LINE_BITS], order & ((1 << _LINE_BITS) - 1)]
+
 
 class _KeepKnownItems(beam.DoFn):
     """Drops (counts, dead-letters) interactions whose item is not in the catalogue."""
 
-    def __init__(self):
+    def __init__(self, sources: list[str]):
+        self._sources = sources
         self.kept = Metrics.counter(NAMESPACE, "interactions_kept")
         self.unknown = Metrics.counter(NAMESPACE, "dropped_unknown_item")
 
-    def process(self, row, catalogue_ids):
-        if row["item_id"] in catalogue_ids:
-            self.kept.inc()
-            yield row
-        else:
-            self.unknown.inc()
+    def process(self, batch: pa.RecordBatch, catalogue_ids):
+        known = np.fromiter((i in catalogue_ids for i in batch.column("item_id").to_pylist()), bool, len(batch))
+        self.kept.inc(int(known.sum()))
+        if known.all():
+            yield batch
+            return
+        self.unknown.inc(int((~known).sum()))
+        for row in batch.filter(pa.array(~known)).to_pylist():
+            row["input_order"] = _input_order(row.pop("order"), self._sources)
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, {"input": "interactions", "field": "item_id",
                                                          "problem": "item not in the item table", "row": row})
+        if known.any():
+            yield batch.filter(pa.array(known))
 
 
 class _OneRowPerItem(beam.DoFn):
@@ -116,52 +176,99 @@ class _OneRowPerItem(beam.DoFn):
         yield item_id, rows[0]
 
 
-class _UserExamples(beam.DoFn):
-    def __init__(self, history_length: int, positive_threshold: float, split: str):
-        self._history_length = history_length
-        self._threshold = positive_threshold
-        self._split = split
+def _by_user_shard(batch: pa.RecordBatch, shards: int):
+    """Splits a batch by shard of its users: (shard, the batch's rows of that shard's users)."""
+    shard = np.fromiter((stable_shard(u, shards) for u in batch.column("user_id").to_pylist()), np.int64,
+                        len(batch))
+    rows = np.argsort(shard, kind="stable")
+    bounds = np.searchsorted(shard[rows], np.arange(shards + 1))
+    for s in range(shards):
+        if bounds[s] < bounds[s + 1]:
+            yield s, batch.take(pa.array(rows[bounds[s]:bounds[s + 1]]))
+
+
+COUNTS, USERS = "counts", "users"
+
+
+class _ShardExamples(beam.DoFn):
+    """All interactions of a shard of users -> their examples as sorted runs per (split, output shard), the
+    training counts per item, the training users."""
+
+    def __init__(self, config: ExampleGenConfig, runs_dir: str):
+        self._config = config
+        self._runs_dir = runs_dir
+        self._shards = {core.TRAIN: config.num_train_shards, core.EVAL: config.num_eval_shards}
         self.counters = {s: Metrics.counter(NAMESPACE, f"{s}_examples") for s in (core.TRAIN, core.EVAL)}
         self.positives = {s: Metrics.counter(NAMESPACE, f"{s}_positives") for s in (core.TRAIN, core.EVAL)}
         self.no_positive_users = Metrics.counter(NAMESPACE, "users_without_positives")
 
     def process(self, element, cut):
-        user_id, rows = element
-        positives = 0
-        for split, example in core.user_examples(
-                user_id, ((r["item_id"], r["rating"], r["timestamp"], r["input_order"]) for r in rows),
-                cut, self._history_length, self._threshold, self._split):
-            self.counters[split].inc()
-            if example["label"]:
-                self.positives[split].inc()
-                positives += 1
-            yield beam.pvalue.TaggedOutput(split, example)
-        if not positives:  # kept: their items are in-batch candidates; nothing of theirs trains
-            self.no_positive_users.inc()
+        shard, batches = element
+        config = self._config
+        examples = core.user_examples(pa.Table.from_batches(list(batches)), cut, config.history_length,
+                                      config.positive_threshold, config.split)
+        train = ~examples.in_eval
+        for split, rows in ((core.TRAIN, train), (core.EVAL, examples.in_eval)):
+            self.counters[split].inc(int(rows.sum()))
+            self.positives[split].inc(int(examples.label[rows].sum()))
+        self.no_positive_users.inc(examples.users_without_positives)  # kept: their items are in-batch candidates
+
+        runs = collections.defaultdict(list)
+        in_eval = examples.in_eval.tolist()
+        for row, key, record in core.serialized(examples):
+            split = core.EVAL if in_eval[row] else core.TRAIN
+            runs[split, stable_shard(key, self._shards[split])].append((key, record))
+        for (split, out), pairs in sorted(runs.items()):
+            path = fileio.join(self._runs_dir, split, f"run-{shard:05d}-{out:05d}")
+            yield beam.pvalue.TaggedOutput(split, (out, write_sorted_run(path, pairs)))
+
+        items = examples.item[train]
+        counts = np.bincount(items, minlength=len(examples.items))
+        positives = np.bincount(items, weights=examples.label[train], minlength=len(examples.items))
+        yield beam.pvalue.TaggedOutput(COUNTS, {examples.items[i]: (int(counts[i]), int(positives[i]))
+                                                for i in np.flatnonzero(counts)})
+        yield beam.pvalue.TaggedOutput(USERS, [examples.users[u] for u in np.unique(examples.user[train])])
 
 
-def _item_row(element) -> dict:
-    item_id, grouped = element
-    item = grouped["item"][0]
-    counts = grouped["counts"]
-    total, positives = counts[0] if counts else (0, 0)
+class _SumCounts(beam.CombineFn):
+    """Per-shard {item: (examples, positives)} dicts -> their sum."""
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, acc, counts):
+        for item, (total, positives) in counts.items():
+            old = acc.get(item, (0, 0))
+            acc[item] = (old[0] + total, old[1] + positives)
+        return acc
+
+    def merge_accumulators(self, accs):
+        accs = iter(accs)
+        merged = next(accs)
+        for acc in accs:
+            self.add_input(merged, acc)
+        return merged
+
+    def extract_output(self, acc):
+        return acc
+
+
+def _item_row(element, counts: dict) -> dict:
+    item_id, item = element
+    total, positives = counts.get(item_id, (0, 0))
     return {"item_id": item_id, "text": item["text"], "categories": list(item["categories"]),
             "train_count": total, "train_positive_count": positives}
 
 
-class _SumCounts(beam.CombineFn):
-    def create_accumulator(self):
-        return (0, 0)
+def _timestamps(batch: pa.RecordBatch) -> np.ndarray:
+    return np.asarray(batch.column("timestamp"))
 
-    def add_input(self, acc, label):
-        return acc[0] + 1, acc[1] + label
 
-    def merge_accumulators(self, accs):
-        accs = list(accs)
-        return sum(a[0] for a in accs), sum(a[1] for a in accs)
+def _cut(timestamps: list[np.ndarray], train_fraction: float) -> int:
+    return core.compute_cut(np.concatenate(timestamps) if timestamps else np.zeros(0, np.int64), train_fraction)
 
-    def extract_output(self, acc):
-        return acc
+
+RUNS = "_runs"
 
 
 def build(pipeline: beam.Pipeline, config: ExampleGenConfig, output_dir: str) -> None:
@@ -169,17 +276,19 @@ def build(pipeline: beam.Pipeline, config: ExampleGenConfig, output_dir: str) ->
     if config.source == "tfds":  # data set names, not files
         ratings_reader = items_reader = functools.partial(readers.tfds_records, data_dir=config.tfds_data_dir)
         interaction_paths, item_paths = [config.interactions], [config.items]
+        sources = [f"tfds:{config.interactions}"]
     else:
         ratings_reader, items_reader = readers.READERS[config.source]
         interaction_paths = expand_patterns([config.interactions])
         item_paths = expand_patterns([config.items]) if config.items else []
+        sources = interaction_paths
     dead_letters = []
 
     parsed = (
         pipeline
         | "ReadInteractions" >> ReadNumberedRecords(interaction_paths, ratings_reader)
-        | "CountIn" >> Counted(NAMESPACE, "interactions_in")
-        | "ValidateInteractions" >> beam.ParDo(_Validate("interactions", config.bad_rows)).with_outputs(
+        | "CountIn" >> Counted(NAMESPACE, "interactions_in", rows=True)
+        | "ValidateInteractions" >> beam.ParDo(_ValidateInteractions(config.bad_rows, sources)).with_outputs(
             DEAD_LETTER, main="rows")
     )
     dead_letters.append(parsed[DEAD_LETTER])
@@ -187,7 +296,7 @@ def build(pipeline: beam.Pipeline, config: ExampleGenConfig, output_dir: str) ->
         items = (
             pipeline
             | "ReadItems" >> ReadNumberedRecords(item_paths, items_reader)
-            | "CountItemsIn" >> Counted(NAMESPACE, "item_rows_in")
+            | "CountItemsIn" >> Counted(NAMESPACE, "item_rows_in", rows=True)
             | "ValidateItems" >> beam.ParDo(_Validate("items", config.bad_rows)).with_outputs(DEAD_LETTER,
                                                                                              main="rows")
         )
@@ -200,7 +309,7 @@ def build(pipeline: beam.Pipeline, config: ExampleGenConfig, output_dir: str) ->
         )
         catalogue_ids = catalogue | "Ids" >> beam.Keys()
         known = parsed.rows | "KnownItems" >> beam.ParDo(
-            _KeepKnownItems(), catalogue_ids=beam.pvalue.AsDict(catalogue_ids | beam.Map(lambda i: (i, None)))
+            _KeepKnownItems(sources), catalogue_ids=beam.pvalue.AsDict(catalogue_ids | beam.Map(lambda i: (i, None)))
         ).with_outputs(DEAD_LETTER, main="rows")
         dead_letters.append(known[DEAD_LETTER])
         interactions = known.rows
@@ -208,7 +317,7 @@ def build(pipeline: beam.Pipeline, config: ExampleGenConfig, output_dir: str) ->
         interactions = parsed.rows
         catalogue = (
             interactions
-            | "InteractionItems" >> beam.Map(lambda r: r["item_id"])
+            | "InteractionItems" >> beam.FlatMap(lambda b: pc.unique(b.column("item_id")).to_pylist())
             | "DistinctItems" >> beam.Distinct()
             | "TextlessItems" >> beam.Map(lambda i: (i, {"item_id": i, "text": "", "categories": []}))
         )
@@ -223,49 +332,40 @@ def build(pipeline: beam.Pipeline, config: ExampleGenConfig, output_dir: str) ->
     if config.split == "time":
         cut = (
             interactions
-            | "Timestamps" >> beam.Map(lambda r: r["timestamp"])
-            | "CountPerTimestamp" >> beam.combiners.Count.PerElement()
-            | "AllCounts" >> beam.combiners.ToList()
-            | "Cut" >> beam.Map(core.compute_cut, train_fraction=config.train_fraction)
+            | "Timestamps" >> beam.Map(_timestamps)
+            | "AllTimestamps" >> beam.combiners.ToList()
+            | "Cut" >> beam.Map(_cut, train_fraction=config.train_fraction)
         )
     else:  # per-user split: no global cut
         cut = pipeline | "NoCut" >> beam.Create([None])
 
+    runs_dir = fileio.join(output_dir, RUNS)
     examples = (
         interactions
-        | "ByUser" >> beam.Map(lambda r: (r["user_id"], r))
-        | "GroupByUser" >> beam.GroupByKey()
-        | "Examples" >> beam.ParDo(_UserExamples(config.history_length, config.positive_threshold, config.split),
-                                   cut=beam.pvalue.AsSingleton(cut)).with_outputs(core.TRAIN, core.EVAL)
+        | "ByUserShard" >> beam.FlatMap(_by_user_shard, shards=config.user_shards)
+        | "GroupByUserShard" >> beam.GroupByKey()
+        | "Examples" >> beam.ParDo(_ShardExamples(config, runs_dir), cut=beam.pvalue.AsSingleton(cut)).with_outputs(
+            core.TRAIN, core.EVAL, COUNTS, USERS)
     )
     for split, shards in ((core.TRAIN, config.num_train_shards), (core.EVAL, config.num_eval_shards)):
         fileio.makedirs(fileio.join(output_dir, split))
-        _ = (
-            examples[split]
-            | f"Serialize{split}" >> beam.Map(lambda e: (core.example_key(e), core.to_tf_example(e)))
-            | f"Write{split}" >> WriteDeterministicTFRecords(fileio.join(output_dir, split, "part"), shards)
-        )
+        fileio.makedirs(fileio.join(runs_dir, split))
+        _ = examples[split] | f"Write{split}" >> MergeSortedRuns(fileio.join(output_dir, split, "part"), shards)
 
-    counts = (
-        examples[core.TRAIN]
-        | "ItemLabels" >> beam.Map(lambda e: (e["item_id"], e["label"]))
-        | "CountPerItem" >> beam.CombinePerKey(_SumCounts())
-    )
+    counts = examples[COUNTS] | "CountPerItem" >> beam.CombineGlobally(_SumCounts())
     _ = (
-        {"item": catalogue, "counts": counts}
-        | "JoinCounts" >> beam.CoGroupByKey()
-        | "ItemRows" >> beam.Map(_item_row)
+        catalogue
+        | "ItemRows" >> beam.Map(_item_row, counts=beam.pvalue.AsSingleton(counts))
         | "CountItems" >> Counted(NAMESPACE, "items_out")
         | "WriteItems" >> beam.io.WriteToParquet(fileio.join(output_dir, "items", "items"), ITEM_TABLE_SCHEMA,
                                                  file_name_suffix=".parquet", num_shards=1,
                                                  shard_name_template="")
     )
     _ = (
-        examples[core.TRAIN]
-        | "TrainUsers" >> beam.Map(lambda e: e["user_id"])
-        | "DistinctUsers" >> beam.Distinct()
+        examples[USERS]
         | "AllUsers" >> beam.combiners.ToList()
-        | "WriteUsers" >> beam.Map(lambda users: _write_lines(fileio.join(output_dir, "users.txt"), sorted(users)))
+        | "WriteUsers" >> beam.Map(lambda shards: _write_lines(fileio.join(output_dir, "users.txt"),
+                                                                sorted(u for users in shards for u in users)))
     )
     _ = cut | "WriteCut" >> beam.Map(lambda c: fileio.write_json(fileio.join(output_dir, "cut.json"), {"cut": c}))
 
@@ -308,7 +408,9 @@ def run_example_gen(config: ExampleGenConfig, output_dir: str,
     Returns the summary: rows in, examples out per split, rows dropped and why.
     """
     fileio.makedirs(output_dir)
+    fileio.remove_tree(fileio.join(output_dir, RUNS))  # a killed run's leftovers
     counters = run_pipeline(lambda p: build(p, config, output_dir), NAMESPACE, beam_args)
+    fileio.remove_tree(fileio.join(output_dir, RUNS))
     cut = fileio.read_json(fileio.join(output_dir, "cut.json"))["cut"]
     summary = {
         "interactions_in": counters.get("interactions_in", 0),
