@@ -335,7 +335,7 @@ def reference_shards(log: list, history_length: int, fraction: float, shards: di
                  "history_item_ids": earlier[::-1][:history_length]}
             key = core.example_key(e["user_id"], t, item)
             split = core.TRAIN if t < cut else core.EVAL
-            out[split][zlib.crc32(key.encode()) % shards[split]].append((key, tf_example(e)))
+            out[split][zlib.crc32(key) % shards[split]].append((key, tf_example(e)))
     return {split: [[record for _, record in sorted(shard)] for shard in files] for split, files in out.items()}
 
 

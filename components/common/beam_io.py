@@ -13,6 +13,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
@@ -40,18 +41,34 @@ def _batches(path: str, reader: Callable[[str], Iterable], size: int) -> Iterato
         yield batch
 
 
+class _ReadBatches(beam.DoFn):
+    def __init__(self, reader: Callable[[str], Iterable], size: int, parse: beam.DoFn):
+        self._reader, self._size, self._parse = reader, size, parse
+
+    def setup(self):
+        self._parse.setup()
+
+    def process(self, path: str):
+        for batch in _batches(path, self._reader, self._size):
+            yield from self._parse.process(batch)
+
+
 class ReadNumberedRecords(beam.PTransform):
-    """Reads files with `reader(path)` -> iterable of records; each file is read by one worker, and each
-    element is a list of up to `batch_size` consecutive records of one file (per-element costs of a runner
-    are paid per batch, not per row).
+    """Reads files with `reader(path)` -> iterable of records, each file by one worker, and hands lists of up
+    to `batch_size` consecutive records of one file to `parse.process(batch)` (a DoFn whose outputs, main and
+    tagged `outputs`, are this transform's). Reading and parsing are one step: a list of records is never
+    an element, because runners estimate element sizes by encoding them (per record, for a list).
 
     Parallelism is per file: shard large inputs into many files.
     """
 
-    def __init__(self, paths: list[str], reader: Callable[[str], Iterable], batch_size: int = 16384):
+    def __init__(self, paths: list[str], reader: Callable[[str], Iterable], parse: beam.DoFn,
+                 outputs: tuple[str, ...] = (), batch_size: int = 65536):
         super().__init__()
         self._paths = paths
         self._reader = reader
+        self._parse = parse
+        self._outputs = outputs
         self._batch_size = batch_size
 
     def expand(self, pbegin):
@@ -59,7 +76,8 @@ class ReadNumberedRecords(beam.PTransform):
             pbegin
             | "Files" >> beam.Create(self._paths)
             | "Spread" >> beam.Reshuffle()
-            | "Read" >> beam.FlatMap(_batches, reader=self._reader, size=self._batch_size)
+            | "Read" >> beam.ParDo(_ReadBatches(self._reader, self._batch_size, self._parse)).with_outputs(
+                *self._outputs, main="rows")
         )
 
 
@@ -79,20 +97,36 @@ def Counted(namespace: str, name: str, rows: bool = False) -> beam.ParDo:  # noq
     return beam.ParDo(_CountDoFn(namespace, name, rows))
 
 
-def stable_shard(key: str, num_shards: int) -> int:
-    """Shard of a string key, the same on every run and machine."""
-    return zlib.crc32(key.encode("utf-8")) % num_shards
+def stable_shard(key: str | bytes, num_shards: int) -> int:
+    """Shard of a key (str: of its UTF-8 bytes), the same on every run and machine."""
+    return zlib.crc32(key.encode("utf-8") if isinstance(key, str) else key) % num_shards
+
+
+_IPC = pa.ipc.IpcWriteOptions(compression="zstd")
+
+
+def pack_batch(batch: pa.RecordBatch) -> bytes:
+    """An Arrow record batch as zstd-compressed Arrow IPC bytes: the compact form for elements that a runner
+    holds in memory or ships between workers (a GroupByKey's values). Ids and timestamps take a fraction of
+    their in-memory size."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema, options=_IPC) as writer:
+        writer.write_batch(batch)
+    return sink.getvalue().to_pybytes()
+
+
+def unpack_batch(data: bytes) -> pa.RecordBatch:
+    return pa.ipc.open_stream(data).read_next_batch()
 
 
 _PAIR = struct.Struct("<II")
 
 
-def write_sorted_run(path: str, pairs: list[tuple[str, bytes]]) -> str:
+def write_sorted_run(path: str, pairs: list[tuple[bytes, bytes]]) -> str:
     """Writes (sort key, record) pairs sorted (by key, then record) to a run file for MergeSortedRuns."""
     with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
         for key, record in sorted(pairs):
-            encoded = key.encode("utf-8")
-            handle.write(_PAIR.pack(len(encoded), len(record)) + encoded + record)
+            handle.write(_PAIR.pack(len(key), len(record)) + key + record)
     return path
 
 
@@ -100,7 +134,8 @@ def _read_run(path: str) -> Iterator[tuple[bytes, bytes]]:
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
         while header := handle.read(_PAIR.size):
             key_size, record_size = _PAIR.unpack(header)
-            yield handle.read(key_size), handle.read(record_size)
+            pair = handle.read(key_size + record_size)
+            yield pair[:key_size], pair[key_size:]
 
 
 def _merge_shard(element, prefix: str, num_shards: int) -> str:
@@ -109,7 +144,6 @@ def _merge_shard(element, prefix: str, num_shards: int) -> str:
     shard, runs = element
     runs = sorted(r for r in runs if r is not None)
     path = f"{prefix}-{shard:05d}-of-{num_shards:05d}.tfrecord"
-    # UTF-8 byte order is code point order, so the merge by encoded key keeps write_sorted_run's order
     with tf.io.TFRecordWriter(path) as writer:
         for _, record in heapq.merge(*(_read_run(run) for run in runs)):
             writer.write(record)

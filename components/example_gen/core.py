@@ -136,9 +136,10 @@ def interactions_table(rows: Iterable[tuple]) -> pa.Table:
                      pa.array(order, pa.int64())], schema=INTERACTIONS)
 
 
-def example_key(user_id: str, timestamp: int, item_id: str) -> str:
-    """A unique, stable sort key of an example (user, time, item)."""
-    return f"{user_id}\x1f{timestamp:020d}\x1f{item_id}"
+def example_key(user_id: str, timestamp: int, item_id: str) -> bytes:
+    """A unique, stable sort key of an example (user, time, item), UTF-8 (whose byte order is the code
+    point order)."""
+    return f"{user_id}\x1f{timestamp:020d}\x1f{item_id}".encode()
 
 
 # -- tf.train.Example encoding ------------------------------------------------------------------
@@ -146,9 +147,7 @@ def example_key(user_id: str, timestamp: int, item_id: str) -> str:
 # `serialized` writes the same bytes (the deterministic wire form: map entries sorted by key) from pieces
 # encoded once per user and item; tests/test_example_gen.py checks them byte for byte against
 # tf.train.Example.SerializeToString(deterministic=True).
-def _varint(n: int) -> bytes:
-    if n < 0x80:
-        return bytes((n,))
+def _encode_varint(n: int) -> bytes:
     out = bytearray()
     n &= 0xFFFFFFFFFFFFFFFF  # a negative int64 takes ten bytes (two's complement)
     while n >= 0x80:
@@ -156,6 +155,24 @@ def _varint(n: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+_SMALL = 1 << 14  # varints below this (one or two bytes: every length inside an example) come from a table
+_VARINTS = [_encode_varint(n) for n in range(_SMALL)]
+
+
+def _varint(n: int) -> bytes:
+    return _VARINTS[n] if 0 <= n < _SMALL else _encode_varint(n)
+
+
+def _varints(values: np.ndarray) -> list[bytes]:
+    """_varint of every value of an int64 array, computed per 7-bit group for all values at once."""
+    values = values.astype(np.uint64)  # two's complement, as protobuf writes negative int64
+    groups = np.stack([(values >> np.uint64(7 * g)) & np.uint64(0x7F) for g in range(10)], axis=1).astype(np.uint8)
+    nonzero = groups != 0
+    sizes = np.where(nonzero.any(axis=1), 10 - np.argmax(nonzero[:, ::-1], axis=1), 1)  # up to the last nonzero
+    groups[np.arange(10) < (sizes[:, None] - 1)] |= 0x80
+    return [row[:size].tobytes() for row, size in zip(groups, sizes.tolist())]
 
 
 def _field(tag: bytes, payload: bytes) -> bytes:  # a length-delimited protobuf field
@@ -178,24 +195,36 @@ def _int64(value: int) -> bytes:
 
 _HISTORY_KEY = _field(b"\x0a", b"history_item_ids")
 _LABELS = (_entry("label", _int64(0)), _entry("label", _int64(1)))
+# the timestamp entry = a prefix that depends only on the varint's byte count, then the varint
+_TIMESTAMPS = [b""] + [_entry("timestamp", _int64(1 << (7 * (size - 1))))[:-size] for size in range(1, 11)]
 
 
-def serialized(examples: UserExamples) -> Iterator[tuple[int, str, bytes]]:
+def serialized(examples: UserExamples) -> Iterator[tuple[int, bytes, bytes]]:
     """(row, example_key, serialised tf.train.Example) for every row of `examples`, in row order."""
+    user_keys = [user.encode("utf-8") + b"\x1f" for user in examples.users]  # example_key's parts
+    item_keys = [b"\x1f" + item.encode("utf-8") for item in examples.items]
     values = [_value(item) for item in examples.items]
     item_entries = [_entry("item_id", _field(b"\x0a", value)) for value in values]
     user_entries = [_entry("user_id", _field(b"\x0a", _value(user))) for user in examples.users]
     positive_values = [values[c] for c in examples.positive_item]
     ratings: dict[float, bytes] = {}
-    for i, (user, item, timestamp, label, rating, start, end) in enumerate(zip(
-            examples.user.tolist(), examples.item.tolist(), examples.timestamp.tolist(), examples.label.tolist(),
-            examples.rating.tolist(), examples.history_start.tolist(), examples.history_end.tolist())):
+    varints, small = _VARINTS, _SMALL
+    for i, (user, item, timestamp, stamp, label, rating, start, end) in enumerate(zip(
+            examples.user.tolist(), examples.item.tolist(), examples.timestamp.tolist(),
+            _varints(examples.timestamp), examples.label.tolist(), examples.rating.tolist(),
+            examples.history_start.tolist(), examples.history_end.tolist())):
         rating_entry = ratings.get(rating)
         if rating_entry is None:
             rating_entry = ratings[rating] = _entry("rating", _field(b"\x12", _field(b"\x0a",
                                                                                   struct.pack("<f", rating))))
         history = b"".join(positive_values[start:end][::-1])
-        features = b"".join((_field(b"\x0a", _HISTORY_KEY + _field(b"\x12", _field(b"\x0a", history))),
-                             item_entries[item], _LABELS[label], rating_entry,
-                             _entry("timestamp", _int64(timestamp)), user_entries[user]))
-        yield i, example_key(examples.users[user], timestamp, examples.items[item]), _field(b"\x0a", features)
+        size = len(history)
+        if size < small - 64:  # the three nested lengths come from the table
+            history = varints[size] + history
+            history = b"\x12" + varints[len(history) + 1] + b"\x0a" + history
+            history = b"\x0a" + varints[len(history) + 18] + _HISTORY_KEY + history
+        else:
+            history = _field(b"\x0a", _HISTORY_KEY + _field(b"\x12", _field(b"\x0a", history)))
+        features = b"".join((history, item_entries[item], _LABELS[label], rating_entry,
+                             _TIMESTAMPS[len(stamp)], stamp, user_entries[user]))
+        yield i, user_keys[user] + b"%020d" % timestamp + item_keys[item], _field(b"\x0a", features)

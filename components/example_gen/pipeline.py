@@ -30,7 +30,9 @@ from components.common.beam_io import (
     MergeSortedRuns,
     ReadNumberedRecords,
     expand_patterns,
+    pack_batch,
     stable_shard,
+    unpack_batch,
     write_sorted_run,
 )
 from components.common.beam_run import run_pipeline
@@ -61,8 +63,9 @@ class _Validate(beam.DoFn):
     an item without text (its interactions then drop as unknown items).
     """
 
-    def __init__(self, schema_name: str, policy: str):
+    def __init__(self, schema_name: str, policy: str, count_as: str):
         self._schema_name, self._policy = schema_name, policy
+        self.rows_in = Metrics.counter(NAMESPACE, count_as)
         self.bad = Metrics.counter(NAMESPACE, f"dropped_bad_{schema_name}_row")
         self.no_text = Metrics.counter(NAMESPACE, "dropped_item_without_text")
 
@@ -92,6 +95,7 @@ class _Validate(beam.DoFn):
             yield self._dead(record, field, problem)
 
     def process(self, batch: list[readers.Record]):
+        self.rows_in.inc(len(batch))
         for record in batch:
             yield from self._one(record)
 
@@ -105,10 +109,11 @@ class _ValidateInteractions(_Validate):
     row goes row by row, so every problem is reported as validate_row words it."""
 
     def __init__(self, policy: str, sources: list[str]):
-        super().__init__("interactions", policy)
+        super().__init__("interactions", policy, "interactions_in")
         self._rank = {source: rank for rank, source in enumerate(sorted(sources))}
 
     def process(self, batch: list[readers.Record]):
+        self.rows_in.inc(len(batch))
         columns = None
         if not any(record.problem for record in batch):
             columns = validate_columns(load_schema("interactions"), [record.row for record in batch])
@@ -177,14 +182,14 @@ class _OneRowPerItem(beam.DoFn):
 
 
 def _by_user_shard(batch: pa.RecordBatch, shards: int):
-    """Splits a batch by shard of its users: (shard, the batch's rows of that shard's users)."""
+    """Splits a batch by shard of its users: (shard, the batch's rows of that shard's users, packed)."""
     shard = np.fromiter((stable_shard(u, shards) for u in batch.column("user_id").to_pylist()), np.int64,
                         len(batch))
     rows = np.argsort(shard, kind="stable")
     bounds = np.searchsorted(shard[rows], np.arange(shards + 1))
     for s in range(shards):
         if bounds[s] < bounds[s + 1]:
-            yield s, batch.take(pa.array(rows[bounds[s]:bounds[s + 1]]))
+            yield s, pack_batch(batch.take(pa.array(rows[bounds[s]:bounds[s + 1]])))
 
 
 COUNTS, USERS = "counts", "users"
@@ -205,8 +210,8 @@ class _ShardExamples(beam.DoFn):
     def process(self, element, cut):
         shard, batches = element
         config = self._config
-        examples = core.user_examples(pa.Table.from_batches(list(batches)), cut, config.history_length,
-                                      config.positive_threshold, config.split)
+        table = pa.Table.from_batches([unpack_batch(b) for b in batches])
+        examples = core.user_examples(table, cut, config.history_length, config.positive_threshold, config.split)
         train = ~examples.in_eval
         for split, rows in ((core.TRAIN, train), (core.EVAL, examples.in_eval)):
             self.counters[split].inc(int(rows.sum()))
@@ -260,11 +265,13 @@ def _item_row(element, counts: dict) -> dict:
             "train_count": total, "train_positive_count": positives}
 
 
-def _timestamps(batch: pa.RecordBatch) -> np.ndarray:
-    return np.asarray(batch.column("timestamp"))
+def _timestamps(batch: pa.RecordBatch) -> bytes:
+    """A batch's timestamps, sorted (they compress better) and packed."""
+    return pack_batch(pa.record_batch([pa.array(np.sort(np.asarray(batch.column("timestamp"))))], names=["t"]))
 
 
-def _cut(timestamps: list[np.ndarray], train_fraction: float) -> int:
+def _cut(packed: list[bytes], train_fraction: float) -> int:
+    timestamps = [np.asarray(unpack_batch(p).column(0)) for p in packed]
     return core.compute_cut(np.concatenate(timestamps) if timestamps else np.zeros(0, np.int64), train_fraction)
 
 
@@ -284,22 +291,12 @@ def build(pipeline: beam.Pipeline, config: ExampleGenConfig, output_dir: str) ->
         sources = interaction_paths
     dead_letters = []
 
-    parsed = (
-        pipeline
-        | "ReadInteractions" >> ReadNumberedRecords(interaction_paths, ratings_reader)
-        | "CountIn" >> Counted(NAMESPACE, "interactions_in", rows=True)
-        | "ValidateInteractions" >> beam.ParDo(_ValidateInteractions(config.bad_rows, sources)).with_outputs(
-            DEAD_LETTER, main="rows")
-    )
+    parsed = pipeline | "ReadInteractions" >> ReadNumberedRecords(
+        interaction_paths, ratings_reader, _ValidateInteractions(config.bad_rows, sources), (DEAD_LETTER,))
     dead_letters.append(parsed[DEAD_LETTER])
     if config.items:
-        items = (
-            pipeline
-            | "ReadItems" >> ReadNumberedRecords(item_paths, items_reader)
-            | "CountItemsIn" >> Counted(NAMESPACE, "item_rows_in", rows=True)
-            | "ValidateItems" >> beam.ParDo(_Validate("items", config.bad_rows)).with_outputs(DEAD_LETTER,
-                                                                                             main="rows")
-        )
+        items = pipeline | "ReadItems" >> ReadNumberedRecords(
+            item_paths, items_reader, _Validate("items", config.bad_rows, "item_rows_in"), (DEAD_LETTER,))
         dead_letters.append(items[DEAD_LETTER])
         catalogue = (
             items.rows

@@ -118,7 +118,7 @@ def _csv_rows(path: str) -> Iterator[Record]:
                 if not values or (len(values) == 1 and not values[0].strip()):
                     continue  # a blank line
                 raw = ",".join(values)
-                if any(_UNDECODED.search(v) for v in values):
+                if not raw.isascii() and _UNDECODED.search(raw):
                     yield Record(path, line, raw.encode("utf-8", "replace").decode("utf-8"), None, "<bytes>",
                                  "bytes not valid utf-8")
                     continue
