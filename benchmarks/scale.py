@@ -3,7 +3,7 @@ data steps (item_clusterer, item_embedder, example_gen).
 
     python -m benchmarks.scale [--sizes 10000,100000,1000000] [--pool-sizes ...,10000000]
         [--parts pool,step,evaluator,scann,clusterer,embedder,example_gen] [--clusterer-sizes 100000,1000000]
-        [--embedder-items 100000] [--example-gen-sizes 1000000]
+        [--embedder-items 100000] [--example-gen-sizes 1000000] [--example-gen-workers 1,2]
 
 Every measurement runs in its own process (peak memory = that process's max RSS). The data are
 SYNTHETIC (benchmarks/synthetic.py's popularity model, made in memory): what is measured is cost,
@@ -18,7 +18,8 @@ not quality. Users scale with items (as many users as items; hashed into 10^6 ro
 - scann: building the exporter's ScaNN index (tree + AH + reorder) over random unit vectors.
 - clusterer: the item_clusterer step (default config) on synthetic 384-d embeddings with sqrt(items) families.
 - embedder: the item_embedder step against SentenceTransformer.encode, same texts, model and batch size.
-- example_gen: the step on synthetic generic CSV (benchmarks/synthetic.py), wall time and peak memory.
+- example_gen: the step on synthetic generic CSV (benchmarks/synthetic.py), wall time and peak memory, in
+  one process or (workers > 1) DirectRunner multi_processing worker processes.
 Writes benchmarks/results/scale.{json,md,png}.
 """
 
@@ -217,22 +218,27 @@ def measure_embedder(items: int, which: str) -> dict:
     return {"items": items, "which": which, "seconds": seconds, "items_per_second": items / seconds}
 
 
-def measure_example_gen(interactions: int) -> dict:
+def measure_example_gen(interactions: int, workers: str = "1") -> dict:
     """example_gen (default config, generic CSV input) on synthetic interactions: users = interactions / 100,
-    items = interactions / 50."""
+    items = interactions / 50. workers > 1: DirectRunner's multi_processing mode with that many worker
+    processes, the interactions in 2 x workers files (a step reads one worker per file)."""
     from benchmarks import synthetic
     from components.example_gen import ExampleGenConfig, run_example_gen
 
+    workers = int(workers)
+    beam_args = ([] if workers == 1 else
+                 ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"])
     with tempfile.TemporaryDirectory(prefix="scale_example_gen_") as work:
         paths = synthetic.write(os.path.join(work, "in"), max(2, interactions // 50), max(2, interactions // 100),
-                                interactions, log=lambda _: None)
+                                interactions, log=lambda _: None, files=1 if workers == 1 else 2 * workers)
         started = time.monotonic()
         summary = run_example_gen(ExampleGenConfig(source="generic", interactions=paths["interactions"],
-                                                   items=paths["items"]), os.path.join(work, "out"))
+                                                   items=paths["items"]), os.path.join(work, "out"), beam_args)
         seconds = time.monotonic() - started
-    return {"interactions": interactions, "seconds": seconds,
+    return {"interactions": interactions, "workers": workers, "seconds": seconds,
             "interactions_per_second": interactions / seconds,
-            "examples": summary["train_examples"] + summary["eval_examples"]}
+            "examples": summary["train_examples"] + summary["eval_examples"],
+            "worker_peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 if workers > 1 else 0.0}
 
 
 MEASURES = {"pool": measure_pool, "step": measure_step, "evaluator": measure_evaluator, "scann": measure_scann,
@@ -301,10 +307,15 @@ def markdown(result: dict) -> str:
                   f"{rows['step']['items_per_second']:,.0f} | "
                   f"{rows['step']['items_per_second'] / rows['raw']['items_per_second']:.2f} | "
                   f"{rows['step']['peak_mb'] / 1024:.2f} |", ""]
-    lines += _table(["interactions", "example_gen (s)", "interactions/s", "peak memory (GB)", "bytes per interaction"],
-                    ok("example_gen"), lambda r: [f"{r['interactions']:,}", f"{r['seconds']:.1f}",
-                                                  f"{r['interactions_per_second']:,.0f}", f"{r['peak_mb'] / 1024:.2f}",
-                                                  f"{r['peak_mb'] * 2**20 / r['interactions']:,.0f}"])
+    def total_mb(r: dict) -> float:  # workers: the launcher's peak plus each worker at the largest one's peak
+        return r["peak_mb"] + r.get("workers", 1) * r.get("worker_peak_mb", 0.0) * (r.get("workers", 1) > 1)
+
+    lines += _table(["interactions", "worker processes", "example_gen (s)", "interactions/s", "peak memory (GB)",
+                     "bytes per interaction"],
+                    ok("example_gen"), lambda r: [f"{r['interactions']:,}", f"{r.get('workers', 1)}",
+                                                  f"{r['seconds']:.1f}", f"{r['interactions_per_second']:,.0f}",
+                                                  f"{total_mb(r) / 1024:.2f}",
+                                                  f"{total_mb(r) * 2**20 / r['interactions']:,.0f}"])
     return "\n".join(lines)
 
 
@@ -348,6 +359,8 @@ def main() -> None:
     parser.add_argument("--clusterer-sizes", default="100000,1000000", help="items")
     parser.add_argument("--embedder-items", default="100000")
     parser.add_argument("--example-gen-sizes", default="1000000", help="interactions")
+    parser.add_argument("--example-gen-workers", default="1",
+                        help="worker processes (> 1: DirectRunner multi_processing, inputs in 2 x workers files)")
     parser.add_argument("--parts", default="pool,step,evaluator,scann,clusterer,embedder,example_gen",
                         help="parts to measure; the others keep their previous results")
     parser.add_argument("--repeats", type=int, default=3,
@@ -394,7 +407,11 @@ def main() -> None:
             n = int(args.embedder_items)
             result[part] = [run_one(part, n, which) for which in ("raw", "step")]
         elif part == "example_gen":
-            result[part] = [run_one(part, n) for n in [int(s) for s in args.example_gen_sizes.split(",")]]
+            rows = [run_one(part, n, w) for w in args.example_gen_workers.split(",")
+                    for n in [int(s) for s in args.example_gen_sizes.split(",")]]
+            key = lambda r: (r["interactions"], r.get("workers", 1))  # noqa: E731
+            kept = [r for r in result.get(part, []) if "error" in r or key(r) not in {key(n) for n in rows}]
+            result[part] = sorted(kept + rows, key=lambda r: (r.get("workers", 1), r.get("interactions", 0)))
         else:
             raise SystemExit(f"unknown part {part!r}: use {', '.join(MEASURES)}")
         write_results("scale", result, markdown(result))

@@ -1,7 +1,7 @@
 """Synthetic interactions and items of any size, in the generic input format (for cost measurements).
 
     python -m benchmarks.synthetic --out /tmp/synth --items 100000 --users 50000 --interactions 5000000 \
-        [--format csv|parquet] [--families 300] [--seed 0]
+        [--format csv|parquet] [--families 300] [--seed 0] [--files 4]
 
 then `--example_gen.source generic --example_gen.interactions /tmp/synth/interactions.csv
 --example_gen.items /tmp/synth/items.csv`. SYNTHETIC data: it has the shape of real data, not its
@@ -87,26 +87,39 @@ def item_texts(index: np.ndarray, families: int, seed: int = 0) -> list[str]:
 
 
 def write(out: str, items: int, users: int, interactions: int, families: int = 0, seed: int = 0,
-          fmt: str = "csv", chunk: int = 1_000_000, log=print) -> dict:
-    """Writes out/interactions.<fmt> and out/items.<fmt>; returns counts and paths."""
+          fmt: str = "csv", chunk: int = 1_000_000, log=print, files: int = 1) -> dict:
+    """Writes out/interactions.<fmt> (files > 1: out/interactions-KKKKK-of-NNNNN.<fmt>, consecutive ranges of
+    the same rows, and paths["interactions"] is their glob) and out/items.<fmt>; returns counts and paths."""
     if fmt not in ("csv", "parquet"):
         raise ValueError(f"format must be 'csv' or 'parquet', got {fmt!r}")
     if interactions < 1:
         raise ValueError(f"interactions must be >= 1, got {interactions}")
+    if not 1 <= files <= interactions:
+        raise ValueError(f"files must be in [1, interactions], got {files}")
     families = families or max(1, int(round(np.sqrt(items))))
     generator = Generator(items, users, families, seed)
     os.makedirs(out, exist_ok=True)
     paths = {name: os.path.join(out, f"{name}.{fmt}") for name in ("interactions", "items")}
+    names = [paths["interactions"]] if files == 1 else [
+        os.path.join(out, f"interactions-{k:05d}-of-{files:05d}.{fmt}") for k in range(files)]
+    if files > 1:
+        paths["interactions"] = os.path.join(out, f"interactions-*-of-{files:05d}.{fmt}")
+    bounds = [interactions * k // files for k in range(files + 1)]  # file k holds rows [bounds[k], bounds[k+1])
     started = time.monotonic()
-    writer = _Writer(paths["interactions"], fmt, ("user_id", "item_id", "rating", "timestamp"))
-    for start in range(0, interactions, chunk):
+    writers = [_Writer(name, fmt, ("user_id", "item_id", "rating", "timestamp")) for name in names]
+    for start in range(0, interactions, chunk):  # the same chunks (random stream) whatever `files` is
         part = generator.interactions(start, min(chunk, interactions - start))
-        writer.write({"user_id": np.char.add("u", part["user_id"].astype(str)),
-                      "item_id": np.char.add("i", part["item_id"].astype(str)),
-                      "rating": part["rating"].astype(np.float64), "timestamp": part["timestamp"]})
-        done = start + len(part["rating"])
-        log(f"[synthetic] {done:,}/{interactions:,} interactions ({done / (time.monotonic() - started):,.0f}/s)")
-    writer.close()
+        columns = {"user_id": np.char.add("u", part["user_id"].astype(str)),
+                   "item_id": np.char.add("i", part["item_id"].astype(str)),
+                   "rating": part["rating"].astype(np.float64), "timestamp": part["timestamp"]}
+        end = start + len(part["rating"])
+        for k, writer in enumerate(writers):
+            lo, hi = max(start, bounds[k]), min(end, bounds[k + 1])
+            if lo < hi:
+                writer.write({name: values[lo - start:hi - start] for name, values in columns.items()})
+        log(f"[synthetic] {end:,}/{interactions:,} interactions ({end / (time.monotonic() - started):,.0f}/s)")
+    for writer in writers:
+        writer.close()
     writer = _Writer(paths["items"], fmt, ("item_id", "text", "categories"))
     for start in range(0, items, chunk):
         index = np.arange(start, min(items, start + chunk))
@@ -182,8 +195,10 @@ def main() -> None:
     parser.add_argument("--families", type=int, default=0, help="latent item families (0 = sqrt(items))")
     parser.add_argument("--format", default="csv", choices=("csv", "parquet"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--files", type=int, default=1, help="split the interactions into this many files")
     args = parser.parse_args()
-    write(args.out, args.items, args.users, args.interactions, args.families, args.seed, args.format)
+    write(args.out, args.items, args.users, args.interactions, args.families, args.seed, args.format,
+          files=args.files)
 
 
 if __name__ == "__main__":

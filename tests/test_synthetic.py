@@ -25,6 +25,16 @@ def test_same_seed_same_files(tmp_path):
     assert len(read_csv(a["interactions"])) == 3000
 
 
+def test_files_split_the_same_rows_in_order(tmp_path):
+    one = synthetic.write(str(tmp_path / "one"), 200, 50, 3000, seed=1, chunk=700, log=lambda _: None)
+    three = synthetic.write(str(tmp_path / "three"), 200, 50, 3000, seed=1, chunk=700, log=lambda _: None, files=3)
+    import glob
+
+    parts = sorted(glob.glob(three["interactions"]))
+    assert [len(read_csv(p)) for p in parts] == [1000, 1000, 1000]
+    assert [row for p in parts for row in read_csv(p)] == read_csv(one["interactions"])
+
+
 def test_shape_of_the_data(tmp_path):
     paths = synthetic.write(str(tmp_path), 400, 100, 20_000, families=20, seed=0, chunk=7000, log=lambda _: None)
     rows = read_csv(paths["interactions"])

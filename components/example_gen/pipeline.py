@@ -193,6 +193,7 @@ def _by_user_shard(batch: pa.RecordBatch, shards: int):
 
 
 COUNTS, USERS = "counts", "users"
+ITEM_BUCKETS = 64  # training counts are summed per bucket of items (a hash of the id), in parallel
 
 
 class _ShardExamples(beam.DoFn):
@@ -230,13 +231,17 @@ class _ShardExamples(beam.DoFn):
         items = examples.item[train]
         counts = np.bincount(items, minlength=len(examples.items))
         positives = np.bincount(items, weights=examples.label[train], minlength=len(examples.items))
-        yield beam.pvalue.TaggedOutput(COUNTS, {examples.items[i]: (int(counts[i]), int(positives[i]))
-                                                for i in np.flatnonzero(counts)})
+        buckets = collections.defaultdict(dict)
+        for i in np.flatnonzero(counts).tolist():
+            item_id = examples.items[i]
+            buckets[stable_shard(item_id, ITEM_BUCKETS)][item_id] = (int(counts[i]), int(positives[i]))
+        for bucket, bucket_counts in sorted(buckets.items()):
+            yield beam.pvalue.TaggedOutput(COUNTS, (bucket, bucket_counts))
         yield beam.pvalue.TaggedOutput(USERS, [examples.users[u] for u in np.unique(examples.user[train])])
 
 
 class _SumCounts(beam.CombineFn):
-    """Per-shard {item: (examples, positives)} dicts -> their sum."""
+    """{item: (examples, positives)} dicts (of one bucket of items, from every user shard) -> their sum."""
 
     def create_accumulator(self):
         return {}
@@ -258,11 +263,14 @@ class _SumCounts(beam.CombineFn):
         return acc
 
 
-def _item_row(element, counts: dict) -> dict:
-    item_id, item = element
-    total, positives = counts.get(item_id, (0, 0))
-    return {"item_id": item_id, "text": item["text"], "categories": list(item["categories"]),
-            "train_count": total, "train_positive_count": positives}
+def _item_rows(element):
+    """(bucket, its catalogue rows and its summed counts) -> the item table's rows of that bucket."""
+    _, grouped = element
+    counts = grouped["counts"][0] if grouped["counts"] else {}
+    for item_id, item in grouped["items"]:
+        total, positives = counts.get(item_id, (0, 0))
+        yield {"item_id": item_id, "text": item["text"], "categories": list(item["categories"]),
+               "train_count": total, "train_positive_count": positives}
 
 
 def _timestamps(batch: pa.RecordBatch) -> bytes:
@@ -349,10 +357,12 @@ def build(pipeline: beam.Pipeline, config: ExampleGenConfig, output_dir: str) ->
         fileio.makedirs(fileio.join(runs_dir, split))
         _ = examples[split] | f"Write{split}" >> MergeSortedRuns(fileio.join(output_dir, split, "part"), shards)
 
-    counts = examples[COUNTS] | "CountPerItem" >> beam.CombineGlobally(_SumCounts())
+    counts = examples[COUNTS] | "CountPerItem" >> beam.CombinePerKey(_SumCounts())
+    bucketed = catalogue | "ItemBuckets" >> beam.Map(lambda kv: (stable_shard(kv[0], ITEM_BUCKETS), kv))
     _ = (
-        catalogue
-        | "ItemRows" >> beam.Map(_item_row, counts=beam.pvalue.AsSingleton(counts))
+        {"items": bucketed, "counts": counts}
+        | "JoinCounts" >> beam.CoGroupByKey()
+        | "ItemRows" >> beam.FlatMap(_item_rows)
         | "CountItems" >> Counted(NAMESPACE, "items_out")
         | "WriteItems" >> beam.io.WriteToParquet(fileio.join(output_dir, "items", "items"), ITEM_TABLE_SCHEMA,
                                                  file_name_suffix=".parquet", num_shards=1,
