@@ -2,6 +2,7 @@ import glob
 import os
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import tensorflow as tf
 from hypothesis import given, settings
@@ -27,10 +28,33 @@ def read_examples(directory):
     return out
 
 
+def interactions_table(rows) -> pa.Table:
+    """(user_id, item_id, rating, timestamp[, input order]) tuples -> a core.INTERACTIONS table (input order
+    defaults to the position)."""
+    columns = list(zip(*rows)) if rows else [[]] * 4
+    order = columns[4] if len(columns) > 4 else range(len(rows))
+    return pa.table([pa.array(columns[0], pa.string()), pa.array(columns[1], pa.string()),
+                     pa.array(columns[2], pa.float64()), pa.array(columns[3], pa.int64()),
+                     pa.array(order, pa.int64())], schema=core.INTERACTIONS)
+
+
+def readable(examples: core.UserExamples) -> list[tuple[str, dict]]:
+    """(split, example dict) per row of core.user_examples' result, in row order."""
+    return [(core.EVAL if examples.in_eval[i] else core.TRAIN, {
+        "user_id": examples.users[examples.user[i]], "item_id": examples.items[examples.item[i]],
+        "rating": float(examples.rating[i]), "label": int(examples.label[i]),
+        "timestamp": int(examples.timestamp[i]), "history_item_ids": examples.history(i)})
+        for i in range(len(examples.user))]
+
+
+def example_key(user_id: str, timestamp: int, item_id: str) -> bytes:
+    return f"{user_id}\x1f{timestamp:020d}\x1f{item_id}".encode()
+
+
 def examples_of(log, cut, history_length, split="time"):
     """(split, example dict) of every row of (user, item, rating, timestamp[, input order]) tuples."""
-    table = core.interactions_table([tuple(map(str, row[:2])) + tuple(row[2:]) for row in log])
-    return list(core.iter_examples(core.user_examples(table, cut, history_length, 3.0, split)))
+    table = interactions_table([tuple(map(str, row[:2])) + tuple(row[2:]) for row in log])
+    return readable(core.user_examples(table, cut, history_length, 3.0, split))
 
 
 # -- schema ------------------------------------------------------------------------------------
@@ -310,13 +334,13 @@ def tf_example(e: dict) -> bytes:
 def test_serialized_bytes_equal_tf_train_example(log, history_length):
     """The hand-written encoder writes exactly tf.train.Example's deterministic bytes (long and non-ASCII
     ids, histories over 127 bytes, empty histories, large timestamps, fractional ratings)."""
-    examples = core.user_examples(core.interactions_table(log), 7, history_length, 3.0)
-    rows = list(core.iter_examples(examples))
+    examples = core.user_examples(interactions_table(log), 7, history_length, 3.0)
+    rows = readable(examples)
     serialized = list(core.serialized(examples))
     assert [row for row, *_ in serialized] == list(range(len(log)))
     for (_, key, record), (_, e) in zip(serialized, rows):
         assert record == tf_example(e)
-        assert key == core.example_key(e["user_id"], e["timestamp"], e["item_id"])
+        assert key == example_key(e["user_id"], e["timestamp"], e["item_id"])
 
 
 def reference_shards(log: list, history_length: int, fraction: float, shards: dict) -> dict:
@@ -333,7 +357,7 @@ def reference_shards(log: list, history_length: int, fraction: float, shards: di
             earlier = [i for t2, i, _, r2 in rows if t2 < t and r2 >= 3]
             e = {"user_id": str(user), "item_id": item, "rating": float(r), "label": int(r >= 3), "timestamp": t,
                  "history_item_ids": earlier[::-1][:history_length]}
-            key = core.example_key(e["user_id"], t, item)
+            key = example_key(e["user_id"], t, item)
             split = core.TRAIN if t < cut else core.EVAL
             out[split][zlib.crc32(key) % shards[split]].append((key, tf_example(e)))
     return {split: [[record for _, record in sorted(shard)] for shard in files] for split, files in out.items()}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -116,32 +116,6 @@ def user_examples(table: pa.Table | pa.RecordBatch, cut: int | None, history_len
                         item[label == 1], int((positives_per_user == 0).sum()))
 
 
-def iter_examples(examples: UserExamples) -> Iterator[tuple[str, dict]]:
-    """(split, example dict) per row, in row order: the readable form of UserExamples (for tests and tools)."""
-    for i in range(len(examples.user)):
-        yield (EVAL if examples.in_eval[i] else TRAIN), {
-            "user_id": examples.users[examples.user[i]], "item_id": examples.items[examples.item[i]],
-            "rating": float(examples.rating[i]), "label": int(examples.label[i]),
-            "timestamp": int(examples.timestamp[i]), "history_item_ids": examples.history(i)}
-
-
-def interactions_table(rows: Iterable[tuple]) -> pa.Table:
-    """(user_id, item_id, rating, timestamp[, input order]) tuples -> an INTERACTIONS table (input order
-    defaults to the position)."""
-    rows = list(rows)
-    columns = list(zip(*rows)) if rows else [[]] * 4
-    order = columns[4] if len(columns) > 4 else range(len(rows))
-    return pa.table([pa.array(columns[0], pa.string()), pa.array(columns[1], pa.string()),
-                     pa.array(columns[2], pa.float64()), pa.array(columns[3], pa.int64()),
-                     pa.array(order, pa.int64())], schema=INTERACTIONS)
-
-
-def example_key(user_id: str, timestamp: int, item_id: str) -> bytes:
-    """A unique, stable sort key of an example (user, time, item), UTF-8 (whose byte order is the code
-    point order)."""
-    return f"{user_id}\x1f{timestamp:020d}\x1f{item_id}".encode()
-
-
 # -- tf.train.Example encoding ------------------------------------------------------------------
 # protobuf's Python API takes ~40 us to build and serialise one Example, most of example_gen's time at scale.
 # `serialized` writes the same bytes (the deterministic wire form: map entries sorted by key) from pieces
@@ -200,8 +174,9 @@ _TIMESTAMPS = [b""] + [_entry("timestamp", _int64(1 << (7 * (size - 1))))[:-size
 
 
 def serialized(examples: UserExamples) -> Iterator[tuple[int, bytes, bytes]]:
-    """(row, example_key, serialised tf.train.Example) for every row of `examples`, in row order."""
-    user_keys = [user.encode("utf-8") + b"\x1f" for user in examples.users]  # example_key's parts
+    """(row, key, serialised tf.train.Example) for every row of `examples`, in row order. The key, unique and
+    stable, is UTF-8 of f"{user_id}\\x1f{timestamp:020d}\\x1f{item_id}" (UTF-8 byte order = code point order)."""
+    user_keys = [user.encode("utf-8") + b"\x1f" for user in examples.users]  # the key's parts
     item_keys = [b"\x1f" + item.encode("utf-8") for item in examples.items]
     values = [_value(item) for item in examples.items]
     item_entries = [_entry("item_id", _field(b"\x0a", value)) for value in values]

@@ -137,15 +137,15 @@ class _ValidateInteractions(_Validate):
              pa.array(order)], schema=core.INTERACTIONS)
 
 
-def _input_order(order: int, sources: list[str]) -> list:
-    return [sorted(sources)[order >> _LINE_BITS], order & ((1 << _LINE_BITS) - 1)]
+def _input_order(order: int, sorted_sources: list[str]) -> list:
+    return [sorted_sources[order >> _LINE_BITS], order & ((1 << _LINE_BITS) - 1)]
 
 
 class _KeepKnownItems(beam.DoFn):
     """Drops (counts, dead-letters) interactions whose item is not in the catalogue."""
 
     def __init__(self, sources: list[str]):
-        self._sources = sources
+        self._sources = sorted(sources)
         self.kept = Metrics.counter(NAMESPACE, "interactions_kept")
         self.unknown = Metrics.counter(NAMESPACE, "dropped_unknown_item")
 
