@@ -307,8 +307,8 @@ def markdown(result: dict) -> str:
                   f"{rows['step']['items_per_second']:,.0f} | "
                   f"{rows['step']['items_per_second'] / rows['raw']['items_per_second']:.2f} | "
                   f"{rows['step']['peak_mb'] / 1024:.2f} |", ""]
-    def total_mb(r: dict) -> float:  # workers: the launcher's peak plus each worker at the largest one's peak
-        return r["peak_mb"] + r.get("workers", 1) * r.get("worker_peak_mb", 0.0) * (r.get("workers", 1) > 1)
+    def total_mb(r: dict) -> float:  # the launcher's peak plus each worker at the largest one's (0: no workers)
+        return r["peak_mb"] + r.get("workers", 1) * r.get("worker_peak_mb", 0.0)
 
     lines += _table(["interactions", "worker processes", "example_gen (s)", "interactions/s", "peak memory (GB)",
                      "bytes per interaction"],
