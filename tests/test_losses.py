@@ -185,3 +185,28 @@ def test_negatives_need_ids_valid_and_sources():
         mixed_negatives_loss(tf.ones([2, 2]), tf.ones([2, 2]), tf.constant([0, 1]), 1.0, negatives=tf.ones([2, 1, 2]),
                              negative_ids=tf.constant([[0], [1]]), negative_valid=tf.ones([2, 1], tf.bool),
                              negative_sources=["bogus"])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_row_slices_against_all_candidates_sum_to_the_whole_batch(seed):
+    """Global in-batch negatives: each replica scores its rows [lo, hi) against every row's positive
+    (first_row = lo); the slices' weighted sums add up to the whole batch's (NumPy oracle)."""
+    rng = np.random.default_rng(seed)
+    b, k, d, t = 9, 3, 5, 0.2
+    q, p = _unit(rng.normal(size=(b, d))), _unit(rng.normal(size=(b, d)))
+    pid = rng.integers(0, 5, size=b)  # accidental hits across the slices
+    lc = np.log(rng.uniform(0.01, 3.0, size=(b, b)))
+    n, nid = _unit(rng.normal(size=(b, k, d))), rng.integers(0, 7, size=(b, k))
+    nvalid, nlc = rng.uniform(size=(b, k)) > 0.3, np.log(rng.uniform(0.05, 2, size=(b, k)))
+    w = rng.integers(0, 3, size=b).astype(np.float32)
+    expected, _ = numpy_loss(q, p, pid, t, lc, n, nid, nvalid, nlc, ["random", "cluster", "cluster"], w)
+    total = 0.0
+    for lo, hi in [(0, 4), (4, 5), (5, 9)]:
+        part, stats = mixed_negatives_loss(
+            tf.constant(q[lo:hi], tf.float32), tf.constant(p, tf.float32), tf.constant(pid), t,
+            in_batch_log_count=tf.constant(lc[lo:hi], tf.float32), negatives=tf.constant(n[lo:hi], tf.float32),
+            negative_ids=tf.constant(nid[lo:hi]), negative_valid=tf.constant(nvalid[lo:hi]),
+            negative_log_count=tf.constant(nlc[lo:hi], tf.float32), negative_sources=["random", "cluster", "cluster"],
+            sample_weight=tf.constant(w[lo:hi]), first_row=lo)
+        total += float(part) * (hi - lo)  # without a strategy each part is its own rows' mean
+    np.testing.assert_allclose(total / b, expected, rtol=1e-4, atol=1e-5)

@@ -302,3 +302,99 @@ def test_config_changes_know_which_added_fields_keep_old_behaviour():
     del old["logq_correction"]  # its default changed the loss: a run recorded without it is another config
     assert config_changes(old, TrainerConfig()) == ["logq_correction: None -> 'mixture'"]
     assert config_changes({**old, "epochs": 9}, TrainerConfig()) == ["logq_correction: None -> 'mixture'"]
+
+
+GLOBAL_NEGATIVES = """
+import json, os, sys, numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import tf_keras
+from components.trainer import TrainerConfig
+from components.trainer.data import example_files, load_catalogue, make_dataset
+from components.trainer.distribute import epoch_batches
+from components.trainer.model import TwoTowerModel
+from tests.test_losses import numpy_loss
+examples, clusters = sys.argv[1:3]
+files = example_files(examples, "train")
+catalogue = load_catalogue(os.path.join(examples, "items"), os.path.join(clusters, "llm"))
+base = dict(strategy="in_batch", batch_size=33, embedding_dim=8, history_length=5, shuffle_buffer=0)
+
+batch = next(iter(make_dataset(files, 33, 5)))
+
+def build(config, strategy):
+    with strategy.scope():
+        model = TwoTowerModel(config, catalogue, ["1", "2", "3"])
+        model.compile(optimizer=tf_keras.optimizers.SGD(0.05))
+        model.query_tower(batch["user_id"], batch["history_item_ids"])  # creates the variables in the scope
+        model.candidate_tower(model.items(batch["item_id"])[0])
+    return model
+
+single = build(TrainerConfig(**base), tf.distribute.get_strategy())
+index, cluster = single.items(batch["item_id"])
+start = single.get_weights()
+before = [w.numpy() for w in single.trainable_weights]
+query = single.query_tower(batch["user_id"], batch["history_item_ids"]).numpy()
+positive = single.candidate_tower(index).numpy()
+log_count, _ = single._log_counts(index, cluster, None)
+oracle, _ = numpy_loss(query, positive, index.numpy(), 0.05, np.broadcast_to(log_count.numpy(), (33, 33)),
+                       w=batch["label"].numpy())
+single_loss = single.fit(make_dataset(files, 33, 5), steps_per_epoch=1, verbose=0).history["loss"][0]
+moved = max(float(np.abs(w.numpy() - b).max()) for w, b in zip(single.trainable_weights, before))
+report = {"oracle": oracle, "single": single_loss, "moved": moved}
+mirrored = tf.distribute.MirroredStrategy()
+for flag in (True, False):
+    config = TrainerConfig(**base, distribute="mirrored", global_in_batch_negatives=flag)
+    model = build(config, mirrored)
+    model.set_weights(start)
+    loss = model.fit(epoch_batches(mirrored, files, config, seed=0, skip=0), steps_per_epoch=1,
+                     verbose=0).history["loss"][0]
+    difference = max(float(np.abs(a.numpy() - b.numpy()).max())
+                     for a, b in zip(model.trainable_weights, single.trainable_weights))
+    report[str(flag)] = {"loss": loss, "weight_difference": difference}
+print(json.dumps(report))
+"""
+
+
+def test_global_in_batch_negatives_train_as_one_replica_on_the_global_batch(examples_dir, clusters_dir):
+    """Two replicas with global in-batch negatives: the loss (all-reduced) equals the NumPy oracle of
+    the global batch, and one SGD step moves the weights as one replica on that batch does
+    (gradients through the all-gather); with per-replica negatives both differ."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", GLOBAL_NEGATIVES, examples_dir, clusters_dir],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(report["single"], report["oracle"], rtol=1e-5)
+    np.testing.assert_allclose(report["True"]["loss"], report["oracle"], rtol=1e-5)
+    assert report["moved"] > 0.01  # the step changed the weights
+    assert report["True"]["weight_difference"] < 1e-5  # float32 sums in another order
+    assert abs(report["False"]["loss"] - report["oracle"]) > 1e-3  # 16 or 17 in-batch columns, not 33
+    assert report["False"]["weight_difference"] > 0.01 * report["moved"]
+
+
+def test_dataset_slices_partition_every_global_batch(examples_dir):
+    files = example_files(examples_dir, "train")
+    whole = [b["item_id"].numpy().tolist() for b in make_dataset(files, 33, 5, 1000, seed=4, reshuffle=False)]
+    parts = [[b["item_id"].numpy().tolist() for b in make_dataset(files, 33, 5, 1000, seed=4, reshuffle=False,
+                                                                   slices=(r,), num_slices=2)] for r in (0, 1)]
+    assert [a + b for a, b in zip(*parts)] == whole and len(parts[0]) == len(whole)
+    assert [len(b) for b in parts[0][:2]] == [16, 16] and [len(b) for b in parts[1][:2]] == [17, 17]
+    both = [b["item_id"].numpy().tolist() for b in make_dataset(files, 33, 5, 1000, seed=4, reshuffle=False,
+                                                                 slices=(0, 1), num_slices=2, skip=3)]
+    assert both == [s for pair in zip(parts[0][3:], parts[1][3:]) for s in pair]  # replica order, batch by batch
+    with pytest.raises(ValueError, match=r"slices must lie in \[0, 2\), got \(2,\)"):
+        make_dataset(files, 33, 5, slices=(2,), num_slices=2)
+
+
+def test_multi_worker_names_its_missing_cluster(monkeypatch):
+    from components.trainer.distribute import make_strategy
+
+    monkeypatch.setenv("TF_CONFIG", "")
+    with pytest.raises(ValueError, match="TF_CONFIG environment variable .* got TF_CONFIG=''"):
+        make_strategy("multi_worker")
+    with pytest.raises(ValueError, match="global_in_batch_negatives .* use distribute 'mirrored' or 'multi_worker'"):
+        TrainerConfig(global_in_batch_negatives=True)
+    with pytest.raises(ValueError, match=r"distribute must be one of .*'multi_worker'.*got 'ps'"):
+        TrainerConfig(distribute="ps")

@@ -9,6 +9,7 @@ HISTORY_POOLING = ("mean", "position")
 CLUSTER_SOURCES = ("llm", "category", "behavioural")  # tables of item_clusterer's output
 LOGQ_CORRECTIONS = ("mixture", "in_batch", "none")  # see losses.py
 OPTIMIZERS = ("lazy_adam", "adam")  # see optimizer.py
+DISTRIBUTE = ("none", "mirrored", "multi_worker")  # see distribute.py
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,8 +43,14 @@ class TrainerConfig:
     user_id_buckets: 0 = one embedding row per training user (exact vocabulary, users.txt read
       into memory); N > 0 = user ids hashed into N rows, for user counts a table cannot hold
       (users sharing a row share its embedding; the history part of the tower is per example).
-    distribute: 'none' (default device) or 'mirrored' (tf.distribute.MirroredStrategy over
-      all local devices; batch_size is the global batch).
+    distribute: 'none' (default device), 'mirrored' (tf.distribute.MirroredStrategy over all local
+      devices) or 'multi_worker' (tf.distribute.MultiWorkerMirroredStrategy over the workers that
+      TF_CONFIG names, as Vertex AI custom jobs and Kubeflow TFJobs set it; see distribute.py).
+      batch_size is the global batch: replica r trains on slice r of every global batch.
+    global_in_batch_negatives: under 'mirrored' or 'multi_worker', every query's in-batch negatives
+      are the whole global batch (candidate embeddings, ids and corrections all-gathered across
+      replicas, gradients flowing back to the replica that embedded each) instead of its replica's
+      slice of it.
     checkpoint_every_steps, checkpoint_every_minutes: also write a checkpoint inside an epoch every
       N steps and/or M minutes (0 = at epoch ends only). A restarted run resumes at the step of the
       last checkpoint (model, optimizer, pool, random state, input position): a preempted worker
@@ -70,6 +77,7 @@ class TrainerConfig:
     edis_negatives: int = 0
     edis_max_weight: float = 0.5
     distribute: str = "none"
+    global_in_batch_negatives: bool = False
     user_id_buckets: int = 0
     history_length: int = 20
     history_pooling: str = "position"
@@ -102,8 +110,11 @@ class TrainerConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.user_id_buckets < 0:
             raise ValueError(f"user_id_buckets must be >= 0 (0 = exact vocabulary), got {self.user_id_buckets}")
-        if self.distribute not in ("none", "mirrored"):
-            raise ValueError(f"distribute must be 'none' or 'mirrored', got {self.distribute!r}")
+        if self.distribute not in DISTRIBUTE:
+            raise ValueError(f"distribute must be one of {DISTRIBUTE}, got {self.distribute!r}")
+        if self.global_in_batch_negatives and self.distribute == "none":
+            raise ValueError("global_in_batch_negatives gathers the batches of several replicas: use distribute "
+                             "'mirrored' or 'multi_worker'")
         if self.edis_negatives < 0 or not 0.0 <= self.edis_max_weight < 1.0:
             raise ValueError(f"edis_negatives must be >= 0 and edis_max_weight in [0, 1), got "
                              f"{self.edis_negatives}, {self.edis_max_weight}")

@@ -78,12 +78,19 @@ def parse_batch(serialized: tf.Tensor, history_length: int) -> dict[str, tf.Tens
 
 
 def make_dataset(files: list[str], batch_size: int, history_length: int, shuffle_buffer: int = 0,
-                 seed: int = 0, positives_only: bool = False, reshuffle: bool = True) -> tf.data.Dataset:
+                 seed: int = 0, positives_only: bool = False, reshuffle: bool = True, skip: int = 0,
+                 slices: tuple[int, ...] = (0,), num_slices: int = 1) -> tf.data.Dataset:
     """Streams batches from TFRecord shards.
 
     With shuffle_buffer > 0 the file order and the examples are shuffled with `seed`
-    (again at every iteration when `reshuffle`).
+    (again at every iteration when `reshuffle`). `skip` leaves out the first batches. With
+    num_slices > 1, every batch of batch_size is cut into num_slices consecutive slices (sizes
+    differ by at most one) and the dataset yields, batch after batch, the slices numbered in
+    `slices`: replica r of a distributed run trains on slice r of every global batch (the
+    slicing happens before parsing, so a worker parses only its share).
     """
+    if num_slices < 1 or not slices or min(slices) < 0 or max(slices) >= num_slices:
+        raise ValueError(f"slices must lie in [0, {num_slices}), got {slices}")
     ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle_buffer:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=reshuffle)
@@ -91,8 +98,14 @@ def make_dataset(files: list[str], batch_size: int, history_length: int, shuffle
                        deterministic=True)
     if shuffle_buffer:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=reshuffle)
-    ds = ds.batch(batch_size).map(lambda s: parse_batch(s, history_length), num_parallel_calls=tf.data.AUTOTUNE,
-                                  deterministic=True)
+    ds = ds.batch(batch_size).skip(skip)
+    if num_slices > 1:
+        def cut(serialized: tf.Tensor) -> tf.data.Dataset:
+            rows = tf.shape(serialized, out_type=tf.int64)[0]
+            return tf.data.Dataset.from_tensor_slices(tf.constant(slices, tf.int64)).map(
+                lambda s: serialized[s * rows // num_slices:(s + 1) * rows // num_slices])
+        ds = ds.flat_map(cut)
+    ds = ds.map(lambda s: parse_batch(s, history_length), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if positives_only:
         ds = ds.map(lambda b: {k: tf.boolean_mask(v, b["label"] > 0) for k, v in b.items()})
     return ds.prefetch(tf.data.AUTOTUNE)

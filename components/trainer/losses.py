@@ -60,10 +60,19 @@ def log_count(counts: tf.Tensor) -> tf.Tensor:
     return tf.math.log(tf.maximum(counts, _MIN_COUNT))
 
 
+def global_rows(rows: tf.Tensor) -> tf.Tensor:
+    """Rows of the global batch: the sum of every replica's rows under a distribution strategy (replica
+    batches may differ by a row, and the epoch's last batch is smaller), `rows` otherwise."""
+    replica = tf.distribute.get_replica_context()
+    if replica is None or replica.num_replicas_in_sync == 1:
+        return rows
+    return replica.all_reduce(tf.distribute.ReduceOp.SUM, rows)
+
+
 def mixed_negatives_loss(
     query: tf.Tensor,
-    positive: tf.Tensor,
-    positive_ids: tf.Tensor,
+    candidates: tf.Tensor,
+    candidate_ids: tf.Tensor,
     temperature: float,
     in_batch_log_count: tf.Tensor | None = None,
     negatives: tf.Tensor | None = None,
@@ -72,13 +81,16 @@ def mixed_negatives_loss(
     negative_log_count: tf.Tensor | None = None,
     negative_sources: Sequence[str] = (),
     sample_weight: tf.Tensor | None = None,
+    first_row: int | tf.Tensor = 0,
 ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
     """Weighted softmax cross-entropy of each positive against its in-batch and pool negatives.
 
-    query: [B, d] query embeddings. positive: [B, d] embeddings of the positive items.
-    positive_ids: [B] item ids (in-batch accidental hits: other rows with the same item).
-    in_batch_log_count: [B, B] (or broadcastable, e.g. [1, B]) log correction of the in-batch
-      columns, the diagonal being the positive's; None = no correction.
+    query: [B, d] query embeddings. candidates: [M, d] the in-batch candidates, M >= B: the
+    embeddings of the batch's positives, or with global in-batch negatives those of every replica's
+    batch, query i's positive being candidates[first_row + i]. candidate_ids: [M] item ids (in-batch
+    accidental hits: other columns with the positive's item).
+    in_batch_log_count: [B, M] (or broadcastable, e.g. [1, M]) log correction of the in-batch
+      columns, the positive's included; None = no correction.
     negatives: [B, K, d] per-example out-of-batch negatives; negative_ids: [B, K];
     negative_valid: [B, K] bool, False for draws that found no item or are masked.
     negative_log_count: [B, K] log correction of the pool columns; None = no correction.
@@ -86,17 +98,21 @@ def mixed_negatives_loss(
     sample_weight: [B] the label r_i (paper §3.1); None = all ones.
 
     Logits are s / temperature - log count; masked entries get MASKED_LOGIT. Negatives equal to
-    the positive are masked too. Returns (loss = sum_i w_i * CE_i / B, stats): stats has
-    `mass_<source>`, the share of the negatives' softmax mass each source carries (mean over the
-    rows, weighted by w), and with negatives `negative_masked_rate` and `negative_hit_rate`
-    (share of draws equal to the positive).
+    the positive are masked too. Returns (loss, stats). loss = sum_i w_i * CE_i / G, G the rows of
+    the global batch (`global_rows`): without a distribution strategy the batch mean, under one
+    this replica's share of the global batch's mean, so that the replicas' gradients sum to the
+    global batch's (as tf.nn.compute_average_loss, but with G all-reduced, since replica batches
+    may be uneven). stats has `mass_<source>`, the share of the negatives' softmax mass each source
+    carries (mean over the rows, weighted by w), and with negatives `negative_masked_rate` and
+    `negative_hit_rate` (share of draws equal to the positive).
     """
     batch = tf.shape(query)[0]
-    logits = tf.matmul(query, positive, transpose_b=True) / temperature  # [B, B]
+    logits = tf.matmul(query, candidates, transpose_b=True) / temperature  # [B, M]
     if in_batch_log_count is not None:
         logits -= in_batch_log_count
-    labels = tf.eye(batch, dtype=logits.dtype)
-    logits = tfrs_loss.RemoveAccidentalHits()(labels, logits, positive_ids)
+    labels = tf.one_hot(first_row + tf.range(batch), tf.shape(candidates)[0], dtype=logits.dtype)
+    logits = tfrs_loss.RemoveAccidentalHits()(labels, logits, candidate_ids)
+    positive_ids = candidate_ids[first_row:first_row + batch]
     stats = {}
     sources = ["in_batch"]
     if negatives is not None:
@@ -120,16 +136,15 @@ def mixed_negatives_loss(
     per_example = tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     weight = tf.ones_like(per_example) if sample_weight is None else tf.cast(sample_weight, per_example.dtype)
     stats.update(_mass_shares(logits, labels, negative_sources, sources, weight))
-    loss = tf.reduce_sum(per_example * weight) / tf.cast(batch, per_example.dtype)
+    loss = tf.nn.compute_average_loss(per_example, sample_weight=weight, global_batch_size=global_rows(batch))
     return loss, stats
 
 
 def _mass_shares(logits: tf.Tensor, labels: tf.Tensor, negative_sources: Sequence[str], sources: list[str],
                  weight: tf.Tensor) -> dict[str, tf.Tensor]:
     """Share of the negatives' softmax mass per source (`mass_<source>`), weighted mean over rows."""
-    probs = tf.stop_gradient(tf.nn.softmax(logits)) * (1.0 - labels)  # [B, B + K], positive left out
-    batch = tf.shape(labels)[0]
-    column_source = tf.concat([tf.zeros([batch], tf.int32),
+    probs = tf.stop_gradient(tf.nn.softmax(logits)) * (1.0 - labels)  # [B, M + K], positive left out
+    column_source = tf.concat([tf.zeros([tf.shape(labels)[1] - len(negative_sources)], tf.int32),
                                tf.constant([SOURCES.index(s) for s in negative_sources], tf.int32)], axis=0)
     mass = tf.matmul(probs, tf.one_hot(column_source, len(SOURCES)))  # [B, sources]
     share = tf.math.divide_no_nan(mass, tf.reduce_sum(mass, axis=1, keepdims=True))

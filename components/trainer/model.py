@@ -198,39 +198,55 @@ class TwoTowerModel(tf_keras.Model):
 
         Returns (virtual [B, E, d], valid [B, E], source [B, E]: the pool column each was made from)."""
         batch, k, e = tf.shape(negatives)[0], tf.shape(negatives)[1], self.config.edis_negatives
-        source = self.pool.rng.uniform([batch, e], 0, k, dtype=tf.int32)
-        weight = self.pool.rng.uniform([batch, e, 1], 0.0, self.config.edis_max_weight)
+        source = self.pool.uniform([batch, e], 0, k, dtype=tf.int32)
+        weight = self.pool.uniform([batch, e, 1], 0.0, self.config.edis_max_weight)
         mixed = (1.0 - weight) * tf.gather(negatives, source, batch_dims=1) + weight * positive[:, None, :]
         return tf.math.l2_normalize(mixed, axis=-1), tf.gather(valid, source, batch_dims=1), source
 
-    def _log_counts(self, index: tf.Tensor, cluster: tf.Tensor, drawn: tf.Tensor | None):
-        """The logQ correction of the in-batch columns [B, B] (or [1, B]) and the pool columns [B, K]
+    def _log_counts(self, index: tf.Tensor, cluster: tf.Tensor, drawn: tf.Tensor | None,
+                    columns: tuple[tf.Tensor, tf.Tensor] | None = None):
+        """The logQ correction of the in-batch columns [B, M] (or [1, M]) and the pool columns [B, K]
         (losses module docstring); (None, None) without correction. index, cluster: [B] the batch's
-        items; drawn: [B, K] vocabulary indices of the pool draws, or None. Call before the pool update."""
+        items; drawn: [B, K] vocabulary indices of the pool draws, or None; columns: (index, cluster)
+        [M] of the in-batch candidates when they are not the batch's own (global in-batch negatives),
+        whose M - 1 other rows are each query's in-batch draws. Call before the pool update."""
         mode = self.config.logq_correction
         probability = self.items.probability_of_index
+        column_index, column_cluster = columns if columns is not None else (index, cluster)
         if mode == "none":
             return None, None
         if mode == "in_batch":
-            return log_count(tf.gather(probability, index))[None, :], None
-        in_batch_draws = tf.cast(tf.shape(index)[0] - 1, tf.float32)
+            return log_count(tf.gather(probability, column_index))[None, :], None
+        in_batch_draws = tf.cast(tf.shape(column_index)[0] - 1, tf.float32)
         if self.pool is None:
-            return log_count(in_batch_draws * tf.gather(probability, index))[None, :], None
+            return log_count(in_batch_draws * tf.gather(probability, column_index))[None, :], None
         q_random, q_cluster = self.pool.draw_probabilities(cluster)
         random_rate, cluster_rate = (self.num_random * q_random)[:, None], (self.num_cluster * q_cluster)[:, None]
-        in_batch = expected_counts(in_batch_draws, tf.gather(probability, index)[None, :],
-                                   self.pool.contains(index, cluster)[None, :],
-                                   tf.equal(cluster[:, None], cluster[None, :]), random_rate, cluster_rate)
+        in_batch = expected_counts(in_batch_draws, tf.gather(probability, column_index)[None, :],
+                                   self.pool.contains(column_index, column_cluster)[None, :],
+                                   tf.equal(cluster[:, None], column_cluster[None, :]), random_rate, cluster_rate)
         pool = expected_counts(in_batch_draws, tf.gather(probability, drawn), True,
                                tf.equal(tf.gather(self.items.cluster_of_index, drawn), cluster[:, None]),
                                random_rate, cluster_rate)
         return log_count(in_batch), log_count(pool)
 
+    def _all_replicas(self) -> tf.distribute.ReplicaContext | None:
+        """The replica context when in-batch negatives span every replica's batch, else None."""
+        replica = tf.distribute.get_replica_context()
+        if self.config.global_in_batch_negatives and replica is not None and replica.num_replicas_in_sync > 1:
+            return replica
+        return None
+
     def train_step(self, batch):
         index, cluster = self.items(batch["item_id"])
         samples = self.pool(cluster, self.num_random, self.num_cluster) if self.pool is not None else None
+        replicas, columns, first_row = self._all_replicas(), None, 0
+        if replicas is not None:  # global in-batch negatives: every replica's positives are candidates
+            columns = replicas.all_gather(index, 0), replicas.all_gather(cluster, 0)
+            rows = replicas.all_gather(tf.shape(index)[:1], 0)  # [replicas], in replica order
+            first_row = tf.reduce_sum(rows[:replicas.replica_id_in_sync_group])
         in_batch_log_count, pool_log_count = self._log_counts(
-            index, cluster, None if samples is None else samples["item_index"])
+            index, cluster, None if samples is None else samples["item_index"], columns)
         with tf.GradientTape() as tape:
             query = self.query_tower(batch["user_id"], batch["history_item_ids"])
             positive = self.candidate_tower(index)
@@ -262,14 +278,19 @@ class TwoTowerModel(tf_keras.Model):
                                                    axis=1)
                 kwargs = dict(negatives=negatives, negative_ids=ids, negative_valid=valid,
                               negative_log_count=pool_log_count, negative_sources=sources)
-            loss, loss_stats = mixed_negatives_loss(query, positive, index, self.config.temperature,
+            candidates, candidate_ids = positive, index
+            if replicas is not None:  # the gradient of a gathered row flows back to the replica that embedded it
+                candidates, candidate_ids = replicas.all_gather(positive, 0), columns[0]
+            # this replica's share of the global batch's mean loss: the replicas' gradients sum to the global one
+            loss, loss_stats = mixed_negatives_loss(query, candidates, candidate_ids, self.config.temperature,
                                                     in_batch_log_count=in_batch_log_count,
-                                                    sample_weight=batch["label"], **kwargs)
+                                                    sample_weight=batch["label"], first_row=first_row, **kwargs)
             stats.update(loss_stats)
-            # gradients are summed over replicas: scale so that they average over the global batch
-            scaled = loss / tf.distribute.get_strategy().num_replicas_in_sync
-        gradients = tape.gradient(scaled, self.trainable_variables)
+        gradients = tape.gradient(loss, self.trainable_variables)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+        replica = tf.distribute.get_replica_context()
+        if replica is not None and replica.num_replicas_in_sync > 1:
+            loss = replica.all_reduce(tf.distribute.ReduceOp.SUM, loss)  # the global batch's mean loss
         if self.pool is not None:
             self.pool.update(index, cluster, {"item_index": index})
             stats["pool_fill"] = self.pool.fill_rate()

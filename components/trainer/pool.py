@@ -139,9 +139,18 @@ class ClusterPool(tf_keras.layers.Layer):
         self.total_filled.assign_add(tf.size(new, out_type=tf.int64))
 
     # -- sampling engine ------------------------------------------------------------------
+    def uniform(self, shape, minval=0, maxval=None, dtype=tf.float32) -> tf.Tensor:
+        """Uniform random values of `shape` from the pool's generator: the generator makes a seed
+        (its state advances by the same amount whatever the shape) for a stateless op. Replicas
+        whose batches differ in size (uneven slices of a global batch) therefore keep identical
+        generator states, which a checkpoint (the first replica's state) restores exactly; drawing
+        `shape` from the generator itself would advance each replica's state by its own amount."""
+        seed = self.rng.make_seeds(1)[:, 0]  # per replica: the generator hashes the replica id into the key
+        return tf.random.stateless_uniform(shape, seed, minval=minval, maxval=maxval, dtype=dtype)
+
     def _uniform_rank(self, counts: tf.Tensor, k: int) -> tf.Tensor:
         """k uniform ranks in [0, counts[b]) per example (0 where counts[b] is 0): [B, k] int64."""
-        u = self.rng.uniform([tf.shape(counts)[0], k], dtype=tf.float64)
+        u = self.uniform([tf.shape(counts)[0], k], dtype=tf.float64)
         rank = tf.cast(u * tf.cast(counts[:, None], tf.float64), tf.int64)
         return tf.minimum(rank, tf.maximum(counts[:, None] - 1, 0))
 
@@ -160,7 +169,7 @@ class ClusterPool(tf_keras.layers.Layer):
         cluster_ids = tf.cast(cluster_ids, tf.int64)
         start = cluster_ids[:, None] * self.slots_per_cluster
         if self.sampling == "slot":
-            slots = start + self.rng.uniform([tf.shape(cluster_ids)[0], k], 0, self.slots_per_cluster, tf.int64)
+            slots = start + self.uniform([tf.shape(cluster_ids)[0], k], 0, self.slots_per_cluster, tf.int64)
             return self._gather(slots, tf.gather(self.valid, slots))
         counts = tf.gather(self.segment_count, cluster_ids)
         slots = tf.gather(self.segment_filled, start + self._uniform_rank(counts, k))
@@ -169,7 +178,7 @@ class ClusterPool(tf_keras.layers.Layer):
     def sample_random(self, batch_size: tf.Tensor, k: int) -> dict[str, tf.Tensor]:
         """k draws per example from the whole pool; same outputs as `sample_cluster`."""
         if self.sampling == "slot":
-            slots = self.rng.uniform([batch_size, k], 0, self.capacity, tf.int64)
+            slots = self.uniform([batch_size, k], 0, self.capacity, tf.int64)
             return self._gather(slots, tf.gather(self.valid, slots))
         counts = tf.fill([batch_size], self.total_filled.read_value())
         slots = tf.gather(self.pool_filled, self._uniform_rank(counts, k))
@@ -196,6 +205,14 @@ class ClusterPool(tf_keras.layers.Layer):
         slots = self.slots(item_ids, cluster_ids)
         return tf.logical_and(tf.gather(self.valid, slots), tf.equal(tf.gather(self.item_key, slots),
                                                                      self.keys(item_ids)))
+
+    def fingerprint(self) -> tf.Tensor:
+        """An int64 digest of the pool's contents (each filled slot's key, the filled lists): equal on
+        copies that hold the same items in the same slots, so replicas can check that theirs agree."""
+        weight = 2 * tf.range(self.capacity, dtype=tf.int64) + 1  # int64 products wrap: a digest, not a sum
+        keys = tf.where(self.valid, self.item_key, tf.zeros_like(self.item_key))
+        return (tf.reduce_sum(keys * weight) + tf.reduce_sum(self.pool_filled * weight)
+                + tf.reduce_sum(self.segment_filled * weight) + self.total_filled)
 
     def fill_rate(self) -> tf.Tensor:
         """Share of filled slots (scalar float32)."""

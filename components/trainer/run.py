@@ -19,7 +19,8 @@ import tensorflow as tf
 import tf_keras
 
 from components.trainer.config import TrainerConfig
-from components.trainer.data import example_files, load_catalogue, make_dataset, user_positive_keys
+from components.trainer.data import example_files, load_catalogue, user_positive_keys
+from components.trainer.distribute import epoch_batches, is_chief, make_strategy, replica_values, write_location
 from components.trainer.model import CandidateTower, QueryTower, TwoTowerModel
 from components.trainer.optimizer import make_optimizer
 
@@ -130,7 +131,8 @@ def config_record(config: TrainerConfig) -> dict:
 RESUMABLE_CHANGES = ("epochs", "log_every_steps", "checkpoint_every_steps", "checkpoint_every_minutes")
 # Fields added after runs were recorded, with the value that reproduces what those runs did (a
 # field whose default changed the behaviour, such as logq_correction, is not listed: such runs differ).
-ADDED_FIELDS = {"mask_user_positives": False, "optimizer": "adam", "user_id_buckets": 0}
+ADDED_FIELDS = {"mask_user_positives": False, "optimizer": "adam", "user_id_buckets": 0,
+                "global_in_batch_negatives": False}
 
 
 def config_changes(old: dict, config: TrainerConfig) -> list[str]:
@@ -154,7 +156,18 @@ def checkpoint_config_changes(output_dir: str, config: TrainerConfig) -> list[st
 
 
 def run_trainer(config: TrainerConfig, examples_dir: str, clusters_dir: str, output_dir: str) -> dict:
-    """Trains on examples_dir/train with clusters_dir/<cluster_source>; returns the summary."""
+    """Trains on examples_dir/train with clusters_dir/<cluster_source>; returns the summary.
+
+    Under distribute 'multi_worker' every worker runs this; the chief writes output_dir and the
+    others write to scratch directories that are removed."""
+    strategy = make_strategy(config.distribute)  # first: a multi-worker strategy must precede other ops
+    with write_location(output_dir, is_chief(strategy)) as write_dir:
+        return _train(config, strategy, examples_dir, clusters_dir, output_dir, write_dir)
+
+
+def _train(config: TrainerConfig, strategy: tf.distribute.Strategy, examples_dir: str, clusters_dir: str,
+           output_dir: str, write_dir: str) -> dict:
+    chief = write_dir == output_dir
     tf_keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     catalogue = load_catalogue(os.path.join(examples_dir, "items"), os.path.join(clusters_dir, config.cluster_source))
@@ -166,7 +179,6 @@ def run_trainer(config: TrainerConfig, examples_dir: str, clusters_dir: str, out
 
     files = example_files(examples_dir, "train")
     positive_keys = user_positive_keys(files) if config.mask_user_positives else None
-    strategy = tf.distribute.MirroredStrategy() if config.distribute == "mirrored" else tf.distribute.get_strategy()
     with strategy.scope():
         model = TwoTowerModel(config, catalogue, users, positive_keys)
         model.compile(optimizer=make_optimizer(config.optimizer, config.learning_rate))
@@ -177,26 +189,29 @@ def run_trainer(config: TrainerConfig, examples_dir: str, clusters_dir: str, out
     checkpoint = tf.train.Checkpoint(query_tower=model.query_tower, candidate_tower=model.candidate_tower,
                                      optimizer=model.optimizer, epoch=epoch, step_in_epoch=step,
                                      **({"pool": model.pool} if model.pool is not None else {}))
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(output_dir, "checkpoints"), max_to_keep=2)
+    # every worker resumes from the chief's checkpoints; only the chief's are kept
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(write_dir, "checkpoints"), max_to_keep=2)
     changes = checkpoint_config_changes(output_dir, config)
     if changes:
         raise ValueError(f"{output_dir} holds checkpoints of a different trainer config ({'; '.join(changes)}): "
                          "resuming needs the same config; use another output directory or delete it")
-    if manager.latest_checkpoint:
+    latest = tf.train.latest_checkpoint(os.path.join(output_dir, "checkpoints"))
+    if latest:
         try:
-            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+            checkpoint.restore(latest).assert_existing_objects_matched()
         except AssertionError as error:  # the state's layout changed (a checkpoint of an older version)
-            raise ValueError(f"{manager.latest_checkpoint} does not hold this version's training state "
+            raise ValueError(f"{latest} does not hold this version's training state "
                              f"({str(error).splitlines()[0][:200]}): it was written by an older llm-hardneg; "
                              "use another output directory or delete it") from None
         where = f"epoch {int(epoch.numpy())}" + (f", step {int(step.numpy())}/{steps_per_epoch} of the next"
                                                  if int(step.numpy()) else "")
-        print(f"[trainer] resumed from {manager.latest_checkpoint} ({where})", flush=True)
+        print(f"[trainer] resumed from {latest} ({where})", flush=True)
     else:
         model.preload_pool(catalogue)
-        os.makedirs(manager.directory, exist_ok=True)
-        with open(os.path.join(manager.directory, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(config_record(config), f, indent=2)
+        if chief:
+            os.makedirs(manager.directory, exist_ok=True)
+            with open(os.path.join(manager.directory, "config.json"), "w", encoding="utf-8") as f:
+                json.dump(config_record(config), f, indent=2)
     if model.pool is not None:
         print(f"[trainer] pool: {model.pool.num_clusters} clusters x {model.pool.slots_per_cluster} slots, "
               f"{float(model.pool.fill_rate()):.1%} filled; negatives per example: "
@@ -206,25 +221,31 @@ def run_trainer(config: TrainerConfig, examples_dir: str, clusters_dir: str, out
     checkpoints = _Checkpoints(manager, epoch, step, steps_per_epoch, config.checkpoint_every_steps,
                                config.checkpoint_every_minutes)
     callbacks = [progress, checkpoints,
-                 tf_keras.callbacks.TensorBoard(os.path.join(output_dir, "logs"), update_freq=config.log_every_steps)]
+                 tf_keras.callbacks.TensorBoard(os.path.join(write_dir, "logs"), update_freq=config.log_every_steps)]
     started = time.monotonic()
     first, skip = int(epoch.numpy()), int(step.numpy())
     for e in range(first, config.epochs):
         # One fit per epoch with an epoch-specific shuffle seed: the order of epoch e is the same
         # whether or not the run was interrupted and resumed before it, so a run resumed at step s of
         # an epoch skips that epoch's first s batches and trains on exactly the batches it had not.
-        dataset = make_dataset(files, config.batch_size, config.history_length, config.shuffle_buffer,
-                               seed=config.seed * 100_003 + e, reshuffle=False)
         progress.offset = checkpoints.offset = skip if e == first else 0
-        model.fit(dataset.skip(progress.offset), epochs=e + 1, initial_epoch=e, verbose=0, callbacks=callbacks)
+        batches = epoch_batches(strategy, files, config, seed=config.seed * 100_003 + e, skip=progress.offset)
+        model.fit(batches, epochs=e + 1, initial_epoch=e, steps_per_epoch=steps_per_epoch - progress.offset,
+                  verbose=0, callbacks=callbacks)
     train_seconds = time.monotonic() - started
+    if model.pool is not None and strategy.num_replicas_in_sync > 1:
+        digests = replica_values(strategy, model.pool.fingerprint)
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"the pool copies of the {len(digests)} replicas differ (fingerprints {digests})")
+        print(f"[trainer] pool copies identical on {len(digests)} replicas (fingerprint {digests[0]})", flush=True)
 
-    tf.saved_model.save(QueryServing(model.query_tower), os.path.join(output_dir, "query_model"))
-    tf.saved_model.save(CandidateServing(model.candidate_tower), os.path.join(output_dir, "candidate_model"))
+    tf.saved_model.save(QueryServing(model.query_tower), os.path.join(write_dir, "query_model"))
+    tf.saved_model.save(CandidateServing(model.candidate_tower), os.path.join(write_dir, "candidate_model"))
     summary = {
         "config": config_record(config),
         "train_examples_per_epoch": train_examples,
         "steps_per_epoch": steps_per_epoch,
+        "replicas": strategy.num_replicas_in_sync,
         "items": len(catalogue.item_ids),
         "users": len(users) if users is not None else count_lines(users_path),
         "user_rows": config.user_id_buckets or len(users) + 1,
@@ -237,9 +258,10 @@ def run_trainer(config: TrainerConfig, examples_dir: str, clusters_dir: str, out
         },
         "final_metrics": {k: float(v.result()) for k, v in model.trackers.items()},
     }
-    with open(os.path.join(output_dir, "train_summary.json"), "w", encoding="utf-8") as f:
+    with open(os.path.join(write_dir, "train_summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
+    where = output_dir if chief else f"scratch (removed; the chief writes {output_dir})"
     print(f"[trainer] {train_examples:,} training examples in (x {config.epochs} epochs, {config.strategy}) -> "
-          f"query and candidate models in {output_dir} after {train_seconds:.0f}s; dropped 0 (every batch is "
+          f"query and candidate models in {where} after {train_seconds:.0f}s; dropped 0 (every batch is "
           f"trained, the last one smaller)", flush=True)
     return summary
