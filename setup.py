@@ -23,10 +23,13 @@ INSTALL_REQUIRES = [
     "numpy<3",
 ]
 
+# the trainer as a multi-worker Vertex AI custom job (--trainer_job.*), compiled into the pipeline
+VERTEX_PIPELINE = ["google-cloud-pipeline-components>=2.19,<3"]
 EXTRAS_REQUIRE = {
-    "test": ["pytest>=8", "hypothesis>=6", "ruff>=0.6"],
+    # the pipeline-compile tests check the custom job's worker pools, so the tests need the compiler's components
+    "test": ["pytest>=8", "hypothesis>=6", "ruff>=0.6", *VERTEX_PIPELINE],
     # Vertex AI Pipelines submission and Dataflow/GCS I/O for the Beam steps
-    "vertex": ["google-cloud-aiplatform>=1.60", "apache-beam[gcp]==2.77.*"],
+    "vertex": ["google-cloud-aiplatform>=1.60", "apache-beam[gcp]==2.77.*", *VERTEX_PIPELINE],
 }
 
 setup(

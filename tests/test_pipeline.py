@@ -155,3 +155,67 @@ def test_failure_reads_the_last_traceback():
     assert trace.startswith("Traceback") and "y.py" in trace and "x.py" not in trace
     kind, _, _ = local_runner.failure(["Traceback (most recent call last):", "apache_beam.x.SchemaViolation: bad"])
     assert kind == "SchemaViolation"
+
+
+def test_trainer_job_compiles_to_a_vertex_custom_job_of_worker_pools(tmp_path, capsys):
+    """--trainer_job.replicas 4: the trainer task is a Vertex AI custom job whose worker pools are a chief
+    (1) and workers (3) on the requested machines, running the trainer component in the pipeline image."""
+    import yaml
+
+    from tfx_pipeline import kubeflow_runner
+
+    path = str(tmp_path / "pipeline.yaml")
+    assert kubeflow_runner.main(["--output", path, "--data-dir", "gs://bucket/ml-1m", "--pipeline-root", "gs://b/r",
+                                 "--image", "registry.example/llm-hardneg:1", "--trainer.distribute", "multi_worker",
+                                 "--trainer_job.replicas", "4", "--trainer_job.machine_type", "n1-standard-16",
+                                 "--trainer_job.accelerator_type", "NVIDIA_TESLA_T4",
+                                 "--trainer_job.accelerator_count", "2", "--trainer_job.spot", "true"]) == 0
+    spec = yaml.safe_load(open(path))
+    trainer = spec["components"][spec["root"]["dag"]["tasks"]["trainer"]["componentRef"]["name"]]
+    parameters = trainer["inputDefinitions"]["parameters"]
+    pools = parameters["worker_pool_specs"]["defaultValue"]
+    assert [p["replica_count"] for p in pools] == [1, 3]
+    for pool in pools:
+        assert pool["machine_spec"] == {"machine_type": "n1-standard-16", "accelerator_type": "NVIDIA_TESLA_T4",
+                                        "accelerator_count": 2}
+        container = pool["container_spec"]
+        assert container["image_uri"] == "registry.example/llm-hardneg:1"
+        assert container["args"][-2:] == ["--function_to_execute", "trainer"]
+        assert "run_trainer(section_from_json(\"trainer\", config_json)" in container["command"][-1]
+    assert parameters["strategy"]["defaultValue"] == "SPOT"
+    assert parameters["restart_job_on_worker_restart"]["defaultValue"] is True
+    config = json.loads(spec["root"]["dag"]["tasks"]["trainer"]["inputs"]["parameters"]["config_json"]
+                        ["runtimeValue"]["constant"])
+    assert config["distribute"] == "multi_worker"
+    other = spec["deploymentSpec"]["executors"]  # the other steps stay plain containers of the image
+    assert sum(e.get("container", {}).get("image") == "registry.example/llm-hardneg:1" for e in other.values()) == 5
+
+    with pytest.raises(ValueError, match="trainer_job.replicas 4 .* --trainer.distribute multi_worker .*'none'"):
+        parse(["--data-dir", str(tmp_path), "--trainer_job.replicas", "4"])
+    with pytest.raises(ValueError, match="accelerator_type and trainer_job.accelerator_count go together"):
+        parse(["--data-dir", str(tmp_path), "--trainer_job.accelerator_type", "NVIDIA_TESLA_T4"])
+    assert local_runner.main(["--data-dir", str(tmp_path), "--pipeline-root", str(tmp_path / "runs"),
+                              "--trainer_job.machine_type", "n1-standard-16"]) == 1
+    assert "describes a Vertex AI custom job; a local run trains in this process" in capsys.readouterr().err
+
+
+def test_tfjob_manifest_runs_the_trainer_entry_point_on_a_chief_and_workers():
+    import yaml
+
+    from components.common.cli import step_main
+    from components.trainer import TrainerConfig
+
+    with open(os.path.join(os.path.dirname(__file__), "..", "deploy", "tfjob-trainer.yaml"), encoding="utf-8") as f:
+        job = yaml.safe_load(f)
+    assert (job["apiVersion"], job["kind"]) == ("kubeflow.org/v1", "TFJob")
+    replicas = job["spec"]["tfReplicaSpecs"]
+    assert {name: spec["replicas"] for name, spec in replicas.items()} == {"Chief": 1, "Worker": 3}
+    (chief,), (worker,) = (replicas[r]["template"]["spec"]["containers"] for r in ("Chief", "Worker"))
+    assert chief == worker and chief["name"] == "tensorflow"  # the operator's container name for TF_CONFIG ports
+    assert chief["command"][:3] == ["python", "-m", "components.trainer"]
+    seen = []
+    assert step_main(TrainerConfig, ["examples_dir", "clusters_dir", "output_dir"],
+                     lambda config, *paths: seen.append((config, paths)), "", argv=chief["command"][3:]) == 0
+    (config, paths), = seen
+    assert config.distribute == "multi_worker" and config.checkpoint_every_steps > 0
+    assert paths == ("/data/run/examples", "/data/run/clusters", "/data/run/model")

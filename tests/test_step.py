@@ -1,6 +1,8 @@
 import json
 import os
 
+import pytest
+
 from components.common.step import step_run
 
 
@@ -87,3 +89,24 @@ def test_step_command_line_ends_input_errors_with_one_line(tmp_path, capsys):
         step_main(Config, ["input"], run, "", ["--input", str(tmp_path / "nope"), "--verbose"])
     with pytest.raises(KeyError):  # a bug keeps its traceback
         step_main(Config, ["input"], run, "", ["--input", str(tmp_path)])
+
+
+@pytest.mark.parametrize("tf_config, chief", [
+    (None, True),
+    ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 0}}, True),
+    ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}, False),
+    ({"cluster": {"chief": ["a:1"], "worker": ["b:1"]}, "task": {"type": "chief", "index": 0}}, True),
+    ({"cluster": {"chief": ["a:1"], "worker": ["b:1"]}, "task": {"type": "worker", "index": 0}}, False),
+])
+def test_only_the_chief_records_a_multi_worker_step(tmp_path, monkeypatch, tf_config, chief):
+    from components.common.step import is_chief_task
+
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+    assert is_chief_task() == chief
+    out = str(tmp_path / "out")
+    with step_run("trainer", out, "{}") as run:
+        assert run.needed
+    assert os.path.exists(os.path.join(out, "step.json")) == chief

@@ -31,6 +31,35 @@ DEFAULT_ML1M_DIR = os.path.join("..", "shared", "data", "ml-1m")
 
 
 @dataclasses.dataclass(frozen=True)
+class TrainerJobConfig:
+    """Where the trainer step runs on Vertex AI (flags --trainer_job.<field>). With replicas > 1 or
+    a machine_type, each trainer step is a Vertex AI custom job (google-cloud-pipeline-components'
+    create_custom_training_job_from_component: a chief pool of 1 and a worker pool of replicas - 1,
+    the same image and entry point); Vertex sets TF_CONFIG on every replica, and the trainer needs
+    `--trainer.distribute multi_worker` to use them. spot: preemptible VMs; the job restarts when a
+    worker does, and the trainer resumes from its last checkpoint (--trainer.checkpoint_every_steps).
+    On Kubeflow without Vertex, deploy/tfjob-trainer.yaml runs the same entry point as a TFJob."""
+
+    replicas: int = 1
+    machine_type: str = ""
+    accelerator_type: str = ""
+    accelerator_count: int = 0
+    spot: bool = False
+
+    def __post_init__(self):
+        if self.replicas < 1:
+            raise ValueError(f"trainer_job.replicas must be >= 1, got {self.replicas}")
+        if self.accelerator_count < 0 or bool(self.accelerator_type) != (self.accelerator_count > 0):
+            raise ValueError("trainer_job.accelerator_type and trainer_job.accelerator_count go together, got "
+                             f"{self.accelerator_type!r} and {self.accelerator_count}")
+
+    @property
+    def custom_job(self) -> bool:
+        """Whether the trainer runs as a Vertex AI custom job rather than a plain pipeline step."""
+        return self.replicas > 1 or bool(self.machine_type)
+
+
+@dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     """Everything a run needs. `pipeline_root` holds every step's artifacts; `image` is the
     container image of every step on Kubeflow/Vertex; `beam_args` go to the Beam steps
@@ -49,6 +78,12 @@ class PipelineConfig:
     image: str = "python:3.11"
     beam_args: tuple[str, ...] = ("--runner=DirectRunner",)
     cache_root: str = ""
+    trainer_job: TrainerJobConfig = TrainerJobConfig()
+
+    def __post_init__(self):
+        if self.trainer_job.replicas > 1 and self.trainer.distribute != "multi_worker":
+            raise ValueError(f"trainer_job.replicas {self.trainer_job.replicas} trains on several machines: set "
+                             f"--trainer.distribute multi_worker (got {self.trainer.distribute!r})")
 
     def section_json(self, section: str) -> str:
         return config_json(getattr(self, section))
@@ -68,6 +103,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     """Adds --<section>.<field> for every config field, and the top-level options."""
     for section, cls in SECTIONS.items():
         add_config_flags(parser, cls, prefix=f"{section}.")
+    add_config_flags(parser, TrainerJobConfig, prefix="trainer_job.")
     parser.add_argument("--data-dir", default=os.environ.get("ML1M_DIR", DEFAULT_ML1M_DIR),
                         help="MovieLens-1M directory (env ML1M_DIR; default ../shared/data/ml-1m)")
     parser.add_argument("--pipeline-root", default="runs")
@@ -98,6 +134,7 @@ def from_flags(args: argparse.Namespace, resolve_paths: bool = True) -> Pipeline
                           image=args.image, beam_args=tuple(args.beam_arg or ("--runner=DirectRunner",)),
                           cache_root="" if args.no_cache or not resolve_paths else
                           os.path.join(_resolve(args.pipeline_root, True), "cache"),
+                          trainer_job=TrainerJobConfig(**config_overrides(args, TrainerJobConfig, "trainer_job.")),
                           **sections)
 
 

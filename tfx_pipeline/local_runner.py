@@ -135,6 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = [a for a in argv if a != "--verbose"]
     try:
         config = parse(argv, description=__doc__)
+        if config.trainer_job.custom_job:
+            raise ValueError("--trainer_job.* describes a Vertex AI custom job; a local run trains in this process "
+                             "(two localhost workers: see benchmarks/multi_worker.py)")
     except ValueError as error:  # a flag value the config refuses (argparse exits itself for unknown flags)
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -15,15 +15,32 @@ import dataclasses
 
 from kfp import dsl
 
-from tfx_pipeline.config import PipelineConfig, config_json
+from tfx_pipeline.config import PipelineConfig, TrainerJobConfig, config_json
 from tfx_pipeline.steps import components_for
 
 STEP_NAMES = ("example-gen", "item-embedder", "item-clusterer", "trainer", "evaluator", "exporter")
 
 
+def vertex_trainer(trainer, job: TrainerJobConfig):
+    """The trainer component as a Vertex AI custom job of job.replicas machines (a chief pool and a
+    worker pool, the same image and command; Vertex sets TF_CONFIG on each)."""
+    try:
+        from google_cloud_pipeline_components.v1.custom_job import create_custom_training_job_from_component
+    except ImportError:
+        raise ValueError("--trainer_job.* runs the trainer as a Vertex AI custom job, which needs the vertex extra: "
+                         "pip install -e '.[vertex]'") from None
+    return create_custom_training_job_from_component(
+        trainer, display_name="llm-hardneg-trainer", replica_count=job.replicas,
+        machine_type=job.machine_type or "n1-standard-16", accelerator_type=job.accelerator_type,
+        accelerator_count=job.accelerator_count, strategy="SPOT" if job.spot else "STANDARD",
+        restart_job_on_worker_restart=job.replicas > 1)  # the workers' collectives cannot lose a member
+
+
 def create_pipeline(config: PipelineConfig):
     """Returns the KFP pipeline function for `config` (steps' configs are baked in as parameters)."""
     c = components_for(config.image)
+    if config.trainer_job.custom_job:
+        c["trainer"] = vertex_trainer(c["trainer"], config.trainer_job)
     beam = {"beam_args": list(config.beam_args)}
 
     def step(name: str, section=None, display: str = "", **inputs):

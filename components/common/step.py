@@ -93,10 +93,26 @@ def _link_tree(source: str, target: str) -> None:
     shutil.copytree(source, target, copy_function=_link, dirs_exist_ok=True)
 
 
+def is_chief_task() -> bool:
+    """Whether this process writes a step's outputs: True unless TF_CONFIG (set on every replica of a
+    multi-worker job by Vertex AI and Kubeflow's TFJob) names another task than the chief, i.e. than
+    the 'chief' task or, in a cluster without one, worker 0. The other replicas write to scratch."""
+    spec = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task, cluster = spec.get("task") or {}, spec.get("cluster") or {}
+    if not task.get("type"):
+        return True
+    return task["type"] == "chief" or (task["type"] == "worker" and int(task.get("index", 0)) == 0
+                                       and "chief" not in cluster)
+
+
 @contextlib.contextmanager
 def step_run(name: str, output_dir: str, config_json: str = "", input_dirs: tuple[str, ...] = (),
              cache_root: str = ""):
-    """Context for one step: yields StepRun(needed=False) when a cached identical output was linked in."""
+    """Context for one step: yields StepRun(needed=False) when a cached identical output was linked in.
+    On a replica other than the chief of a multi-worker job, the step runs and records nothing."""
+    if not is_chief_task():
+        yield StepRun(needed=True, fingerprint="")
+        return
     started = time.monotonic()
     print_ = functools.partial(print, flush=True)
     fp = fingerprint(name, config_json, list(input_dirs))

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 
 import tensorflow as tf
 
+from components.common.step import is_chief_task
 from components.trainer.config import TrainerConfig
 from components.trainer.data import make_dataset
 
@@ -43,13 +44,8 @@ def make_strategy(distribute: str) -> tf.distribute.Strategy:
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this process writes the run's outputs: always without a cluster; in one, the 'chief'
-    task, or worker 0 when the cluster has no chief (TF_CONFIG's convention)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return True
-    cluster = resolver.cluster_spec().as_dict()
-    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0
-                                            and "chief" not in cluster)
+    task, or worker 0 when the cluster has no chief (TF_CONFIG's convention, step.is_chief_task)."""
+    return not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or is_chief_task()
 
 
 @contextlib.contextmanager
