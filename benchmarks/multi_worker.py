@@ -1,0 +1,168 @@
+"""Two trainer workers on localhost against one process, on ML-1M; and the cost of the pool's all-gather.
+
+    python -m benchmarks.multi_worker [--seeds 0,1,2] [--ml1m-dir ../shared/data/ml-1m]
+
+Per seed, the default trainer (cluster_oob, LLM clusters, batch 1024, 3 epochs) runs as
+  - one process with both cores (distribute 'none'), and
+  - two worker processes (distribute 'multi_worker', TF_CONFIG on localhost), each pinned to one
+    core (taskset, TF_NUM_INTRAOP_THREADS=TF_NUM_INTEROP_THREADS=1);
+then each model is evaluated (HR@50/100, full corpus). Finally the pool's per-step all-gather
+alone (what ClusterPool.update gathers: each replica's B/2 item indices, clusters and stored
+features, int64) is timed in the same two-worker cluster and set against the measured step time.
+Runs are reused by tag when their summary and metrics exist. Writes benchmarks/results/multi_worker.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+import components  # noqa: F401
+from benchmarks.paper_tables import WORK, prepare, write_results
+from components.evaluator import EvaluatorConfig, run_evaluator
+from components.example_gen import ExampleGenConfig
+from components.trainer import TrainerConfig
+
+ONE_THREAD = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
+
+
+def _tf_config(ports: list[int], index: int) -> str:
+    return json.dumps({"cluster": {"worker": [f"localhost:{p}" for p in ports]},
+                       "task": {"type": "worker", "index": index}})
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _launch(commands: list[list[str]], envs: list[dict], log: str) -> None:
+    """Runs the processes together; their output goes to `log` (one file per process)."""
+    processes = []
+    for i, (command, env) in enumerate(zip(commands, envs)):
+        with open(f"{log}.{i}", "w", encoding="utf-8") as out:
+            processes.append(subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                              env={**os.environ, **env}))
+    codes = [p.wait() for p in processes]
+    if any(codes):
+        raise RuntimeError(f"exit codes {codes}; see {log}.*")
+
+
+def train(config: TrainerConfig, examples: str, clusters: str, tag: str, workers: int) -> dict:
+    """Trains (or reuses) and evaluates one run: workers = 1 (one process, every core) or 2 (one core each)."""
+    out = os.path.join(WORK, "models", tag)
+    metrics_path = os.path.join(out, "eval", "metrics.json")
+    if not (os.path.exists(metrics_path) and os.path.exists(os.path.join(out, "train_summary.json"))):
+        trainer = [sys.executable, "-u", "-m", "components.trainer", "--examples-dir", examples, "--clusters-dir",
+                   clusters, "--output-dir", out, "--config-json", json.dumps(config.__dict__)]
+        os.makedirs(out, exist_ok=True)
+        print(f"[multi_worker] {tag}: training ({workers} process{'es' if workers > 1 else ''})", flush=True)
+        if workers == 1:
+            _launch([trainer], [{}], os.path.join(out, "log"))
+        else:
+            ports = _free_ports(workers)
+            _launch([["taskset", "-c", str(i), *trainer] for i in range(workers)],
+                    [{**ONE_THREAD, "TF_CONFIG": _tf_config(ports, i)} for i in range(workers)],
+                    os.path.join(out, "log"))
+        run_evaluator(EvaluatorConfig(ks=(50, 100)), out, examples, os.path.join(out, "eval"), config.history_length)
+    with open(os.path.join(out, "train_summary.json"), encoding="utf-8") as f:
+        summary = json.load(f)
+    with open(metrics_path, encoding="utf-8") as f:
+        metrics = json.load(f)
+    return {"hr50": metrics["hit_rate@50"], "hr100": metrics["hit_rate@100"],
+            "examples_per_second": statistics.mean(summary["examples_per_second"]),
+            "train_seconds": summary["train_seconds"], "replicas": summary.get("replicas", 1)}
+
+
+def probe(batch_size: int, steps: int) -> None:
+    """In a worker of a TF_CONFIG cluster: median seconds of the pool's all-gather of one step."""
+    import tensorflow as tf
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    rows = batch_size // strategy.num_replicas_in_sync
+
+    @tf.function
+    def gather(index):
+        replica = tf.distribute.get_replica_context()
+        return [replica.all_gather(t, 0) for t in (index, index // 7, index + 1)]  # ids, clusters, stored feature
+
+    index = tf.range(rows, dtype=tf.int64)
+    times = []
+    for i in range(steps + 20):
+        started = time.perf_counter()
+        results = strategy.run(gather, args=(index,))
+        int(strategy.experimental_local_results(results)[0][0][0])  # wait for the collective
+        if i >= 20:
+            times.append(time.perf_counter() - started)
+    print(json.dumps({"all_gather_seconds": statistics.median(times), "rows_per_replica": rows}), flush=True)
+
+
+def probe_all_gather(batch_size: int, steps: int = 300) -> dict:
+    ports, log = _free_ports(2), os.path.join(WORK, "multi_worker_probe")
+    command = [sys.executable, "-u", "-m", "benchmarks.multi_worker", "--probe", "--batch-size", str(batch_size),
+               "--steps", str(steps)]
+    _launch([["taskset", "-c", str(i), *command] for i in range(2)],
+            [{**ONE_THREAD, "TF_CONFIG": _tf_config(ports, i)} for i in range(2)], log)
+    with open(f"{log}.0", encoding="utf-8") as f:
+        return json.loads([line for line in f if line.startswith('{"all_gather_seconds"')][-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--ml1m-dir", default=os.environ.get("ML1M_DIR", os.path.join("..", "shared", "data", "ml-1m")))
+    parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)  # a worker of the all-gather probe
+    parser.add_argument("--batch-size", type=int, default=TrainerConfig().batch_size)
+    parser.add_argument("--steps", type=int, default=300)
+    args = parser.parse_args()
+    if args.probe:
+        probe(args.batch_size, args.steps)
+        return
+    examples, clusters = prepare("ml1m_reconstructed", ExampleGenConfig.movielens(os.path.abspath(args.ml1m_dir)))
+    rows = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        single = train(TrainerConfig(seed=seed), examples, clusters, f"mw-single-{seed}", workers=1)
+        two = train(TrainerConfig(seed=seed, distribute="multi_worker"), examples, clusters, f"mw-two-{seed}",
+                    workers=2)
+        rows.append({"seed": seed, "one_process": single, "two_workers": two})
+    gather = probe_all_gather(args.batch_size, args.steps)
+    step_seconds = statistics.mean(args.batch_size / r["two_workers"]["examples_per_second"] for r in rows)
+    result = {"batch_size": args.batch_size, "rows": rows, "all_gather": gather,
+              "two_worker_step_seconds": step_seconds, "all_gather_share": gather["all_gather_seconds"] / step_seconds}
+    write_results("multi_worker", result, markdown(result))
+
+
+def _mean_std(values: list[float]) -> str:
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.4f}"
+
+
+def markdown(result: dict) -> str:
+    rows = result["rows"]
+    lines = [f"ML-1M (reconstructed protocol), default trainer (cluster_oob, LLM clusters, batch "
+             f"{result['batch_size']}, 3 epochs), seeds {[r['seed'] for r in rows]}; this 2-core machine: one process "
+             "with both cores against two MultiWorkerMirroredStrategy workers on localhost pinned to one core each.",
+             "", "| setting | HR@50 | HR@100 | examples/s |", "|---|---|---|---|"]
+    for key, name in (("one_process", "one process, 2 cores"), ("two_workers", "two workers, 1 core each")):
+        lines.append(f"| {name} | {_mean_std([r[key]['hr50'] for r in rows])} | "
+                     f"{_mean_std([r[key]['hr100'] for r in rows])} | "
+                     f"{statistics.mean(r[key]['examples_per_second'] for r in rows):,.0f} |")
+    gather, step = result["all_gather"], result["two_worker_step_seconds"]
+    lines += ["", f"Pool all-gather per step (two workers, {gather['rows_per_replica']} rows each, three int64 "
+              f"tensors): {1000 * gather['all_gather_seconds']:.2f} ms against a {1000 * step:.0f} ms step: "
+              f"{100 * result['all_gather_share']:.1f}% of the step."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
