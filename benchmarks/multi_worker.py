@@ -7,21 +7,21 @@ Per seed, the default trainer (cluster_oob, LLM clusters, batch 1024, 3 epochs) 
   - two worker processes (distribute 'multi_worker', TF_CONFIG on localhost), each pinned to one
     core (taskset, TF_NUM_INTRAOP_THREADS=TF_NUM_INTEROP_THREADS=1);
 then each model is evaluated (HR@50/100, full corpus). Finally the pool's per-step all-gather
-alone (what ClusterPool.update gathers: each replica's B/2 item indices, clusters and stored
-features, int64) is timed in the same two-worker cluster and set against the measured step time.
+alone (ClusterPool.gather_replicas: each replica's B/2 item indices and clusters, one int64
+tensor) is timed in the same two-worker cluster and set against the measured step time.
 Runs are reused by tag when their summary and metrics exist. Writes benchmarks/results/multi_worker.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import socket
 import statistics
 import subprocess
 import sys
-import time
 
 import components  # noqa: F401
 from benchmarks.paper_tables import WORK, prepare, write_results
@@ -65,7 +65,7 @@ def train(config: TrainerConfig, examples: str, clusters: str, tag: str, workers
     metrics_path = os.path.join(out, "eval", "metrics.json")
     if not (os.path.exists(metrics_path) and os.path.exists(os.path.join(out, "train_summary.json"))):
         trainer = [sys.executable, "-u", "-m", "components.trainer", "--examples-dir", examples, "--clusters-dir",
-                   clusters, "--output-dir", out, "--config-json", json.dumps(config.__dict__)]
+                   clusters, "--output-dir", out, "--config-json", json.dumps(dataclasses.asdict(config))]
         os.makedirs(out, exist_ok=True)
         print(f"[multi_worker] {tag}: training ({workers} process{'es' if workers > 1 else ''})", flush=True)
         if workers == 1:
@@ -85,33 +85,44 @@ def train(config: TrainerConfig, examples: str, clusters: str, tag: str, workers
             "train_seconds": summary["train_seconds"], "replicas": summary.get("replicas", 1)}
 
 
-def probe(batch_size: int, steps: int) -> None:
-    """In a worker of a TF_CONFIG cluster: median seconds of the pool's all-gather of one step."""
-    import tensorflow as tf
+# One worker of the all-gather probe (ClusterPool.gather_replicas, what a training step's pool update
+# gathers), its own program: MultiWorkerMirroredStrategy comes first in a process. argv: batch size, steps.
+PROBE = """
+import json, statistics, sys, time
+import components.common.env
+import tensorflow as tf
+batch_size, steps = int(sys.argv[1]), int(sys.argv[2])
+strategy = tf.distribute.MultiWorkerMirroredStrategy()
+from components.trainer.pool import ClusterPool
+rows = batch_size // strategy.num_replicas_in_sync
+with strategy.scope():  # the trainer's pool: item indices as keys and the one stored feature
+    pool = ClusterPool(62, 128, {"item_index": ((), "int64")}, key_feature="item_index")
 
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    rows = batch_size // strategy.num_replicas_in_sync
+@tf.function
+def gather(index):
+    index = tf.identity(index)  # placed on the replica's device, as the trainer's ids are (an input has none)
+    ids, clusters, features = pool.gather_replicas(index, index % 62, {"item_index": index})
+    return ids
 
-    @tf.function
-    def gather(index):
-        replica = tf.distribute.get_replica_context()
-        return [replica.all_gather(t, 0) for t in (index, index // 7, index + 1)]  # ids, clusters, stored feature
+def step(index):
+    return strategy.run(gather, args=(index,))
 
-    index = tf.range(rows, dtype=tf.int64)
-    times = []
-    for i in range(steps + 20):
-        started = time.perf_counter()
-        results = strategy.run(gather, args=(index,))
-        int(strategy.experimental_local_results(results)[0][0][0])  # wait for the collective
-        if i >= 20:
-            times.append(time.perf_counter() - started)
-    print(json.dumps({"all_gather_seconds": statistics.median(times), "rows_per_replica": rows}), flush=True)
+batches = iter(strategy.distribute_datasets_from_function(
+    lambda _: tf.data.Dataset.from_tensors(tf.range(rows, dtype=tf.int64)).repeat()))
+times = []
+for i in range(steps + 20):
+    index = next(batches)
+    started = time.perf_counter()
+    int(strategy.experimental_local_results(step(index))[0][0])  # waits for the collective
+    if i >= 20:
+        times.append(time.perf_counter() - started)
+print(json.dumps({"all_gather_seconds": statistics.median(times), "rows_per_replica": rows}), flush=True)
+"""
 
 
 def probe_all_gather(batch_size: int, steps: int = 300) -> dict:
     ports, log = _free_ports(2), os.path.join(WORK, "multi_worker_probe")
-    command = [sys.executable, "-u", "-m", "benchmarks.multi_worker", "--probe", "--batch-size", str(batch_size),
-               "--steps", str(steps)]
+    command = [sys.executable, "-u", "-c", PROBE, str(batch_size), str(steps)]
     _launch([["taskset", "-c", str(i), *command] for i in range(2)],
             [{**ONE_THREAD, "TF_CONFIG": _tf_config(ports, i)} for i in range(2)], log)
     with open(f"{log}.0", encoding="utf-8") as f:
@@ -122,13 +133,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--ml1m-dir", default=os.environ.get("ML1M_DIR", os.path.join("..", "shared", "data", "ml-1m")))
-    parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)  # a worker of the all-gather probe
     parser.add_argument("--batch-size", type=int, default=TrainerConfig().batch_size)
     parser.add_argument("--steps", type=int, default=300)
     args = parser.parse_args()
-    if args.probe:
-        probe(args.batch_size, args.steps)
-        return
     examples, clusters = prepare("ml1m_reconstructed", ExampleGenConfig.movielens(os.path.abspath(args.ml1m_dir)))
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
@@ -158,9 +165,9 @@ def markdown(result: dict) -> str:
                      f"{_mean_std([r[key]['hr100'] for r in rows])} | "
                      f"{statistics.mean(r[key]['examples_per_second'] for r in rows):,.0f} |")
     gather, step = result["all_gather"], result["two_worker_step_seconds"]
-    lines += ["", f"Pool all-gather per step (two workers, {gather['rows_per_replica']} rows each, three int64 "
-              f"tensors): {1000 * gather['all_gather_seconds']:.2f} ms against a {1000 * step:.0f} ms step: "
-              f"{100 * result['all_gather_share']:.1f}% of the step."]
+    lines += ["", f"Pool all-gather per step (two workers, {gather['rows_per_replica']} rows each, one "
+              f"[rows, 2] int64 tensor): {1000 * gather['all_gather_seconds']:.2f} ms against a "
+              f"{1000 * step:.0f} ms step: {100 * result['all_gather_share']:.1f}% of the step."]
     return "\n".join(lines) + "\n"
 
 
