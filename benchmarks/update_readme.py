@@ -13,7 +13,8 @@ SECTIONS = (("Paper tables (`benchmarks.paper_tables`)", "paper_tables.md"),
             ("Larger catalogues, per-user split (`benchmarks.larger_catalogues`)", "larger_catalogues.md"),
             ("ScaNN vs brute force (`benchmarks.scann_vs_bruteforce`)", "scann.md"),
             ("Cost against catalogue size (`benchmarks.scale`)", "scale.md"),
-            ("What the scale options cost in quality (`benchmarks.scale_quality`)", "scale_quality.md"))
+            ("What the scale options cost in quality (`benchmarks.scale_quality`)", "scale_quality.md"),
+            ("Two workers against one process (`benchmarks.multi_worker`)", "multi_worker.md"))
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
