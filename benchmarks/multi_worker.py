@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,23 +27,9 @@ from benchmarks.paper_tables import WORK, prepare, write_results
 from components.evaluator import EvaluatorConfig, run_evaluator
 from components.example_gen import ExampleGenConfig
 from components.trainer import TrainerConfig
+from components.trainer.distribute import localhost_tf_configs
 
 ONE_THREAD = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
-
-
-def _tf_config(ports: list[int], index: int) -> str:
-    return json.dumps({"cluster": {"worker": [f"localhost:{p}" for p in ports]},
-                       "task": {"type": "worker", "index": index}})
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _launch(commands: list[list[str]], envs: list[dict], log: str) -> None:
@@ -71,9 +56,8 @@ def train(config: TrainerConfig, examples: str, clusters: str, tag: str, workers
         if workers == 1:
             _launch([trainer], [{}], os.path.join(out, "log"))
         else:
-            ports = _free_ports(workers)
             _launch([["taskset", "-c", str(i), *trainer] for i in range(workers)],
-                    [{**ONE_THREAD, "TF_CONFIG": _tf_config(ports, i)} for i in range(workers)],
+                    [{**ONE_THREAD, "TF_CONFIG": c} for c in localhost_tf_configs(workers)],
                     os.path.join(out, "log"))
         run_evaluator(EvaluatorConfig(ks=(50, 100)), out, examples, os.path.join(out, "eval"), config.history_length)
     with open(os.path.join(out, "train_summary.json"), encoding="utf-8") as f:
@@ -121,10 +105,10 @@ print(json.dumps({"all_gather_seconds": statistics.median(times), "rows_per_repl
 
 
 def probe_all_gather(batch_size: int, steps: int = 300) -> dict:
-    ports, log = _free_ports(2), os.path.join(WORK, "multi_worker_probe")
+    log = os.path.join(WORK, "multi_worker_probe")
     command = [sys.executable, "-u", "-c", PROBE, str(batch_size), str(steps)]
     _launch([["taskset", "-c", str(i), *command] for i in range(2)],
-            [{**ONE_THREAD, "TF_CONFIG": _tf_config(ports, i)} for i in range(2)], log)
+            [{**ONE_THREAD, "TF_CONFIG": c} for c in localhost_tf_configs(2)], log)
     with open(f"{log}.0", encoding="utf-8") as f:
         return json.loads([line for line in f if line.startswith('{"all_gather_seconds"')][-1])
 

@@ -5,12 +5,13 @@ from the chief, and resumes after both workers are SIGKILLed mid-epoch."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import tensorflow as tf
+
+from components.trainer.distribute import localhost_tf_configs
 
 CONFIG = {"batch_size": 33, "epochs": 2, "embedding_dim": 8, "num_negatives": 4, "random_ratio": 1,
           "cluster_ratio": 3, "log_every_steps": 1, "shuffle_buffer": 1000, "history_length": 5, "seed": 5,
@@ -26,16 +27,6 @@ sys.exit(step_main(TrainerConfig, ["examples_dir", "clusters_dir", "output_dir"]
 """
 
 
-def free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def arguments(examples_dir, clusters_dir, output_dir, **overrides):
     return ["--examples-dir", examples_dir, "--clusters-dir", clusters_dir, "--output-dir", output_dir,
             "--config-json", json.dumps({**CONFIG, **overrides})]
@@ -43,12 +34,9 @@ def arguments(examples_dir, clusters_dir, output_dir, **overrides):
 
 def start_workers(examples_dir, clusters_dir, output_dir, scratch, **overrides):
     """Two trainer processes sharing output_dir (a shared file system, as GCS is on Vertex AI)."""
-    ports = free_ports(2)
-    cluster = {"worker": [f"localhost:{p}" for p in ports]}
     processes = []
-    for index in range(2):
-        env = {**os.environ, "TMPDIR": scratch,
-               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+    for tf_config in localhost_tf_configs(2):
+        env = {**os.environ, "TMPDIR": scratch, "TF_CONFIG": tf_config}
         command = [sys.executable, "-u", "-m", "components.trainer",
                    *arguments(examples_dir, clusters_dir, output_dir, distribute="multi_worker", **overrides)]
         processes.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 
@@ -40,6 +41,18 @@ def make_strategy(distribute: str) -> tf.distribute.Strategy:
               f"{sum(len(v) for v in workers.values())} tasks, {strategy.num_replicas_in_sync} replicas", flush=True)
         return strategy
     return tf.distribute.get_strategy()
+
+
+def localhost_tf_configs(workers: int) -> list[str]:
+    """TF_CONFIG values of a cluster of `workers` worker processes on this machine (free ports picked
+    now), one per worker: for trying multi_worker on one machine, as the tests and benchmarks do."""
+    sockets = [socket.socket() for _ in range(workers)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    cluster = {"worker": [f"localhost:{s.getsockname()[1]}" for s in sockets]}
+    for s in sockets:
+        s.close()
+    return [json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}) for i in range(workers)]
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
