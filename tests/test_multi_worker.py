@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from components.trainer.distribute import localhost_tf_configs
@@ -82,6 +83,13 @@ def test_two_workers_train_what_two_local_replicas_train(examples_dir, clusters_
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert fingerprint(result.stdout) == fingerprint(logs[0])
     np.testing.assert_allclose(embeddings(workers), embeddings(mirrored), atol=1e-5)
+    with open(os.path.join(mirrored, "train_summary.json"), encoding="utf-8") as f:
+        local = json.load(f)["final_metrics"]
+    final = summary["final_metrics"]  # the global batch's figures, not the replicas' sum
+    assert sum(v for k, v in final.items() if k.startswith("mass_")) == pytest.approx(1.0, abs=1e-4)
+    assert 0 < final["pool_fill"] <= 1
+    for name in ("loss", "mass_in_batch", "pool_fill"):
+        assert final[name] == pytest.approx(local[name], rel=1e-4), name
 
 
 def test_two_workers_resume_after_sigkill_mid_epoch(examples_dir, clusters_dir, tmp_path):

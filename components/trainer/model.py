@@ -170,6 +170,9 @@ class TwoTowerModel(tf_keras.Model):
             self.user_positives = tf.lookup.StaticHashTable(
                 tf.lookup.KeyValueTensorInitializer(keys, tf.ones_like(keys, dtype=tf.int64)), default_value=0)
             self.item_id_of_index = tf.constant(np.concatenate([["", ""], catalogue.item_ids]).astype(str))
+        # every replica's trackers see the same, global, figures (_across_replicas): report the first's
+        # (Keras' default sums the replicas' results)
+        self.distribute_reduction_method = "first"
         self.trackers = {name: tf_keras.metrics.Mean(name=name) for name in
                          ("loss", "mass_in_batch", "mass_random", "mass_cluster", "mass_edis", "negative_masked_rate",
                           "negative_hit_rate", "negative_history_rate", "negative_user_positive_rate", "pool_fill")}
@@ -237,6 +240,17 @@ class TwoTowerModel(tf_keras.Model):
             return replica
         return None
 
+    @staticmethod
+    def _across_replicas(stats: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """The step's figures for the global batch, equal on every replica (one all-reduce): the loss
+        summed over the replicas (each holds its share of the global mean), the rates averaged."""
+        replica = tf.distribute.get_replica_context()
+        if replica is None or replica.num_replicas_in_sync == 1:
+            return stats
+        names = sorted(stats)
+        total = replica.all_reduce(tf.distribute.ReduceOp.SUM, tf.stack([tf.cast(stats[n], tf.float32) for n in names]))
+        return {n: total[i] if n == "loss" else total[i] / replica.num_replicas_in_sync for i, n in enumerate(names)}
+
     def train_step(self, batch):
         index, cluster = self.items(batch["item_id"])
         samples = self.pool(cluster, self.num_random, self.num_cluster) if self.pool is not None else None
@@ -288,13 +302,11 @@ class TwoTowerModel(tf_keras.Model):
             stats.update(loss_stats)
         gradients = tape.gradient(loss, self.trainable_variables)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
-        replica = tf.distribute.get_replica_context()
-        if replica is not None and replica.num_replicas_in_sync > 1:
-            loss = replica.all_reduce(tf.distribute.ReduceOp.SUM, loss)  # the global batch's mean loss
         if self.pool is not None:
             self.pool.update(index, cluster, {"item_index": index})
             stats["pool_fill"] = self.pool.fill_rate()
         stats["loss"] = loss
+        stats = self._across_replicas(stats)
         for name, value in stats.items():
             self.trackers[name].update_state(value)
         return {name: tracker.result() for name, tracker in self.trackers.items() if name in stats}
