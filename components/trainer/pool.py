@@ -125,20 +125,24 @@ class ClusterPool(tf_keras.layers.Layer):
     def gather_replicas(self, item_ids: tf.Tensor, cluster_ids: tf.Tensor, features: Mapping[str, tf.Tensor]):
         """Every replica's items, in replica order, under a strategy with several replicas (so that every
         replica writes every item and the copies stay identical); the arguments otherwise. The int64
-        columns (cluster ids, integer item ids, scalar int64 features) travel as one [B, n] tensor:
-        one all-gather per step, of 8 bytes per row and column."""
+        columns (cluster ids, scalar int64 features, integer item ids unless they are the key feature)
+        travel as one [B, n] tensor: one all-gather per step, of 8 bytes per row and column (the
+        trainer's pool: cluster and item index, n = 2)."""
         replica = tf.distribute.get_replica_context()
         if replica is None or replica.num_replicas_in_sync == 1:
             return item_ids, cluster_ids, features
         packed = [n for n in self.feature_specs if self.feature_specs[n] == ((), "int64")]
-        columns = [cluster_ids] + ([item_ids] if item_ids.dtype == tf.int64 else []) + [features[n] for n in packed]
+        ids_column = item_ids.dtype == tf.int64 and not self.key_feature
+        columns = [cluster_ids] + [features[n] for n in packed] + ([item_ids] if ids_column else [])
         gathered = tf.unstack(replica.all_gather(tf.stack([tf.cast(c, tf.int64) for c in columns], axis=1), 0),
                               len(columns), axis=1)
-        cluster_ids = gathered[0]
-        item_ids = gathered[1] if item_ids.dtype == tf.int64 else replica.all_gather(item_ids, 0)
-        features = {n: gathered[len(columns) - len(packed) + packed.index(n)] if n in packed
-                    else replica.all_gather(features[n], 0) for n in self.feature_specs}
-        return item_ids, cluster_ids, features
+        features = {n: gathered[1 + packed.index(n)] if n in packed else replica.all_gather(features[n], 0)
+                    for n in self.feature_specs}
+        if self.key_feature:  # the items are written with the key feature as their id
+            item_ids = features[self.key_feature]
+        else:
+            item_ids = gathered[-1] if ids_column else replica.all_gather(item_ids, 0)
+        return item_ids, gathered[0], features
 
     def _append_new_slots(self, unique_slots: tf.Tensor) -> None:
         """Appends the slots of `unique_slots` [U] that were empty until now to the filled lists."""
