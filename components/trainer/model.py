@@ -303,7 +303,10 @@ class TwoTowerModel(tf_keras.Model):
         gradients = tape.gradient(loss, self.trainable_variables)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
         if self.pool is not None:
-            self.pool.update(index, cluster, {"item_index": index})
+            if columns is not None:  # every replica's items, gathered above for the in-batch columns
+                self.pool.update(columns[0], columns[1], {"item_index": columns[0]}, gathered=True)
+            else:
+                self.pool.update(index, cluster, {"item_index": index})
             stats["pool_fill"] = self.pool.fill_rate()
         stats["loss"] = loss
         stats = self._across_replicas(stats)

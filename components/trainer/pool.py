@@ -99,16 +99,20 @@ class ClusterPool(tf_keras.layers.Layer):
         return tf.cast(cluster_ids, tf.int64) * s + tf.math.floormod(self.keys(item_ids), s)
 
     # -- update engine --------------------------------------------------------------------
-    def update(self, item_ids: tf.Tensor, cluster_ids: tf.Tensor, features: Mapping[str, tf.Tensor]) -> None:
+    def update(self, item_ids: tf.Tensor, cluster_ids: tf.Tensor, features: Mapping[str, tf.Tensor],
+               gathered: bool = False) -> None:
         """Writes a batch of items into their slots.
 
         item_ids: [B] int or string; cluster_ids: [B] int in [0, C); features[name]: [B, *shape].
+        gathered: the items are already every replica's (`gather_replicas`' output, or the caller's
+        own all-gather in replica order), so they are not gathered again.
         """
         missing = set(self.feature_specs) - set(features)
         if missing:
             raise ValueError(f"update() is missing stored features {sorted(missing)}")
         cluster_ids = tf.cast(cluster_ids, tf.int64)
-        item_ids, cluster_ids, features = self.gather_replicas(item_ids, cluster_ids, features)
+        if not gathered:
+            item_ids, cluster_ids, features = self.gather_replicas(item_ids, cluster_ids, features)
         tf.debugging.assert_less(cluster_ids, tf.constant(self.num_clusters, tf.int64),
                                  message=f"cluster id out of range [0, {self.num_clusters})")
         tf.debugging.assert_non_negative(cluster_ids, message="negative cluster id")
