@@ -142,6 +142,29 @@ def test_pipeline_is_deterministic_whatever_the_user_shards(tmp_path, movielens_
     assert len(outputs[0]) == 6 and outputs[0] == outputs[1]
 
 
+def test_user_ids_that_hold_the_key_separator_give_the_reference_files_whatever_the_user_shards(tmp_path):
+    """User shards are ranges of user ids and output files concatenate their runs: ids that are prefixes of
+    each other, hold the key's separator \\x1f, control characters or non-ASCII text must still give every
+    file sorted by key, equal to the plain-Python reference."""
+    import csv
+
+    users = ["a", "a\x1fb", "a\x05", "a\x1fa", "ab", "é", "日本", "z\x1fz", "0", "00", "b"]
+    log = [(users[u % len(users)], f"i{i}", r, t) for u, i, r, t in helpers.synthetic_log(seed=3, users=40, rows=800)]
+    with open(tmp_path / "inter.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("user_id", "item_id", "rating", "timestamp"), *log])
+    with open(tmp_path / "items.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("item_id", "text"), *((f"i{i}", f"item {i}") for i in range(1, 41))])
+    expected = reference_shards(log, 20, 0.8, {core.TRAIN: 3, core.EVAL: 2})
+    for user_shards in (1, 4, 64):
+        out = str(tmp_path / f"out{user_shards}")
+        run_example_gen(ExampleGenConfig(source="generic", interactions=str(tmp_path / "inter.csv"),
+                                         items=str(tmp_path / "items.csv"), num_train_shards=3, num_eval_shards=2,
+                                         user_shards=user_shards), out)
+        for split, files in expected.items():
+            paths = sorted(glob.glob(os.path.join(out, split, "*.tfrecord")))
+            assert [[r.numpy() for r in tf.data.TFRecordDataset(p)] for p in paths] == files
+
+
 def test_unknown_items_are_dropped_and_counted(tmp_path):
     data = str(tmp_path / "ml")
     helpers.write_movielens(data, extra_lines=("1::999::5::1100", "2::998::4::1200"))

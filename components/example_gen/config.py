@@ -30,10 +30,11 @@ class ExampleGenConfig:
     train_fraction: share of interactions, in time order, that form the training period ('time').
     positive_threshold: ratings >= this are positives (label 1), others label 0.
     history_length: the last N positive items strictly before each example's timestamp.
-    user_shards: users are processed in this many groups (by a hash of the user id), each with array
-      operations in one worker's memory (about 100 bytes per interaction): raise it when interactions /
-      user_shards passes ~10^7, or to spread a large input over more workers. Each output shard is
-      merged from one sorted run per user shard (one open file each).
+    user_shards: users are processed in this many groups (ranges of the user id, cut at quantiles of a
+      sample, so about equal numbers of interactions each), each with array operations in one worker's
+      memory (about 100 bytes per interaction): raise it when interactions / user_shards passes ~10^7, or
+      to spread a large input over more workers. Each output shard is the concatenation of one sorted
+      run per user shard. Outputs do not depend on it.
     bad_rows: what a row that breaks the schema does (malformed line, wrong field count,
       non-numeric or out-of-range value, bytes not valid in the file's encoding):
       'fail' stops the step with file, line and field; 'dead_letter' drops the row, counts it
