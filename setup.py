@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "scikit-learn>=1.4,<2",  # k-means++ seeding
     "matplotlib>=3.8,<4",
     "pyarrow",
+    "google-crc32c>=1.5,<2",  # TFRecord checksums in the data steps (no TensorFlow in Beam workers)
     "numpy<3",
 ]
 
