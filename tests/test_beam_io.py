@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from components.common.beam_io import ConcatenateRuns, write_tfrecords
-from components.example_gen.pipeline import _by_user_range, _user_ranges, _user_sample, unpack_batch
+from components.example_gen.pipeline import _by_user_range, _user_ranges, _user_sample, pack_batch, unpack_batch
 
 
 @settings(max_examples=20, deadline=None)
@@ -48,7 +48,7 @@ USER_CHARS = st.sampled_from(["a", "b", "\x1f", "\x05", "\x00", "é", "日", "0"
 def test_user_ranges_keep_every_key_of_a_lower_shard_below_a_higher_one(users, shards):
     """Runs are concatenated in user shard order, so every example key (user \\x1f timestamp \\x1f item) of
     shard k must sort before every key of shard k+1, for any user ids (\\x1f, NUL and prefixes included)."""
-    batch = pa.record_batch([pa.array(users, pa.string())], names=["user_id"])
+    batch = pack_batch(pa.record_batch([pa.array(users, pa.string())], names=["user_id"]))
     bounds = _user_ranges([_user_sample(batch)], shards)
     assert bounds == sorted(set(bounds)) and len(bounds) < shards
     shard_of = {}
@@ -63,7 +63,7 @@ def test_user_ranges_keep_every_key_of_a_lower_shard_below_a_higher_one(users, s
 def test_user_ranges_balance_interactions():
     rng = np.random.default_rng(0)
     users = [f"user{u}" for u in rng.zipf(1.5, 200_000) % 50_000]
-    batch = pa.record_batch([pa.array(users, pa.string())], names=["user_id"])
+    batch = pack_batch(pa.record_batch([pa.array(users, pa.string())], names=["user_id"]))
     bounds = _user_ranges([_user_sample(batch)], 8)
     sizes = [unpack_batch(packed).num_rows for _, packed in _by_user_range(batch, bounds)]
     assert sum(sizes) == len(users) and len(sizes) >= 2

@@ -1,5 +1,6 @@
-"""example_gen as a Beam pipeline. Elements are batches (lists of input records, Arrow record batches),
-never one Python object per interaction; users are processed a shard of users at a time with array
+"""example_gen as a Beam pipeline. Elements are batches (lists of input records, Arrow record batches packed
+as zstd-compressed IPC bytes, which is how runners hold them between steps), never one Python object per
+interaction; users are processed a shard of users at a time with array
 operations (core.user_examples).
 
     interactions --parse+validate (per batch)--> drop rows whose item is not in the catalogue (counted)
@@ -133,10 +134,10 @@ class _ValidateInteractions(_Validate):
                 return
             columns = {name: [row[name] for row in rows] for name in ("user_id", "item_id", "rating", "timestamp")}
         order = (self._rank[batch[0].source] << _LINE_BITS) + np.asarray(lines, dtype=np.int64)
-        yield pa.RecordBatch.from_arrays(
+        yield pack_batch(pa.RecordBatch.from_arrays(
             [pa.array(columns["user_id"], pa.string()), pa.array(columns["item_id"], pa.string()),
              pa.array(columns["rating"], pa.float64()), pa.array(columns["timestamp"], pa.int64()),
-             pa.array(order)], schema=core.INTERACTIONS)
+             pa.array(order)], schema=core.INTERACTIONS))
 
 
 def _input_order(order: int, sorted_sources: list[str]) -> list:
@@ -151,11 +152,12 @@ class _KeepKnownItems(beam.DoFn):
         self.kept = Metrics.counter(NAMESPACE, "interactions_kept")
         self.unknown = Metrics.counter(NAMESPACE, "dropped_unknown_item")
 
-    def process(self, batch: pa.RecordBatch, catalogue_ids):
+    def process(self, packed: bytes, catalogue_ids):
+        batch = unpack_batch(packed)
         known = np.fromiter((i in catalogue_ids for i in batch.column("item_id").to_pylist()), bool, len(batch))
         self.kept.inc(int(known.sum()))
         if known.all():
-            yield batch
+            yield packed
             return
         self.unknown.inc(int((~known).sum()))
         for row in batch.filter(pa.array(~known)).to_pylist():
@@ -163,7 +165,7 @@ class _KeepKnownItems(beam.DoFn):
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, {"input": "interactions", "field": "item_id",
                                                          "problem": "item not in the item table", "row": row})
         if known.any():
-            yield batch.filter(pa.array(known))
+            yield pack_batch(batch.filter(pa.array(known)))
 
 
 class _OneRowPerItem(beam.DoFn):
@@ -196,8 +198,8 @@ def _user_prefixes(users: pa.Array) -> np.ndarray:
     return pc.binary_join_element_wise(first, "", "\x1f").to_numpy(zero_copy_only=False)
 
 
-def _user_sample(batch: pa.RecordBatch) -> list[str]:
-    return _user_prefixes(batch.column("user_id"))[::USER_SAMPLE_STRIDE].tolist()
+def _user_sample(packed: bytes) -> list[str]:
+    return _user_prefixes(unpack_batch(packed).column("user_id"))[::USER_SAMPLE_STRIDE].tolist()
 
 
 def _user_ranges(samples: list[list[str]], shards: int) -> list[str]:
@@ -206,8 +208,9 @@ def _user_ranges(samples: list[list[str]], shards: int) -> list[str]:
     return sorted({prefixes[k * len(prefixes) // shards] for k in range(1, shards)} if prefixes else set())
 
 
-def _by_user_range(batch: pa.RecordBatch, bounds: list[str]):
+def _by_user_range(packed: bytes, bounds: list[str]):
     """Splits a batch by user shard (range of user keys): (shard, the batch's rows of its users, packed)."""
+    batch = unpack_batch(packed)
     shard = np.searchsorted(np.asarray(bounds, dtype=object), _user_prefixes(batch.column("user_id")),
                             side="right")
     rows = np.argsort(shard, kind="stable")
@@ -302,9 +305,10 @@ def _item_rows(element):
                "train_count": total, "train_positive_count": positives}
 
 
-def _timestamps(batch: pa.RecordBatch) -> bytes:
+def _timestamps(packed: bytes) -> bytes:
     """A batch's timestamps, sorted (they compress better) and packed."""
-    return pack_batch(pa.record_batch([pa.array(np.sort(np.asarray(batch.column("timestamp"))))], names=["t"]))
+    timestamps = np.sort(np.asarray(unpack_batch(packed).column("timestamp")))
+    return pack_batch(pa.record_batch([pa.array(timestamps)], names=["t"]))
 
 
 def _cut(packed: list[bytes], train_fraction: float) -> int:
@@ -351,7 +355,7 @@ def build(pipeline: beam.Pipeline, config: ExampleGenConfig, output_dir: str) ->
         interactions = parsed.rows
         catalogue = (
             interactions
-            | "InteractionItems" >> beam.FlatMap(lambda b: pc.unique(b.column("item_id")).to_pylist())
+            | "InteractionItems" >> beam.FlatMap(lambda b: pc.unique(unpack_batch(b).column("item_id")).to_pylist())
             | "DistinctItems" >> beam.Distinct()
             | "TextlessItems" >> beam.Map(lambda i: (i, {"item_id": i, "text": "", "categories": []}))
         )
