@@ -226,8 +226,9 @@ class UserRanges(beam.PTransform):
 def _by_user_range(packed: bytes, bounds: list[str]):
     """Splits a batch by user shard (range of user keys): (shard, the batch's rows of its users, packed)."""
     batch = unpack_batch(packed)
-    shard = np.searchsorted(np.asarray(bounds, dtype=object), _user_prefixes(batch.column("user_id")),
-                            side="right")
+    users = pc.dictionary_encode(batch.column("user_id"))  # the range key once per distinct user, not per row
+    shard = np.searchsorted(np.asarray(bounds, dtype=object), _user_prefixes(users.dictionary),
+                            side="right")[users.indices.to_numpy()]
     rows = np.argsort(shard, kind="stable")
     cuts = np.searchsorted(shard[rows], np.arange(len(bounds) + 2))
     for s in range(len(bounds) + 1):
