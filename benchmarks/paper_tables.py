@@ -1,6 +1,6 @@
 """The paper's Tables 1-3 on our data, plus cluster granularity, in one command.
 
-    python -m benchmarks.paper_tables [--seeds 0,1,2] [--epochs 3] [--ml1m-dir ../shared/data/ml-1m]
+    python -m benchmarks.paper_tables [--seeds 0,1,2] [--epochs 3] [--optimizer adam] [--ml1m-dir ../shared/data/ml-1m]
                                       [--amazon-dir ../shared/data/amazon-gift_cards-2018]
 
 Table 1: in_batch, oob, cluster_oob with genre/category clusters and with LLM (MiniLM k-means)
@@ -108,7 +108,7 @@ def train_and_evaluate(config: TrainerConfig, examples: str, clusters: str, tag:
 
 
 def table1(datasets: dict, seeds: list[int], epochs: int, variants=VARIANTS, logq_correction: str = "mixture",
-           tag: str = "") -> list[dict]:
+           tag: str = "", optimizer: str = TrainerConfig.optimizer) -> list[dict]:
     """Every (strategy, cluster source) of `variants` on every data set, over seeds; gain over in_batch.
     Mass shares: the share of the negatives' softmax mass per source in the last epoch, mean over seeds."""
     rows = []
@@ -117,7 +117,8 @@ def table1(datasets: dict, seeds: list[int], epochs: int, variants=VARIANTS, log
             runs = []
             for seed in seeds:
                 config = TrainerConfig(**{"strategy": strategy, "cluster_source": source, "epochs": epochs,
-                                          "seed": seed, "logq_correction": logq_correction, **overrides})
+                                          "seed": seed, "logq_correction": logq_correction, "optimizer": optimizer,
+                                          **overrides})
                 runs.append(train_and_evaluate(config, examples, clusters,
                                                f"{name}-{strategy}-{source}{tag}-{seed}"))
             rows.append({"dataset": name, "strategy": strategy, "clusters": source, "runs": runs,
@@ -236,11 +237,11 @@ def false_negative_rate(examples: str, clusters: str, draws: int = 15, seed: int
     return rate
 
 
-def granularity(data_dir: str, counts: list[int], epochs: int) -> list[dict]:
+def granularity(data_dir: str, counts: list[int], epochs: int, optimizer: str = TrainerConfig.optimizer) -> list[dict]:
     rows = []
     for c in counts:
         examples, clusters = prepare("ml1m_reconstructed", ExampleGenConfig.movielens(data_dir), clusters=c)
-        config = TrainerConfig(strategy="cluster_oob", cluster_source="llm", epochs=epochs, seed=0)
+        config = TrainerConfig(strategy="cluster_oob", cluster_source="llm", epochs=epochs, seed=0, optimizer=optimizer)
         result = train_and_evaluate(config, examples, clusters, f"granularity-{c}")
         rows.append({"clusters": c, "hr50": result["hr50"], "hr100": result["hr100"],
                      "false_negative_rate": false_negative_rate(examples, os.path.join(clusters, "llm"))})
@@ -315,7 +316,8 @@ def write_results(name: str, result: dict, text: str) -> None:
 
 def markdown(result: dict) -> str:
     lines = [f"Seeds {result['seeds']}; ML-1M: {result['epochs']} epochs, batch 1024, 16 pool negatives "
-             "(random:cluster 1:15), 64-d towers with position-pooled history, temperature 0.05; "
+             "(random:cluster 1:15), 64-d towers with position-pooled history, temperature 0.05, "
+             f"optimizer {result.get('optimizer', 'adam')}; "
              "Amazon Gift Cards: batch 128, 10 epochs. Loss: every negative column logQ-corrected by the log of "
              "its expected count over all sources (`logq_correction mixture`, losses.py). The cluster source "
              "gives both the cluster-id features and the pool segments. Softmax mass: each source's share of "
@@ -368,6 +370,8 @@ def main() -> None:
     parser.add_argument("--amazon-dir", default=os.environ.get(
         "AMAZON_DIR", os.path.join("..", "shared", "data", "amazon-gift_cards-2018")))
     parser.add_argument("--granularity", default="10,31,62,125,250", help="cluster counts; '' skips it")
+    parser.add_argument("--optimizer", default=TrainerConfig.optimizer,
+                        help="trainer optimizer of every run ('adam': the runs made before lazy_adam was the default)")
     parser.add_argument("--throughput", choices=("yes", "no"), default="yes",
                         help="no: keep Table 2 from the previous results file")
     parser.add_argument("--datasets", default="ml1m_reconstructed,ml1m_exact_users_1-2999,amazon_gift_cards",
@@ -390,16 +394,16 @@ def main() -> None:
         raise SystemExit(f"unknown data sets {unknown}: choose from {sorted(available)}")
     datasets = {name: available[name]() for name in args.datasets.split(",")}
     started = time.monotonic()
-    result = {"seeds": seeds, "epochs": args.epochs}
+    result = {"seeds": seeds, "epochs": args.epochs, "optimizer": args.optimizer}
     # most telling first: a run cut short keeps its finished trainings (each is reused on the next run)
     first = {"ml1m_reconstructed": datasets["ml1m_reconstructed"]}
-    table1(first, seeds, args.epochs)
+    table1(first, seeds, args.epochs, optimizer=args.optimizer)
     result["no_correction"] = table1(first, seeds, args.epochs, variants=NO_CORRECTION_VARIANTS,
-                                     logq_correction="none", tag="-nologq")
+                                     logq_correction="none", tag="-nologq", optimizer=args.optimizer)
     result["table2"] = table2(*recon) if args.throughput == "yes" else _previous("table2")
-    result["table1"] = table1(datasets, seeds, args.epochs)
+    result["table1"] = table1(datasets, seeds, args.epochs, optimizer=args.optimizer)
     counts = [int(c) for c in args.granularity.split(",") if c]
-    result["granularity"] = granularity(ml, counts, args.epochs) if counts else []
+    result["granularity"] = granularity(ml, counts, args.epochs, args.optimizer) if counts else []
     result["false_negative_rate_random_draws"] = false_negative_rate(recon[0], os.path.join(recon[1], "llm"),
                                                                      random_draws=True)
     result["wall_seconds"] = time.monotonic() - started
