@@ -100,9 +100,10 @@ def train_and_evaluate(config: TrainerConfig, examples: str, clusters: str, tag:
         metrics = run_evaluator(EvaluatorConfig(ks=ks), out, examples, os.path.join(out, "eval"),
                                 config.history_length)
     final = summary["final_metrics"]
+    speeds = summary["examples_per_second"]  # empty when a resumed run had no epoch left to train
     return {**{f"hr{k}": metrics[f"hit_rate@{k}"] for k in ks}, **{f"ndcg{k}": metrics[f"ndcg@{k}"] for k in ks},
             "model_dir": out, "popularity": metrics["popularity"],
-            "examples_per_second": statistics.mean(summary["examples_per_second"]),
+            "examples_per_second": statistics.mean(speeds) if speeds else None,
             "negative_masked_rate": final.get("negative_masked_rate"),
             "mass": {k[len("mass_"):]: v for k, v in final.items() if k.startswith("mass_") and v}}
 
