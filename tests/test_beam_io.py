@@ -50,9 +50,13 @@ def user_batch(users: list[str]) -> bytes:
 
 
 def user_ranges(batches: list[bytes], shards: int, path: str) -> list[str]:
+    """UserRanges' one output, run on the DirectRunner (written to `path` on the way out)."""
+    def save(bounds):
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(bounds, f)
+
     with beam.Pipeline(runner="DirectRunner") as p:
-        _ = (p | beam.Create(batches) | UserRanges(shards)
-             | beam.Map(lambda bounds: open(path, "w", encoding="utf-8").write(json.dumps(bounds))))
+        _ = p | beam.Create(batches) | UserRanges(shards) | beam.Map(save)
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
@@ -61,8 +65,8 @@ def user_ranges(batches: list[bytes], shards: int, path: str) -> list[str]:
 @given(st.lists(st.text(USER_CHARS, min_size=1, max_size=4), min_size=1, max_size=60),
        st.lists(st.text(USER_CHARS, min_size=1, max_size=4), max_size=8))
 def test_user_ranges_keep_every_key_of_a_lower_shard_below_a_higher_one(users, bounds):
-    """Runs are concatenated in user shard order, so every example key (user \x1f timestamp \x1f item) of
-    shard k must sort before every key of shard k+1, for any user ids (\x1f, NUL and prefixes included)
+    """Runs are concatenated in user shard order, so every example key (user \\x1f timestamp \\x1f item) of
+    shard k must sort before every key of shard k+1, for any user ids (\\x1f, NUL and prefixes included)
     and any bounds."""
     batch = user_batch(users)
     bounds = sorted({b + "\x1f" for b in bounds})
