@@ -162,9 +162,9 @@ def pool_seconds(model, batches: list, steps: int = 40, correction: bool = False
 
     @tf.function
     def pool_ops(index, cluster):
-        drawn = model.pool(cluster, model.num_random, model.num_cluster)
+        drawn = model._draw({"label": tf.ones_like(index, tf.float32)}, cluster)  # per example or shared
         if correction:
-            model._log_counts(index, cluster, drawn["item_index"])
+            model._log_counts(index, cluster, drawn)
         model.pool.update(index, cluster, {"item_index": index})
         return drawn["item_index"]
 

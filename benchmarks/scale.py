@@ -90,7 +90,8 @@ def measure_pool(items: int) -> dict:
     return {"items": items, "clusters": clusters, "slots_per_cluster": slots, "pool_ms": 1e3 * statistics.median(times)}
 
 
-def measure_step(items: int, strategy: str, optimizer: str) -> dict:
+def measure_step(items: int, strategy: str, optimizer: str, overrides: str = "{}") -> dict:
+    """overrides: JSON of further TrainerConfig fields (benchmarks.negative_sharing's variants)."""
     import tensorflow as tf
 
     from components.trainer.config import TrainerConfig
@@ -101,7 +102,8 @@ def measure_step(items: int, strategy: str, optimizer: str) -> dict:
     catalogue, cdf = catalogue_of(items)
     buckets = 1_000_000 if items > 1_000_000 else 0
     users = None if buckets else np.char.add("u", np.arange(items).astype(str)).tolist()
-    config = TrainerConfig(strategy=strategy, optimizer=optimizer, user_id_buckets=buckets, history_length=HISTORY)
+    config = TrainerConfig(strategy=strategy, optimizer=optimizer, user_id_buckets=buckets, history_length=HISTORY,
+                           **json.loads(overrides))
     model = TwoTowerModel(config, catalogue, users)
     model.compile(optimizer=make_optimizer(optimizer, config.learning_rate))
     model.preload_pool(catalogue)
@@ -130,7 +132,7 @@ def measure_step(items: int, strategy: str, optimizer: str) -> dict:
     step = statistics.median(times)
     result = {"items": items, "users": items, "user_rows": buckets or items + 1, "strategy": strategy,
               "optimizer": optimizer, "step_ms": 1e3 * step, "examples_per_second": BATCH / step,
-              "setup_seconds": setup}
+              "setup_seconds": setup, "embedded_rows": float(logs["embedded_rows"])}
     if model.pool is not None:  # the pool's share, timed in this process on this model's pool
         from benchmarks.paper_tables import pool_seconds
 

@@ -210,3 +210,51 @@ def test_row_slices_against_all_candidates_sum_to_the_whole_batch(seed):
             sample_weight=tf.constant(w[lo:hi]), first_row=lo)
         total += float(part) * (hi - lo)  # without a strategy each part is its own rows' mean
     np.testing.assert_allclose(total / b, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("with_correction", [False, True])
+def test_shared_negatives_match_the_oracle_of_every_query_drawing_them(seed, with_correction):
+    """Shared draws [K, d] scored by every query, masks per query [B, K], one correction row [1, K]: the
+    per-example oracle with the draws repeated for every query (duplicates across and within sources)."""
+    rng = np.random.default_rng(seed)
+    b, k, d, t = 7, 6, 5, 0.1
+    q, p = _unit(rng.normal(size=(b, d))), _unit(rng.normal(size=(b, d)))
+    pid = rng.integers(0, 5, size=b)
+    n, nid = _unit(rng.normal(size=(k, d))), rng.integers(0, 6, size=k)  # some equal to a positive
+    n[3], nid[3] = n[1], nid[1]  # the same item drawn twice
+    nvalid = rng.uniform(size=(b, k)) > 0.25
+    nlc = np.log(rng.uniform(0.05, 2, size=(1, k))) if with_correction else None
+    lc = np.log(rng.uniform(0.01, 3.0, size=(1, b))) if with_correction else None
+    source = np.array([1, 1, 2, 2, 2, 2])
+    w = rng.integers(0, 3, size=b).astype(np.float32)
+    w[0] = 1.0
+    loss, stats = mixed_negatives_loss(
+        tf.constant(q, tf.float32), tf.constant(p, tf.float32), tf.constant(pid), t,
+        in_batch_log_count=None if lc is None else tf.constant(lc, tf.float32),
+        negatives=tf.constant(n, tf.float32), negative_ids=tf.constant(nid), negative_valid=tf.constant(nvalid),
+        negative_log_count=None if nlc is None else tf.constant(nlc, tf.float32),
+        negative_sources=tf.constant(source), sample_weight=tf.constant(w))
+    expected, shares = numpy_loss(q, p, pid, t, None if lc is None else np.repeat(lc, b, 0),
+                                  np.broadcast_to(n, (b, k, d)), np.broadcast_to(nid, (b, k)), nvalid,
+                                  None if nlc is None else np.repeat(nlc, b, 0), [SOURCES[s] for s in source], w)
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-4, atol=1e-5)
+    for name in ("in_batch", "random", "cluster"):
+        np.testing.assert_allclose(float(stats[f"mass_{name}"]), shares[SOURCES.index(name)], rtol=1e-4, atol=1e-6)
+    keep = nvalid & (nid[None, :] != pid[:, None])
+    np.testing.assert_allclose(float(stats["negative_masked_rate"]), 1 - keep.mean(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_full_softmax_matches_numpy(seed):
+    from components.trainer.losses import full_softmax_loss
+
+    rng = np.random.default_rng(seed)
+    b, v, d, t = 5, 11, 4, 0.2
+    q, c = _unit(rng.normal(size=(b, d))), _unit(rng.normal(size=(v, d)))
+    positive, w = rng.integers(0, v, size=b), rng.integers(0, 3, size=b).astype(np.float32)
+    loss, _ = full_softmax_loss(tf.constant(q, tf.float32), tf.constant(c, tf.float32), tf.constant(positive), t,
+                                tf.constant(w))
+    logits = q @ c.T / t
+    log_softmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(float(loss), -(w * log_softmax[np.arange(b), positive]).sum() / b, rtol=1e-5)

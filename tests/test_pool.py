@@ -248,3 +248,67 @@ def test_key_feature_pool_behaves_like_one_with_a_key_array():
     np.testing.assert_array_equal(plain.contains(*query).numpy(), keyed.contains(*query).numpy())
     with pytest.raises(ValueError, match="key_feature must name a stored scalar int64 feature, got 'dense'"):
         ClusterPool(4, 8, SPEC, key_feature="dense")
+
+
+def numpy_allocation(clusters, weights, budget):
+    """allocate_draws by its definition: one draw each, the rest by largest remainder (ties: smaller id)."""
+    ids = sorted({c for c, w in zip(clusters, weights) if w > 0})
+    mass = np.array([sum(w for c, w in zip(clusters, weights) if c == u) for u in ids], np.float64)
+    extra = max(budget - len(ids), 0)
+    share = extra * mass / mass.sum() if len(ids) else mass
+    base = np.floor(share)
+    order = sorted(range(len(ids)), key=lambda u: (-(share[u] - base[u]), u))
+    draws = 1 + base.astype(np.int64)
+    for u in order[:extra - int(base.sum())]:
+        draws[u] += 1
+    return np.array(ids, np.int64), draws
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("budget", [0, 3, 16, 101])
+def test_allocate_draws_matches_numpy_oracle(seed, budget):
+    from components.trainer.pool import allocate_draws
+
+    rng = np.random.default_rng(seed)
+    clusters = rng.integers(0, 9, size=40)
+    weights = rng.integers(0, 3, size=40).astype(np.float32)  # label-0 rows ask for nothing
+    got_clusters, got_draws = allocate_draws(tf.constant(clusters), tf.constant(weights), budget)
+    want_clusters, want_draws = numpy_allocation(clusters, weights, budget)
+    np.testing.assert_array_equal(got_clusters.numpy(), want_clusters)
+    np.testing.assert_array_equal(got_draws.numpy(), want_draws)
+    assert got_draws.numpy().sum() == max(budget, len(want_clusters))
+    assert got_draws.numpy().min() >= 1
+
+
+def test_allocate_draws_of_a_batch_without_positives_is_empty():
+    from components.trainer.pool import allocate_draws
+
+    clusters, draws = allocate_draws(tf.constant([1, 2, 2]), tf.zeros([3]), 10)
+    assert clusters.shape == (0,) and draws.shape == (0,)
+
+
+@pytest.mark.parametrize("sampling", ["filled", "slot"])
+def test_shared_draws_come_from_their_allocated_segments(sampling):
+    pool = make_pool(4, 8, sampling=sampling, seed=1)
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, 1000, size=30)
+    clusters = rng.integers(0, 4, size=30)
+    pool.update(tf.constant(ids), tf.constant(clusters), {"item_index": tf.constant(ids), "dense": tf.zeros([30, 3])})
+    state = numpy_update(4, 8, ids, clusters)
+    batch = tf.constant([0, 0, 0, 2, 2, 3])
+    out = pool.sample_shared(batch, tf.constant([1.0, 1, 1, 1, 1, 0]), 3, 10)
+    np.testing.assert_array_equal(out["clusters"].numpy(), [0, 2])
+    np.testing.assert_array_equal(out["draws"].numpy(), [6, 4])  # 1 + 8 * 3/5 -> 5.8, 1 + 8 * 2/5 -> 4.2
+    assert out["item_index"].shape == (13,) and out["valid"].shape == (13,)
+    np.testing.assert_array_equal(out["source"].numpy(), [1] * 3 + [2] * 10)
+    cluster_of = {item: slot // 8 for slot, item in state.items()}
+    drawn, valid = out["item_index"].numpy(), out["valid"].numpy()
+    segment = np.repeat([0, 2], [6, 4])
+    for item, ok, want in zip(drawn[3:], valid[3:], segment):
+        if ok:
+            assert cluster_of[item] == want
+    for item, ok in zip(drawn[:3], valid[:3]):
+        if ok:
+            assert item in cluster_of
+    if sampling == "filled":
+        assert valid.all()

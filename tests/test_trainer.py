@@ -152,8 +152,9 @@ def test_log_counts_of_the_model_match_their_definition(mode, examples_dir, clus
     rng = np.random.default_rng(0)
     index = tf.constant(rng.integers(2, len(catalogue.item_ids) + 2, size=12), tf.int64)
     cluster = tf.gather(model.items.cluster_of_index, index)
-    drawn = model.pool(cluster, model.num_random, model.num_cluster)["item_index"]
-    in_batch, pool = model._log_counts(index, cluster, drawn)
+    samples = model.pool(cluster, model.num_random, model.num_cluster)
+    drawn = samples["item_index"]
+    in_batch, pool = model._log_counts(index, cluster, samples)
     prob = model.items.probability_of_index.numpy()
     if mode == "none":
         assert in_batch is None and pool is None

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-STRATEGIES = ("in_batch", "oob", "cluster_oob")
+STRATEGIES = ("in_batch", "oob", "cluster_oob", "full")
+NEGATIVE_SHARING = ("per_example", "shared")  # see model.TwoTowerModel and losses.py
 HISTORY_POOLING = ("mean", "position")
 CLUSTER_SOURCES = ("llm", "category", "behavioural")  # tables of item_clusterer's output
 LOGQ_CORRECTIONS = ("mixture", "in_batch", "none")  # see losses.py
@@ -19,7 +20,19 @@ class TrainerConfig:
     strategy: 'in_batch' (logQ-corrected in-batch negatives with accidental-hit masking),
       'oob' (+ `num_negatives` random pool negatives per example) or 'cluster_oob' (+ pool
       negatives split random:cluster by `random_ratio`:`cluster_ratio`, cluster draws from the
-      positive's cluster segment).
+      positive's cluster segment) or 'full' (the exact softmax over every catalogue item each step:
+      the ceiling every sampler estimates; its step cost grows with the catalogue, so it is refused
+      above `full_softmax_memory_mb`).
+    negative_sharing: 'per_example' (each example draws its own `num_negatives` from the pool, B x K
+      draws a step) or 'shared' (the step draws `shared_negatives` pool items once for the whole
+      batch, the cluster share split among the distinct clusters of the batch's positives, and every
+      query is scored against all of them; see losses.py for the correction).
+    shared_negatives: M, the pool draws of a step with 'shared' (0 = the batch size, so the candidate
+      tower embeds at most twice the batch whatever the catalogue).
+    deduplicate_candidates: embed each distinct item of a step (positives and pool draws) once and
+      gather its rows (same loss to float tolerance; less work when items repeat).
+    full_softmax_memory_mb: the memory 'full' may take for its [batch, items] logits and the tower
+      pass over the catalogue (estimated before training; a larger catalogue is refused).
     cluster_source: which cluster table ('llm', 'category' or 'behavioural': k-means of a trained
       model's item embeddings) feeds the cluster-id features and the pool segments.
     slots_per_cluster: S; 0 = the next power of two >= 2 * items / clusters (at least 16).
@@ -67,6 +80,10 @@ class TrainerConfig:
     learning_rate: float = 1e-3
     optimizer: str = "lazy_adam"
     num_negatives: int = 16
+    negative_sharing: str = "per_example"
+    shared_negatives: int = 0
+    deduplicate_candidates: bool = True
+    full_softmax_memory_mb: int = 8192
     random_ratio: int = 1
     cluster_ratio: int = 15
     slots_per_cluster: int = 0
@@ -100,8 +117,20 @@ class TrainerConfig:
                              f"only), got {self.checkpoint_every_steps} and {self.checkpoint_every_minutes}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.strategy != "in_batch" and self.num_negatives < 1:
+        if self.uses_pool and self.num_negatives < 1:
             raise ValueError(f"strategy {self.strategy!r} needs num_negatives >= 1, got {self.num_negatives}")
+        if self.negative_sharing not in NEGATIVE_SHARING:
+            raise ValueError(f"negative_sharing must be one of {NEGATIVE_SHARING}, got {self.negative_sharing!r}")
+        if self.shared_negatives < 0:
+            raise ValueError(f"shared_negatives must be >= 0 (0 = the batch size), got {self.shared_negatives}")
+        if self.full_softmax_memory_mb < 1:
+            raise ValueError(f"full_softmax_memory_mb must be >= 1, got {self.full_softmax_memory_mb}")
+        if self.strategy == "full" and (self.mask_history_negatives or self.mask_user_positives):
+            raise ValueError("mask_history_negatives and mask_user_positives mask pool draws: strategy 'full' "
+                             "has none (every catalogue item is a column once)")
+        if self.edis_negatives and self.negative_sharing == "shared":
+            raise ValueError("edis_negatives interpolates each example's own pool negatives: use negative_sharing "
+                             "'per_example'")
         if self.logq_correction not in LOGQ_CORRECTIONS:
             raise ValueError(f"logq_correction must be one of {LOGQ_CORRECTIONS}, got {self.logq_correction!r}")
         if self.history_pooling not in HISTORY_POOLING:
@@ -118,23 +147,32 @@ class TrainerConfig:
         if self.edis_negatives < 0 or not 0.0 <= self.edis_max_weight < 1.0:
             raise ValueError(f"edis_negatives must be >= 0 and edis_max_weight in [0, 1), got "
                              f"{self.edis_negatives}, {self.edis_max_weight}")
-        if self.edis_negatives and self.strategy == "in_batch":
+        if self.edis_negatives and not self.uses_pool:
             raise ValueError("edis_negatives interpolates pool negatives: use strategy 'oob' or 'cluster_oob'")
         if self.random_ratio < 0 or self.cluster_ratio < 0 or self.random_ratio + self.cluster_ratio == 0:
             raise ValueError(f"bad random:cluster ratio {self.random_ratio}:{self.cluster_ratio}")
 
     @property
     def uses_pool(self) -> bool:
-        return self.strategy != "in_batch"
+        return self.strategy in ("oob", "cluster_oob")
+
+    @property
+    def shares_negatives(self) -> bool:
+        return self.uses_pool and self.negative_sharing == "shared"
 
     def negative_split(self) -> tuple[int, int]:
-        """(random, cluster) pool negatives per example."""
-        if self.strategy == "in_batch":
+        """(random, cluster) pool draws: per example, or with 'shared' per step (`shared_budget`)."""
+        if not self.uses_pool:
             return 0, 0
+        total = self.shared_budget() if self.shares_negatives else self.num_negatives
         if self.strategy == "oob":
-            return self.num_negatives, 0
-        cluster = round(self.num_negatives * self.cluster_ratio / (self.random_ratio + self.cluster_ratio))
-        return self.num_negatives - cluster, cluster
+            return total, 0
+        cluster = round(total * self.cluster_ratio / (self.random_ratio + self.cluster_ratio))
+        return total - cluster, cluster
+
+    def shared_budget(self) -> int:
+        """M, the shared pool draws of a step (the cluster share may grow to one draw per distinct cluster)."""
+        return self.shared_negatives or self.batch_size
 
     def slots_for(self, num_items: int, num_clusters: int) -> int:
         if self.slots_per_cluster:

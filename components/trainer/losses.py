@@ -20,6 +20,20 @@ probability of the one source that happened to draw it. In-batch alone this is T
 to the per-query constant log(B - 1), which the softmax ignores. With `pool_sampling='slot'`, F and
 F_c are the slot counts C*S and S.
 
+Shared draws (`negative_sharing='shared'`). The step draws M pool items once for the whole batch:
+m_r uniformly from the pool and, for each distinct cluster u among the batch's positives, a_u from
+u's segment (a_u >= 1, the rest of the cluster share m_c split in proportion to u's positives, so
+sum_u a_u = max(m_c, U)). Every query is scored against all of them: its own cluster's draws are
+its hard negatives, the others' are extra negatives. Given the batch, the draws do not depend on
+the query, so the expected count of item j among any query's negatives is
+
+    c(j) = (B - 1) p_j + [j in pool] (m_r / F + a_cluster(j) / F_cluster(j))    (a_u = 0 for a
+                                                                               cluster not in the batch)
+
+the same for every query: one correction row [1, M_in_batch + M] for the step. Accidental hits
+(a draw equal to the query's positive) and the false-negative masks (history, user positives)
+stay per query ([B, M] masks).
+
 Other modes: 'in_batch' corrects only the in-batch columns by -log p_j and leaves pool columns raw
 (what TFRS's Retrieval task does with extra candidates; it leaves pool negatives with ~0% of the
 softmax mass, kept to reproduce earlier results); 'none' corrects nothing (the setting in which
@@ -91,10 +105,13 @@ def mixed_negatives_loss(
     accidental hits: other columns with the positive's item).
     in_batch_log_count: [B, M] (or broadcastable, e.g. [1, M]) log correction of the in-batch
       columns, the positive's included; None = no correction.
-    negatives: [B, K, d] per-example out-of-batch negatives; negative_ids: [B, K];
-    negative_valid: [B, K] bool, False for draws that found no item or are masked.
-    negative_log_count: [B, K] log correction of the pool columns; None = no correction.
-    negative_sources: K names from SOURCES, where each pool column comes from.
+    negatives: [B, K, d] per-example out-of-batch negatives, or [K, d] shared by every query;
+    negative_ids: [B, K] (shared: [K]); negative_valid: [B, K] bool (shared: [B, K] or [K]), False
+    for draws that found no item or are masked for that query.
+    negative_log_count: [B, K] (or broadcastable, e.g. [1, K]) log correction of the pool columns;
+      None = no correction.
+    negative_sources: K names from SOURCES, or a [K] int tensor of indices into SOURCES (shared draws,
+      whose count K is known only at run time), where each pool column comes from.
     sample_weight: [B] the label r_i (paper §3.1); None = all ones.
 
     Logits are s / temperature - log count; masked entries get MASKED_LOGIT. Negatives equal to
@@ -118,35 +135,64 @@ def mixed_negatives_loss(
     if negatives is not None:
         if negative_ids is None or negative_valid is None:
             raise ValueError("negatives need negative_ids and negative_valid")
-        unknown = sorted(set(negative_sources) - set(SOURCES))
-        if len(negative_sources) != negatives.shape[1] or unknown:
-            raise ValueError(f"negative_sources must name the source ({SOURCES}) of each of the "
-                             f"{negatives.shape[1]} negatives, got {list(negative_sources)}")
-        neg_logits = tf.einsum("bd,bkd->bk", query, negatives) / temperature  # [B, K]
+        shared = negatives.shape.rank == 2
+        if isinstance(negative_sources, tf.Tensor):
+            column_source = tf.cast(negative_sources, tf.int32)
+            sources += ["random", "cluster"]  # what shared draws are made of
+        else:
+            unknown = sorted(set(negative_sources) - set(SOURCES))
+            if len(negative_sources) != negatives.shape[-2] or unknown:
+                raise ValueError(f"negative_sources must name the source ({SOURCES}) of each of the "
+                                 f"{negatives.shape[-2]} negatives, got {list(negative_sources)}")
+            column_source = tf.constant([SOURCES.index(s) for s in negative_sources], tf.int32)
+            sources += [s for s in SOURCES[1:] if s in negative_sources]
+        if shared:
+            neg_logits = tf.matmul(query, negatives, transpose_b=True) / temperature  # [B, K]
+            negative_ids = negative_ids[None, :]
+        else:
+            neg_logits = tf.einsum("bd,bkd->bk", query, negatives) / temperature  # [B, K]
         if negative_log_count is not None:
             neg_logits -= negative_log_count
-        hit = tf.equal(negative_ids, tf.expand_dims(positive_ids, 1))
+        hit = tf.equal(negative_ids, tf.expand_dims(positive_ids, 1))  # [B, K]
         keep = tf.logical_and(negative_valid, tf.logical_not(hit))
         neg_logits = tf.where(keep, neg_logits, tf.fill(tf.shape(neg_logits), MASKED_LOGIT))
         logits = tf.concat([logits, neg_logits], axis=1)
         labels = tf.concat([labels, tf.zeros_like(neg_logits)], axis=1)
         stats["negative_masked_rate"] = 1.0 - tf.reduce_mean(tf.cast(keep, tf.float32))
         stats["negative_hit_rate"] = tf.reduce_mean(tf.cast(tf.logical_and(hit, negative_valid), tf.float32))
-        sources += [s for s in SOURCES[1:] if s in negative_sources]
+    else:
+        column_source = tf.zeros([0], tf.int32)
     per_example = tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     weight = tf.ones_like(per_example) if sample_weight is None else tf.cast(sample_weight, per_example.dtype)
-    stats.update(_mass_shares(logits, labels, negative_sources, sources, weight))
+    stats.update(_mass_shares(logits, labels, column_source, sources, weight))
     loss = tf.nn.compute_average_loss(per_example, sample_weight=weight, global_batch_size=global_rows(batch))
     return loss, stats
 
 
-def _mass_shares(logits: tf.Tensor, labels: tf.Tensor, negative_sources: Sequence[str], sources: list[str],
+def _mass_shares(logits: tf.Tensor, labels: tf.Tensor, negative_source: tf.Tensor, sources: list[str],
                  weight: tf.Tensor) -> dict[str, tf.Tensor]:
-    """Share of the negatives' softmax mass per source (`mass_<source>`), weighted mean over rows."""
+    """Share of the negatives' softmax mass per source (`mass_<source>`), weighted mean over rows;
+    negative_source: [K] indices into SOURCES of the last K columns (the others are in-batch)."""
     probs = tf.stop_gradient(tf.nn.softmax(logits)) * (1.0 - labels)  # [B, M + K], positive left out
-    column_source = tf.concat([tf.zeros([tf.shape(labels)[1] - len(negative_sources)], tf.int32),
-                               tf.constant([SOURCES.index(s) for s in negative_sources], tf.int32)], axis=0)
+    column_source = tf.concat([tf.zeros([tf.shape(labels)[1] - tf.size(negative_source)], tf.int32),
+                               negative_source], axis=0)
     mass = tf.matmul(probs, tf.one_hot(column_source, len(SOURCES)))  # [B, sources]
     share = tf.math.divide_no_nan(mass, tf.reduce_sum(mass, axis=1, keepdims=True))
     mean = tf.math.divide_no_nan(tf.reduce_sum(share * weight[:, None], axis=0), tf.reduce_sum(weight))
     return {f"mass_{s}": mean[SOURCES.index(s)] for s in sources}
+
+
+def full_softmax_loss(query: tf.Tensor, catalogue: tf.Tensor, positive_column: tf.Tensor, temperature: float,
+                      sample_weight: tf.Tensor | None = None) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    """The exact softmax over the catalogue (no sampling, so no correction and no accidental hits).
+
+    query: [B, d]; catalogue: [V, d] every catalogue item's embedding; positive_column: [B] int, the
+    positive's row of `catalogue`; sample_weight: [B] (None = ones). Returns (loss, {}), the loss
+    reduced as in `mixed_negatives_loss`.
+    """
+    logits = tf.matmul(query, catalogue, transpose_b=True) / temperature  # [B, V]
+    per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=positive_column, logits=logits)
+    weight = tf.ones_like(per_example) if sample_weight is None else tf.cast(sample_weight, per_example.dtype)
+    loss = tf.nn.compute_average_loss(per_example, sample_weight=weight,
+                                      global_batch_size=global_rows(tf.shape(query)[0]))
+    return loss, {}

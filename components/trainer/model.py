@@ -10,7 +10,7 @@ import tf_keras
 
 from components.trainer.config import TrainerConfig
 from components.trainer.data import ItemCatalogue, pair_keys
-from components.trainer.losses import expected_counts, log_count, mixed_negatives_loss
+from components.trainer.losses import expected_counts, full_softmax_loss, log_count, mixed_negatives_loss
 from components.trainer.pool import ClusterPool
 
 
@@ -19,6 +19,13 @@ def in_history(ids: tf.Tensor, history: tf.Tensor) -> tf.Tensor:
     whether each draw is one of its own user's history items."""
     same = tf.equal(ids[:, :, None], history[:, None, :])
     return tf.reduce_any(tf.logical_and(same, history[:, None, :] > 0), axis=-1)
+
+
+def full_softmax_bytes(items: int, batch: int, dim: int) -> int:
+    """Estimated float32 bytes of one 'full' step: the [batch, items] logits with their softmax and gradient
+    (3 x batch per item) and the candidate tower's activations over the catalogue with their gradients
+    (about 20 x dim per item: embeddings, MLP layers, normalisation, forward and backward)."""
+    return 4 * items * (3 * batch + 20 * dim)
 
 
 def index_table(keys: Sequence[str], first: int, default: int) -> tf.lookup.StaticHashTable:
@@ -71,11 +78,13 @@ class CandidateTower(tf_keras.Model):
         self.items, self.item_embedding, self.cluster_embedding = items, item_embedding, cluster_embedding
         self.mlp = _mlp(dim, "candidate_mlp")
 
-    def call(self, item_index: tf.Tensor) -> tf.Tensor:
-        """item_index: [B] int64 vocabulary index -> [B, d]."""
-        cluster = tf.gather(self.items.cluster_of_index, item_index)
-        x = tf.concat([self.item_embedding(item_index), self.cluster_embedding(cluster)], axis=-1)
-        return tf.math.l2_normalize(self.mlp(x), axis=-1)
+    def call(self, item_index: tf.Tensor, lookups: tf.Tensor | None = None) -> tf.Tensor:
+        """item_index: [B] int64 vocabulary index -> [B, d]. lookups: look up this many (>= B) embedding
+        rows, item_index padded with 0 (their gradients are zero), to fix the sparse gradients' length."""
+        padded = item_index if lookups is None else tf.pad(item_index, [[0, lookups - tf.size(item_index)]])
+        cluster = tf.gather(self.items.cluster_of_index, padded)
+        x = tf.concat([self.item_embedding(padded), self.cluster_embedding(cluster)], axis=-1)
+        return tf.math.l2_normalize(self.mlp(x[:tf.size(item_index)]), axis=-1)
 
     def embed_ids(self, item_ids: tf.Tensor) -> tf.Tensor:
         """item_ids: [B] string -> [B, d]; unknown ids share the unknown-item embedding."""
@@ -138,8 +147,11 @@ class TwoTowerModel(tf_keras.Model):
     """Training model: the towers, the optional out-of-batch pool and the mixed-negatives loss.
 
     A training batch is the dict of `data.parse_batch`. Per step: pool draws for the batch's
-    positives (before the batch is written, so a positive is never drawn from its own update),
-    loss and gradients, then the batch's items are written into the pool.
+    positives (before the batch is written, so a positive is never drawn from its own update):
+    K per example, or with `negative_sharing='shared'` M for the whole batch, scored by every query;
+    the candidate tower over the step's distinct items (positives and draws), loss and gradients,
+    then the batch's items are written into the pool. Strategy 'full' scores every query against
+    the whole catalogue instead (no pool).
     """
 
     def __init__(self, config: TrainerConfig, catalogue: ItemCatalogue, user_ids: Sequence[str] | None,
@@ -156,6 +168,14 @@ class TwoTowerModel(tf_keras.Model):
                                       name="query")
         self.candidate_tower = CandidateTower(self.items, item_embedding, cluster_embedding, dim, name="candidate")
         self.num_random, self.num_cluster = config.negative_split()
+        if config.strategy == "full":
+            need = full_softmax_bytes(len(catalogue.item_ids), config.batch_size, dim)
+            if need > config.full_softmax_memory_mb * 2**20:
+                raise ValueError(
+                    f"strategy 'full' over {len(catalogue.item_ids):,} items with batch {config.batch_size} needs "
+                    f"about {need / 2**20:,.0f} MB a step ([batch, items] logits and the tower over the catalogue), "
+                    f"more than full_softmax_memory_mb={config.full_softmax_memory_mb}: raise it if the machine has "
+                    "the memory, or use a sampled strategy")
         self.pool = None
         if config.uses_pool:
             slots = config.slots_for(len(catalogue.item_ids), catalogue.num_clusters)
@@ -175,7 +195,8 @@ class TwoTowerModel(tf_keras.Model):
         self.distribute_reduction_method = "first"
         self.trackers = {name: tf_keras.metrics.Mean(name=name) for name in
                          ("loss", "mass_in_batch", "mass_random", "mass_cluster", "mass_edis", "negative_masked_rate",
-                          "negative_hit_rate", "negative_history_rate", "negative_user_positive_rate", "pool_fill")}
+                          "negative_hit_rate", "negative_history_rate", "negative_user_positive_rate", "pool_fill",
+                          "pool_draws", "embedded_rows")}
 
     @property
     def metrics(self):
@@ -206,13 +227,14 @@ class TwoTowerModel(tf_keras.Model):
         mixed = (1.0 - weight) * tf.gather(negatives, source, batch_dims=1) + weight * positive[:, None, :]
         return tf.math.l2_normalize(mixed, axis=-1), tf.gather(valid, source, batch_dims=1), source
 
-    def _log_counts(self, index: tf.Tensor, cluster: tf.Tensor, drawn: tf.Tensor | None,
+    def _log_counts(self, index: tf.Tensor, cluster: tf.Tensor, samples: dict[str, tf.Tensor] | None,
                     columns: tuple[tf.Tensor, tf.Tensor] | None = None):
         """The logQ correction of the in-batch columns [B, M] (or [1, M]) and the pool columns [B, K]
-        (losses module docstring); (None, None) without correction. index, cluster: [B] the batch's
-        items; drawn: [B, K] vocabulary indices of the pool draws, or None; columns: (index, cluster)
-        [M] of the in-batch candidates when they are not the batch's own (global in-batch negatives),
-        whose M - 1 other rows are each query's in-batch draws. Call before the pool update."""
+        (shared draws: [1, K]) (losses module docstring); (None, None) without correction. index,
+        cluster: [B] the batch's items; samples: the pool's draws (`item_index` [B, K] or, shared, [K]
+        with the allocation), or None; columns: (index, cluster) [M] of the in-batch candidates when
+        they are not the batch's own (global in-batch negatives), whose M - 1 other rows are each
+        query's in-batch draws. Call before the pool update."""
         mode = self.config.logq_correction
         probability = self.items.probability_of_index
         column_index, column_cluster = columns if columns is not None else (index, cluster)
@@ -223,15 +245,33 @@ class TwoTowerModel(tf_keras.Model):
         in_batch_draws = tf.cast(tf.shape(column_index)[0] - 1, tf.float32)
         if self.pool is None:
             return log_count(in_batch_draws * tf.gather(probability, column_index))[None, :], None
+        drawn = samples["item_index"]
+        drawn_cluster = tf.gather(self.items.cluster_of_index, drawn)
+        in_pool = self.pool.contains(column_index, column_cluster)[None, :]
+        if self.config.shares_negatives:  # one row for every query: the rate of an item's own cluster
+            def rate(item_cluster):  # [N] -> [1, N]: m_r / F + a_cluster / F_cluster
+                q_random, q_cluster = self.pool.draw_probabilities(item_cluster)
+                return (self.num_random * q_random + self._allocated(samples, item_cluster) * q_cluster)[None, :]
+            in_batch = expected_counts(in_batch_draws, tf.gather(probability, column_index)[None, :], in_pool, True,
+                                       rate(column_cluster), 0.0)
+            pool = expected_counts(in_batch_draws, tf.gather(probability, drawn)[None, :], True, True,
+                                   rate(drawn_cluster), 0.0)
+            return log_count(in_batch), log_count(pool)
         q_random, q_cluster = self.pool.draw_probabilities(cluster)
         random_rate, cluster_rate = (self.num_random * q_random)[:, None], (self.num_cluster * q_cluster)[:, None]
-        in_batch = expected_counts(in_batch_draws, tf.gather(probability, column_index)[None, :],
-                                   self.pool.contains(column_index, column_cluster)[None, :],
+        in_batch = expected_counts(in_batch_draws, tf.gather(probability, column_index)[None, :], in_pool,
                                    tf.equal(cluster[:, None], column_cluster[None, :]), random_rate, cluster_rate)
         pool = expected_counts(in_batch_draws, tf.gather(probability, drawn), True,
-                               tf.equal(tf.gather(self.items.cluster_of_index, drawn), cluster[:, None]),
-                               random_rate, cluster_rate)
+                               tf.equal(drawn_cluster, cluster[:, None]), random_rate, cluster_rate)
         return log_count(in_batch), log_count(pool)
+
+    @staticmethod
+    def _allocated(samples: dict[str, tf.Tensor], item_cluster: tf.Tensor) -> tf.Tensor:
+        """Shared cluster draws of each item's cluster this step ([N] float32; 0 for a cluster without any)."""
+        clusters = tf.concat([[-1], samples["clusters"]], 0)  # a sentinel first: never empty, still sorted
+        draws = tf.concat([[0], samples["draws"]], 0)
+        at = tf.minimum(tf.searchsorted(clusters, item_cluster), tf.size(clusters) - 1)
+        return tf.cast(tf.where(tf.equal(tf.gather(clusters, at), item_cluster), tf.gather(draws, at), 0), tf.float32)
 
     def _all_replicas(self) -> tf.distribute.ReplicaContext | None:
         """The replica context when in-batch negatives span every replica's batch, else None."""
@@ -251,47 +291,98 @@ class TwoTowerModel(tf_keras.Model):
         total = replica.all_reduce(tf.distribute.ReduceOp.SUM, tf.stack([tf.cast(stats[n], tf.float32) for n in names]))
         return {n: total[i] if n == "loss" else total[i] / replica.num_replicas_in_sync for i, n in enumerate(names)}
 
+    def _embed(self, *groups: tf.Tensor) -> tuple[list[tf.Tensor], tf.Tensor]:
+        """Candidate embeddings [*shape, d] of groups of vocabulary indices [*shape] in one step, and the
+        rows the tower embedded (float32 scalar). With `deduplicate_candidates` the tower embeds each
+        distinct index of all groups once and the rows are gathered (the gradient of a repeated item
+        sums over its uses, as without it)."""
+        dim = [self.config.embedding_dim]
+        flat = [tf.reshape(g, [-1]) for g in groups]
+        if not self.config.deduplicate_candidates:
+            rows = [self.candidate_tower(f) for f in flat]
+            embedded = tf.add_n([tf.size(f) for f in flat])
+        else:
+            unique, position = tf.unique(tf.concat(flat, 0))
+            embedded = tf.size(unique)
+            replica = tf.distribute.get_replica_context()
+            # under several replicas the embedding gradients keep the length they have without deduplication
+            # (the strategy's all-reduce of sparse gradients then pairs the replicas' collectives as before)
+            lookups = tf.size(position) if replica is not None and replica.num_replicas_in_sync > 1 else None
+            rows = tf.split(tf.gather(self.candidate_tower(unique, lookups=lookups), position),
+                            tf.stack([tf.size(f) for f in flat]))
+        return [tf.reshape(r, tf.concat([tf.shape(g), dim], 0)) for r, g in zip(rows, groups)], tf.cast(embedded,
+                                                                                                          tf.float32)
+
+    def _draw(self, batch: dict[str, tf.Tensor], cluster: tf.Tensor) -> dict[str, tf.Tensor] | None:
+        """The step's pool draws: per example ([B, K]) or shared by the batch ([N]); None without a pool."""
+        if self.pool is None:
+            return None
+        if self.config.shares_negatives:
+            return self.pool.sample_shared(cluster, batch["label"], self.num_random, self.num_cluster)
+        return self.pool(cluster, self.num_random, self.num_cluster)
+
+    def _pool_negatives(self, batch: dict[str, tf.Tensor], samples: dict[str, tf.Tensor], negatives: tf.Tensor,
+                        positive: tf.Tensor, pool_log_count: tf.Tensor | None, stats: dict) -> dict:
+        """mixed_negatives_loss's pool arguments: masks of likely false negatives (per query), EDIS."""
+        ids, valid = samples["item_index"], samples["valid"]
+        sources = (samples["source"] if self.config.shares_negatives else
+                   ["random"] * self.num_random + ["cluster"] * self.num_cluster)
+        per_query_ids = ids  # [B, K]: a shared draw is masked per query
+        if self.config.shares_negatives and (self.config.mask_history_negatives or self.user_positives is not None):
+            per_query_ids = tf.broadcast_to(ids[None, :], [tf.shape(batch["label"])[0], tf.size(ids)])
+            valid = tf.broadcast_to(valid[None, :], tf.shape(per_query_ids))
+        if self.config.mask_history_negatives:
+            history, _ = self.items(batch["history_item_ids"])
+            seen = tf.logical_and(valid, in_history(per_query_ids, history))
+            stats["negative_history_rate"] = tf.reduce_mean(tf.cast(seen, tf.float32))
+            valid = tf.logical_and(valid, tf.logical_not(seen))
+        if self.user_positives is not None:
+            liked = tf.logical_and(valid, self.is_user_positive(batch["user_id"], per_query_ids))
+            stats["negative_user_positive_rate"] = tf.reduce_mean(tf.cast(liked, tf.float32))
+            valid = tf.logical_and(valid, tf.logical_not(liked))
+        if self.config.edis_negatives:
+            # a virtual negative takes the correction of the pool draw it was made from
+            virtual, virtual_valid, source = self._edis(positive, negatives, valid)
+            negatives = tf.concat([negatives, virtual], axis=1)
+            ids = tf.concat([ids, -tf.ones_like(virtual_valid, dtype=ids.dtype)], axis=1)  # never a hit
+            valid = tf.concat([valid, virtual_valid], axis=1)
+            sources += ["edis"] * self.config.edis_negatives
+            if pool_log_count is not None:
+                pool_log_count = tf.concat([pool_log_count, tf.gather(pool_log_count, source, batch_dims=1)], axis=1)
+        return dict(negatives=negatives, negative_ids=ids, negative_valid=valid, negative_log_count=pool_log_count,
+                    negative_sources=sources)
+
+    def _full_softmax(self, batch: dict[str, tf.Tensor], index: tf.Tensor) -> tuple[tf.Tensor, dict]:
+        """strategy 'full': the exact softmax over the catalogue (vocabulary rows 2..V-1)."""
+        tf.debugging.assert_greater_equal(index, tf.constant(2, tf.int64),
+                                          message="strategy 'full': a training positive is not in the catalogue")
+        query = self.query_tower(batch["user_id"], batch["history_item_ids"])
+        catalogue = self.candidate_tower(tf.range(2, self.items.vocabulary_size, dtype=tf.int64))
+        loss, stats = full_softmax_loss(query, catalogue, index - 2, self.config.temperature, batch["label"])
+        return loss, {**stats, "embedded_rows": tf.cast(tf.shape(catalogue)[0], tf.float32)}
+
     def train_step(self, batch):
         index, cluster = self.items(batch["item_id"])
-        samples = self.pool(cluster, self.num_random, self.num_cluster) if self.pool is not None else None
+        if self.config.strategy == "full":
+            with tf.GradientTape() as tape:
+                loss, stats = self._full_softmax(batch, index)
+            return self._apply(tape, loss, stats, index, cluster, None)
+        samples = self._draw(batch, cluster)
         replicas, columns, first_row = self._all_replicas(), None, 0
         if replicas is not None:  # global in-batch negatives: every replica's positives are candidates
             columns = replicas.all_gather(index, 0), replicas.all_gather(cluster, 0)
             rows = replicas.all_gather(tf.shape(index)[:1], 0)  # [replicas], in replica order
             first_row = tf.reduce_sum(rows[:replicas.replica_id_in_sync_group])
-        in_batch_log_count, pool_log_count = self._log_counts(
-            index, cluster, None if samples is None else samples["item_index"], columns)
+        in_batch_log_count, pool_log_count = self._log_counts(index, cluster, samples, columns)
         with tf.GradientTape() as tape:
             query = self.query_tower(batch["user_id"], batch["history_item_ids"])
-            positive = self.candidate_tower(index)
             kwargs, stats = {}, {}
-            if samples is not None:
-                shape = tf.shape(samples["item_index"])
-                negatives = tf.reshape(self.candidate_tower(tf.reshape(samples["item_index"], [-1])),
-                                       [shape[0], shape[1], -1])
-                ids, valid = samples["item_index"], samples["valid"]
-                sources = ["random"] * self.num_random + ["cluster"] * self.num_cluster
-                if self.config.mask_history_negatives:
-                    history, _ = self.items(batch["history_item_ids"])
-                    seen = tf.logical_and(valid, in_history(ids, history))
-                    stats["negative_history_rate"] = tf.reduce_mean(tf.cast(seen, tf.float32))
-                    valid = tf.logical_and(valid, tf.logical_not(seen))
-                if self.user_positives is not None:
-                    liked = tf.logical_and(valid, self.is_user_positive(batch["user_id"], ids))
-                    stats["negative_user_positive_rate"] = tf.reduce_mean(tf.cast(liked, tf.float32))
-                    valid = tf.logical_and(valid, tf.logical_not(liked))
-                if self.config.edis_negatives:
-                    # a virtual negative takes the correction of the pool draw it was made from
-                    virtual, virtual_valid, source = self._edis(positive, negatives, valid)
-                    negatives = tf.concat([negatives, virtual], axis=1)
-                    ids = tf.concat([ids, -tf.ones_like(virtual_valid, dtype=ids.dtype)], axis=1)  # never a hit
-                    valid = tf.concat([valid, virtual_valid], axis=1)
-                    sources += ["edis"] * self.config.edis_negatives
-                    if pool_log_count is not None:
-                        pool_log_count = tf.concat([pool_log_count, tf.gather(pool_log_count, source, batch_dims=1)],
-                                                   axis=1)
-                kwargs = dict(negatives=negatives, negative_ids=ids, negative_valid=valid,
-                              negative_log_count=pool_log_count, negative_sources=sources)
+            if samples is None:
+                (positive,), stats["embedded_rows"] = self._embed(index)
+            else:
+                (positive, negatives), stats["embedded_rows"] = self._embed(index, samples["item_index"])
+                kwargs = self._pool_negatives(batch, samples, negatives, positive, pool_log_count, stats)
+                stats["pool_draws"] = tf.cast(tf.size(samples["item_index"]), tf.float32)
             candidates, candidate_ids = positive, index
             if replicas is not None:  # the gradient of a gathered row flows back to the replica that embedded it
                 candidates, candidate_ids = replicas.all_gather(positive, 0), columns[0]
@@ -300,6 +391,11 @@ class TwoTowerModel(tf_keras.Model):
                                                     in_batch_log_count=in_batch_log_count,
                                                     sample_weight=batch["label"], first_row=first_row, **kwargs)
             stats.update(loss_stats)
+        return self._apply(tape, loss, stats, index, cluster, columns)
+
+    def _apply(self, tape: tf.GradientTape, loss: tf.Tensor, stats: dict, index: tf.Tensor, cluster: tf.Tensor,
+               columns: tuple[tf.Tensor, tf.Tensor] | None) -> dict:
+        """Gradients, the pool update with the batch's items, the step's figures into the trackers."""
         gradients = tape.gradient(loss, self.trainable_variables)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
         if self.pool is not None:

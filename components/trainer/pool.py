@@ -10,6 +10,30 @@ import tf_keras
 SAMPLINGS = ("filled", "slot")
 
 
+def allocate_draws(cluster_ids: tf.Tensor, weights: tf.Tensor, budget: int | tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Splits `budget` cluster draws among the distinct clusters of a batch (shared negatives).
+
+    cluster_ids: [B] int64; weights: [B] >= 0 (the label: only rows with weight > 0 count). Returns
+    (clusters [U] int64, sorted: the distinct clusters of the rows with weight > 0; draws [U] int64).
+    Every cluster gets one draw and the rest, max(budget - U, 0), is split in proportion to the
+    clusters' summed weights by largest remainder (ties to the smaller cluster id), so the draws sum to
+    max(budget, U): when the clusters outnumber the budget each still gets one (at most B draws).
+    """
+    cluster_ids = tf.cast(cluster_ids, tf.int64)
+    weights = tf.cast(weights, tf.float64)
+    positive = weights > 0
+    clusters = tf.sort(tf.unique(tf.boolean_mask(cluster_ids, positive)).y)
+    mass = tf.math.unsorted_segment_sum(tf.boolean_mask(weights, positive),
+                                        tf.searchsorted(clusters, tf.boolean_mask(cluster_ids, positive)),
+                                        tf.size(clusters))
+    extra = tf.maximum(tf.cast(budget, tf.int64) - tf.size(clusters, out_type=tf.int64), 0)
+    share = tf.cast(extra, tf.float64) * tf.math.divide_no_nan(mass, tf.reduce_sum(mass))
+    base = tf.floor(share)
+    left = extra - tf.cast(tf.reduce_sum(base), tf.int64)  # < U draws of the remainders, largest first
+    rank = tf.math.invert_permutation(tf.argsort(base - share, stable=True))  # 0 = largest remainder
+    return clusters, 1 + tf.cast(base, tf.int64) + tf.cast(tf.cast(rank, tf.int64) < left, tf.int64)
+
+
 class ClusterPool(tf_keras.layers.Layer):
     """Out-of-batch item pool of C cluster segments x S slots, updated by scatter, read by gather.
 
@@ -206,6 +230,31 @@ class ClusterPool(tf_keras.layers.Layer):
         counts = tf.fill([batch_size], self.total_filled.read_value())
         slots = tf.gather(self.pool_filled, self._uniform_rank(counts, k))
         return self._gather(slots, tf.broadcast_to(counts[:, None] > 0, tf.shape(slots)))
+
+    def sample_shared(self, cluster_ids: tf.Tensor, weights: tf.Tensor, num_random: int,
+                      num_cluster: int) -> dict[str, tf.Tensor]:
+        """Draws for a whole batch (shared negatives): `num_random` from the whole pool, then the cluster
+        share split among the distinct clusters of the batch's positives (`allocate_draws`).
+
+        cluster_ids, weights: [B]. Returns every stored feature [N, *shape], `item_key` [N], `valid` [N],
+        `source` [N] int32 (1 random, 2 cluster: indices into losses.SOURCES), `clusters` [U] and
+        `draws` [U] (the allocation; N = num_random + sum(draws))."""
+        parts = []
+        if num_random:
+            parts.append(self.sample_random(1, num_random))
+        clusters, draws = allocate_draws(cluster_ids, weights, num_cluster)
+        if num_cluster:
+            parts.append(self.sample_cluster(tf.repeat(clusters, draws), 1))
+        else:
+            clusters, draws = clusters[:0], draws[:0]
+        if not parts:
+            raise ValueError("ask for at least one random or cluster draw")
+        out = {name: tf.concat([tf.reshape(p[name], tf.concat([[-1], tf.shape(p[name])[2:]], 0)) for p in parts],
+                               axis=0) for name in parts[0]}
+        out["source"] = tf.concat([tf.fill([num_random], 1), tf.fill([tf.reduce_sum(tf.cast(draws, tf.int32))], 2)],
+                                  axis=0)
+        out["clusters"], out["draws"] = clusters, draws
+        return out
 
     def draw_probabilities(self, cluster_ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Probability that ONE draw returns a given pooled item, per example: (random [B], cluster [B]).

@@ -132,7 +132,8 @@ RESUMABLE_CHANGES = ("epochs", "log_every_steps", "checkpoint_every_steps", "che
 # Fields added after runs were recorded, with the value that reproduces what those runs did (a
 # field whose default changed the behaviour, such as logq_correction, is not listed: such runs differ).
 ADDED_FIELDS = {"mask_user_positives": False, "optimizer": "adam", "user_id_buckets": 0,
-                "global_in_batch_negatives": False}
+                "global_in_batch_negatives": False, "negative_sharing": "per_example", "shared_negatives": 0,
+                "deduplicate_candidates": False, "full_softmax_memory_mb": 8192}
 
 
 def config_changes(old: dict, config: TrainerConfig) -> list[str]:
@@ -214,7 +215,8 @@ def _train(config: TrainerConfig, strategy: tf.distribute.Strategy, examples_dir
                 json.dump(config_record(config), f, indent=2)
     if model.pool is not None:
         print(f"[trainer] pool: {model.pool.num_clusters} clusters x {model.pool.slots_per_cluster} slots, "
-              f"{float(model.pool.fill_rate()):.1%} filled; negatives per example: "
+              f"{float(model.pool.fill_rate()):.1%} filled; negatives "
+              f"{'shared by each step' if config.shares_negatives else 'per example'}: "
               f"{model.num_random} random + {model.num_cluster} cluster", flush=True)
 
     progress = _Progress(config.log_every_steps, config.batch_size, steps_per_epoch, config.epochs)

@@ -1,0 +1,217 @@
+"""Hard negatives at in-batch cost: shared pool draws, deduplicated embedding, and the full-softmax ceiling.
+
+    python -m benchmarks.negative_sharing [--parts speed,quality] [--sizes 10000,1000000] [--seeds 0,1,2]
+        [--datasets ml1m,cds,videogames] [--data-root ../shared/data] [--repeats 2]
+
+speed: one training step (benchmarks.scale's step: SYNTHETIC catalogue, batch 1024, history 20, 16 pool
+  negatives per example, lazy Adam; median of 30 steps, fastest of --repeats fresh processes) of every
+  variant in SPEED at each size, side by side in one run. `embedded_rows` is the rows the candidate
+  tower embeds in a step.
+quality: HR@10/50/100 over seeds of every variant in QUALITY, and the trainer's examples/s (epoch mean,
+  input pipeline included) of the same runs:
+  - ml1m: reconstructed ML-1M, global time split, LLM clusters: the `make run` configuration;
+  - cds, videogames: Amazon CDs / Video Games 2014, leave_last_out, behavioural clusters (per seed, k-means
+    of that seed's first-pass in_batch model, as benchmarks.larger_catalogues does).
+  Headroom: full minus in_batch; each sampler's share of it closed: (sampler - in_batch) / headroom.
+Writes benchmarks/results/negative_sharing.{json,md,png} after every part and data set (reruns reuse
+finished trainings under benchmarks/work).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import components  # noqa: F401  (environment before TensorFlow)
+from benchmarks.larger_catalogues import AMAZON, behavioural
+from benchmarks.paper_tables import RESULTS, mass_cell, prepare, train_and_evaluate, write_results
+from benchmarks.scale import run_one
+from components.example_gen import ExampleGenConfig
+from components.trainer import TrainerConfig
+
+PER_EXAMPLE, SHARED = {"negative_sharing": "per_example"}, {"negative_sharing": "shared"}
+NO_DEDUP = {"deduplicate_candidates": False}
+SPEED = {  # name: (strategy, overrides)
+    "in_batch (no dedup)": ("in_batch", NO_DEDUP),
+    "in_batch": ("in_batch", {}),
+    "oob per-example (no dedup)": ("oob", {**PER_EXAMPLE, **NO_DEDUP}),
+    "oob per-example dedup": ("oob", PER_EXAMPLE),
+    "oob shared": ("oob", SHARED),
+    "cluster_oob per-example (no dedup)": ("cluster_oob", {**PER_EXAMPLE, **NO_DEDUP}),
+    "cluster_oob per-example dedup": ("cluster_oob", PER_EXAMPLE),
+    "cluster_oob shared": ("cluster_oob", SHARED),
+    "full": ("full", {}),
+}
+QUALITY = {  # deduplication changes no figure (tests/test_negative_sharing.py), so it is on throughout
+    "in_batch": ("in_batch", {}),
+    "oob": ("oob", PER_EXAMPLE),
+    "cluster_oob per-example": ("cluster_oob", PER_EXAMPLE),
+    "cluster_oob shared": ("cluster_oob", SHARED),
+    "oob shared": ("oob", SHARED),
+    "full": ("full", {}),
+}
+METRICS = ("hr10", "hr50", "hr100")
+KS = (10, 50, 100)
+DATASETS = {"ml1m": ("ml1m_reconstructed", "ml-1m"), "cds": ("amazon_cds_2014", AMAZON["amazon_cds_2014"]),
+            "videogames": ("amazon_videogames_2014", AMAZON["amazon_videogames_2014"])}  # name: (work folder, data)
+
+
+def speed(sizes: list[int], repeats: int) -> list[dict]:
+    rows = []
+    for items in sizes:
+        for name, (strategy, overrides) in SPEED.items():
+            runs = [run_one("step", items, strategy, "lazy_adam", json.dumps(overrides)) for _ in range(repeats)]
+            ok = [r for r in runs if "error" not in r]
+            row = min(ok, key=lambda r: r["step_ms"]) if ok else runs[0]
+            rows.append({"variant": name, **row})
+        base = next(r for r in rows if r["items"] == items and r["variant"] == "in_batch")
+        for r in rows:
+            if r["items"] == items and "error" not in r and "error" not in base:
+                r["vs_in_batch"] = r["examples_per_second"] / base["examples_per_second"]
+    return rows
+
+
+def quality(name: str, root: str, seeds: list[int]) -> dict:
+    """Every QUALITY variant over seeds on one data set; the headroom and the share each sampler closes."""
+    dataset, folder = DATASETS[name]
+    if name == "ml1m":
+        examples, clusters = prepare(dataset, ExampleGenConfig.movielens(os.path.join(root, folder)))
+        tables, source = {seed: clusters for seed in seeds}, "llm"
+    else:
+        examples, clusters = prepare(dataset, ExampleGenConfig(
+            source="generic", interactions=os.path.join(root, folder, "interactions.csv.gz"), split="leave_last_out"))
+        tables, source = {}, "behavioural"
+        for seed in seeds:  # larger_catalogues' first pass: its tags, so either benchmark reuses the other's runs
+            first = TrainerConfig(strategy="in_batch", cluster_source="category", seed=seed)
+            model = train_and_evaluate(first, examples, clusters, f"{dataset}-in_batch-category-{seed}", KS)
+            tables[seed] = behavioural(model["model_dir"], examples, dataset, seed)
+    rows = {}
+    for variant, (strategy, overrides) in QUALITY.items():
+        runs = [train_and_evaluate(TrainerConfig(strategy=strategy, cluster_source=source, seed=seed, **overrides),
+                                   examples, tables[seed], f"sharing-{name}-{variant.replace(' ', '_')}-{seed}", KS)
+                for seed in seeds]
+        rows[variant] = {**{f"{m}_{f.__name__}": f([r[m] for r in runs]) for m in METRICS
+                            for f in (statistics.mean, statistics.pstdev)},
+                         "per_seed": {m: [r[m] for r in runs] for m in METRICS},
+                         "examples_per_second": statistics.mean(r["examples_per_second"] for r in runs
+                                                                if r["examples_per_second"]),
+                         "mass": {s: statistics.mean(r["mass"].get(s, 0.0) for r in runs) for s in runs[0]["mass"]}}
+    base, ceiling = rows["in_batch"], rows["full"]
+    for row in rows.values():
+        row["vs_in_batch_speed"] = row["examples_per_second"] / base["examples_per_second"]
+        for m in METRICS:
+            headroom = ceiling[f"{m}_mean"] - base[f"{m}_mean"]
+            row[f"{m}_headroom_closed"] = (row[f"{m}_mean"] - base[f"{m}_mean"]) / headroom if headroom else None
+    with open(os.path.join(examples, "summary.json"), encoding="utf-8") as f:
+        items = json.load(f)["items_out"]
+    return {"dataset": name, "items": items, "clusters": source, "seeds": seeds, "rows": rows}
+
+
+def markdown(result: dict) -> str:
+    lines = ["Shared pool draws, deduplicated candidate embedding and the full softmax (`python -m "
+             "benchmarks.negative_sharing`).", ""]
+    if result.get("speed"):
+        lines += ["**Training step, SYNTHETIC catalogue** (batch 1024, history 20, 16 pool negatives per example or "
+                  "1,024 shared per step, lazy Adam; median of 30 steps, fastest of "
+                  f"{result.get('repeats')} processes; ratio to `in_batch` with its default deduplication, same run)",
+                  "", "| items | variant | step (ms) | examples/s | vs in_batch | rows embedded per step |",
+                  "|---|---|---|---|---|---|"]
+        for r in result["speed"]:
+            if "error" in r:
+                lines.append(f"| {r['items']:,} | {r['variant']} | {r['error'][:160]} | | | |")
+                continue
+            lines.append(f"| {r['items']:,} | {r['variant']} | {r['step_ms']:.1f} | {r['examples_per_second']:,.0f} "
+                         f"| {r.get('vs_in_batch', 0):.2f}x | {r.get('embedded_rows', 0):,.0f} |")
+        lines.append("")
+    for q in result.get("quality", []):
+        lines += [f"**{q['dataset']}** ({q['items']:,} items, {q['clusters']} clusters, seeds {q['seeds']}, mean ± "
+                  "std; trainer examples/s: epoch mean of the same runs; headroom closed: (variant - in_batch) / "
+                  "(full - in_batch))", "",
+                  "| variant | HR@10 | HR@50 | HR@100 | headroom closed (HR@10 / HR@50) | examples/s | vs in_batch "
+                  "| softmax mass |", "|---|---|---|---|---|---|---|---|"]
+        for name, r in q["rows"].items():
+            cells = " | ".join(f"{r[f'{m}_mean']:.4f} ± {r[f'{m}_pstdev']:.4f}" for m in METRICS)
+            closed = " / ".join("-" if r[f"{m}_headroom_closed"] is None else f"{100 * r[f'{m}_headroom_closed']:.0f}%"
+                                for m in ("hr10", "hr50"))
+            lines.append(f"| {name} | {cells} | {closed} | {r['examples_per_second']:,.0f} | "
+                         f"{r['vs_in_batch_speed']:.2f}x | {mass_cell(r['mass'])} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(result: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("speed", None)] if result.get("speed") else []
+    panels += [("quality", q) for q in result.get("quality", [])]
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
+    for ax, (kind, q) in zip(axes[0], panels):
+        if kind == "speed":
+            sizes = sorted({r["items"] for r in result["speed"]})
+            names = list(dict.fromkeys(r["variant"] for r in result["speed"]))
+            width = 0.8 / len(sizes)
+            for k, items in enumerate(sizes):
+                values = {r["variant"]: r.get("vs_in_batch", 0.0) for r in result["speed"] if r["items"] == items}
+                ax.barh([i + k * width for i in range(len(names))], [values.get(n, 0.0) for n in names], width,
+                        label=f"{items:,} items")
+            ax.set_yticks([i + width * (len(sizes) - 1) / 2 for i in range(len(names))], names, fontsize=7)
+            ax.axvline(0.9, color="k", ls="--", lw=0.8)
+            ax.set_xlabel("examples/s vs in_batch (synthetic step)")
+            ax.legend(fontsize=7)
+        else:
+            names = list(q["rows"])
+            ax.bar(range(len(names)), [q["rows"][n]["hr50_mean"] for n in names],
+                   yerr=[q["rows"][n]["hr50_pstdev"] for n in names], color="tab:blue")
+            ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=7)
+            low = min(q["rows"][n]["hr50_mean"] for n in names)
+            ax.set_ylim(low * 0.95, max(q["rows"][n]["hr50_mean"] for n in names) * 1.02)
+            ax.set_title(f"{q['dataset']} ({q['items']:,} items)", fontsize=9)
+            ax.set_ylabel("HR@50")
+    fig.tight_layout()
+    fig.savefig(os.path.join(RESULTS, "negative_sharing.png"), dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", default="speed,quality")
+    parser.add_argument("--sizes", default="10000,1000000")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--data-root", default=os.environ.get("DATA_ROOT", os.path.join("..", "shared", "data")))
+    args = parser.parse_args()
+    unknown = sorted(set(args.datasets.split(",")) - set(DATASETS))
+    if unknown:
+        raise SystemExit(f"unknown data sets {unknown}: choose from {sorted(DATASETS)}")
+    path = os.path.join(RESULTS, "negative_sharing.json")
+    result = json.load(open(path, encoding="utf-8")) if os.path.exists(path) else {}
+    started = time.monotonic()
+    for part in args.parts.split(","):
+        if part == "speed":
+            result.update(speed=speed([int(s) for s in args.sizes.split(",")], args.repeats), repeats=args.repeats)
+        elif part == "quality":
+            kept = [q for q in result.get("quality", []) if q["dataset"] not in args.datasets.split(",")]
+            result["quality"] = kept
+            for name in args.datasets.split(","):
+                result["quality"].append(quality(name, os.path.abspath(args.data_root),
+                                                 [int(s) for s in args.seeds.split(",")]))
+                write_results("negative_sharing", result, markdown(result))
+                plot(result)
+        else:
+            raise SystemExit(f"unknown part {part!r}: use speed, quality")
+        result["wall_seconds"] = time.monotonic() - started
+        write_results("negative_sharing", result, markdown(result))
+        plot(result)
+
+
+if __name__ == "__main__":
+    main()
