@@ -43,6 +43,8 @@ SPEED = {  # name: (strategy, overrides)
     "cluster_oob per-example (no dedup)": ("cluster_oob", {**PER_EXAMPLE, **NO_DEDUP}),
     "cluster_oob per-example dedup": ("cluster_oob", PER_EXAMPLE),
     "cluster_oob shared": ("cluster_oob", SHARED),
+    "cluster_oob shared M=256": ("cluster_oob", {**SHARED, "shared_negatives": 256}),
+    "cluster_oob shared M=128": ("cluster_oob", {**SHARED, "shared_negatives": 128}),
     "full": ("full", {}),
 }
 QUALITY = {  # deduplication changes no figure (tests/test_negative_sharing.py), so it is on throughout
@@ -50,7 +52,7 @@ QUALITY = {  # deduplication changes no figure (tests/test_negative_sharing.py),
     "oob": ("oob", PER_EXAMPLE),
     "cluster_oob per-example": ("cluster_oob", PER_EXAMPLE),
     "cluster_oob shared": ("cluster_oob", SHARED),
-    "oob shared": ("oob", SHARED),
+    "cluster_oob shared M=256": ("cluster_oob", {**SHARED, "shared_negatives": 256}),
     "full": ("full", {}),
 }
 METRICS = ("hr10", "hr50", "hr100")

@@ -42,8 +42,9 @@ the paper's Table 1 ordering appears on ML-1M).
 Why it is written here: TFRS's `SamplingProbablityCorrection` subtracts one log-probability per
 candidate column, shared by every query, and `tasks.Retrieval` scores every query against one
 candidate set; here pool negatives belong to one query and the count depends on the query's
-cluster. Merlin refuses logQ with more than one sampler (TFRS issue #635 asks for it). TFRS's
-accidental-hit removal is reused.
+cluster. Merlin refuses logQ with more than one sampler (TFRS issue #635 asks for it). Accidental
+hits are removed as TFRS's `RemoveAccidentalHits` does, but in the same pass that masks empty and
+false-negative draws, with the positive's logit kept apart (fewer passes over the [B, M + K] logits).
 """
 
 from __future__ import annotations
@@ -51,7 +52,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import tensorflow as tf
-from tensorflow_recommenders.layers import loss as tfrs_loss
 
 MASKED_LOGIT = -1e9
 SOURCES = ("in_batch", "random", "cluster", "edis")  # where a negative column comes from
@@ -123,19 +123,25 @@ def mixed_negatives_loss(
     carries (mean over the rows, weighted by w), and with negatives `negative_masked_rate` and
     `negative_hit_rate` (share of draws equal to the positive).
     """
-    batch = tf.shape(query)[0]
-    logits = tf.matmul(query, candidates, transpose_b=True) / temperature  # [B, M]
+    batch, num_candidates = tf.shape(query)[0], tf.shape(candidates)[0]
+    rows = first_row + tf.range(batch)
+    positive_ids = tf.gather(candidate_ids, rows)
+    # the positive's logit apart; then every column equal to the positive (its own included) is masked, so
+    # one pass masks accidental hits, empty draws and false negatives alike
+    positive = tf.reduce_sum(query * tf.gather(candidates, rows), axis=1) / temperature  # [B]
     if in_batch_log_count is not None:
-        logits -= in_batch_log_count
-    labels = tf.one_hot(first_row + tf.range(batch), tf.shape(candidates)[0], dtype=logits.dtype)
-    logits = tfrs_loss.RemoveAccidentalHits()(labels, logits, candidate_ids)
-    positive_ids = candidate_ids[first_row:first_row + batch]
-    stats = {}
-    sources = ["in_batch"]
-    if negatives is not None:
+        own_row = tf.minimum(tf.range(batch), tf.shape(in_batch_log_count)[0] - 1)  # [1, M] or [B, M]
+        positive -= tf.gather_nd(in_batch_log_count, tf.stack([own_row, rows], axis=1))
+    stats, sources = {}, ["in_batch"]
+    column_source = tf.zeros([0], tf.int32)
+    if negatives is None:
+        logits = tf.matmul(query, candidates, transpose_b=True) / temperature  # [B, M]
+        if in_batch_log_count is not None:
+            logits -= in_batch_log_count
+        masked = tf.equal(candidate_ids[None, :], positive_ids[:, None])
+    else:
         if negative_ids is None or negative_valid is None:
             raise ValueError("negatives need negative_ids and negative_valid")
-        shared = negatives.shape.rank == 2
         if isinstance(negative_sources, tf.Tensor):
             column_source = tf.cast(negative_sources, tf.int32)
             sources += ["random", "cluster"]  # what shared draws are made of
@@ -146,35 +152,55 @@ def mixed_negatives_loss(
                                  f"{negatives.shape[-2]} negatives, got {list(negative_sources)}")
             column_source = tf.constant([SOURCES.index(s) for s in negative_sources], tf.int32)
             sources += [s for s in SOURCES[1:] if s in negative_sources]
-        if shared:
-            neg_logits = tf.matmul(query, negatives, transpose_b=True) / temperature  # [B, K]
-            negative_ids = negative_ids[None, :]
+        if negatives.shape.rank == 2:  # shared by every query: one matmul over all columns
+            logits = tf.matmul(query, tf.concat([candidates, negatives], 0), transpose_b=True) / temperature
+            hit = tf.equal(negative_ids[None, :], positive_ids[:, None])  # [B, K]
+            column_ids = tf.concat([candidate_ids, negative_ids], 0)
+            masked = tf.equal(column_ids[None, :], positive_ids[:, None])
         else:
-            neg_logits = tf.einsum("bd,bkd->bk", query, negatives) / temperature  # [B, K]
-        if negative_log_count is not None:
-            neg_logits -= negative_log_count
-        hit = tf.equal(negative_ids, tf.expand_dims(positive_ids, 1))  # [B, K]
-        keep = tf.logical_and(negative_valid, tf.logical_not(hit))
-        neg_logits = tf.where(keep, neg_logits, tf.fill(tf.shape(neg_logits), MASKED_LOGIT))
-        logits = tf.concat([logits, neg_logits], axis=1)
-        labels = tf.concat([labels, tf.zeros_like(neg_logits)], axis=1)
-        stats["negative_masked_rate"] = 1.0 - tf.reduce_mean(tf.cast(keep, tf.float32))
-        stats["negative_hit_rate"] = tf.reduce_mean(tf.cast(tf.logical_and(hit, negative_valid), tf.float32))
-    else:
-        column_source = tf.zeros([0], tf.int32)
-    per_example = tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+            logits = tf.concat([tf.matmul(query, candidates, transpose_b=True),
+                                tf.einsum("bd,bkd->bk", query, negatives)], axis=1) / temperature
+            hit = tf.equal(negative_ids, positive_ids[:, None])  # [B, K]
+            masked = tf.concat([tf.equal(candidate_ids[None, :], positive_ids[:, None]), hit], axis=1)
+        correction = _columns(in_batch_log_count, negative_log_count, num_candidates, tf.shape(negatives)[-2], batch)
+        if correction is not None:
+            logits -= correction
+        valid = tf.broadcast_to(negative_valid, tf.shape(hit))
+        invalid = tf.logical_not(valid)
+        masked = tf.logical_or(masked, tf.concat([tf.zeros([tf.shape(invalid)[0], num_candidates], tf.bool),
+                                                  invalid], axis=1))
+        stats["negative_masked_rate"] = tf.reduce_mean(tf.cast(tf.logical_or(hit, invalid), tf.float32))
+        stats["negative_hit_rate"] = tf.reduce_mean(tf.cast(tf.logical_and(hit, valid), tf.float32))
+    logits = tf.where(masked, tf.constant(MASKED_LOGIT, logits.dtype), logits)  # [B, M + K], positive masked
+    negative_lse = tf.reduce_logsumexp(logits, axis=1)
+    top = tf.maximum(positive, negative_lse)
+    total = top + tf.math.log(tf.exp(positive - top) + tf.exp(negative_lse - top))  # log-sum-exp of every column
+    per_example = total - positive
     weight = tf.ones_like(per_example) if sample_weight is None else tf.cast(sample_weight, per_example.dtype)
-    stats.update(_mass_shares(logits, labels, column_source, sources, weight))
+    stats.update(_mass_shares(logits, total, column_source, sources, weight))
     loss = tf.nn.compute_average_loss(per_example, sample_weight=weight, global_batch_size=global_rows(batch))
     return loss, stats
 
 
-def _mass_shares(logits: tf.Tensor, labels: tf.Tensor, negative_source: tf.Tensor, sources: list[str],
+def _columns(in_batch: tf.Tensor | None, pool: tf.Tensor | None, m: tf.Tensor, k: tf.Tensor,
+             batch: tf.Tensor) -> tf.Tensor | None:
+    """The corrections of the in-batch [1 or B, M] and pool [1 or B, K] columns side by side (None = 0)."""
+    if in_batch is None and pool is None:
+        return None
+    in_batch = tf.zeros([1, m]) if in_batch is None else in_batch
+    pool = tf.zeros([1, k]) if pool is None else pool
+    if in_batch.shape[0] == 1 and pool.shape[0] == 1:  # shared draws: one row for every query
+        return tf.concat([in_batch, pool], axis=1)
+    return tf.concat([tf.broadcast_to(in_batch, [batch, m]), tf.broadcast_to(pool, [batch, k])], axis=1)
+
+
+def _mass_shares(logits: tf.Tensor, total: tf.Tensor, negative_source: tf.Tensor, sources: list[str],
                  weight: tf.Tensor) -> dict[str, tf.Tensor]:
-    """Share of the negatives' softmax mass per source (`mass_<source>`), weighted mean over rows;
-    negative_source: [K] indices into SOURCES of the last K columns (the others are in-batch)."""
-    probs = tf.stop_gradient(tf.nn.softmax(logits)) * (1.0 - labels)  # [B, M + K], positive left out
-    column_source = tf.concat([tf.zeros([tf.shape(labels)[1] - tf.size(negative_source)], tf.int32),
+    """Share of the negatives' softmax mass per source (`mass_<source>`), weighted mean over rows.
+    logits: [B, M + K], the positive's column masked; total: [B] log-sum-exp of every column, the positive's
+    included; negative_source: [K] indices into SOURCES of the last K columns (the others are in-batch)."""
+    probs = tf.exp(tf.stop_gradient(logits - total[:, None]))  # [B, M + K], the positive left out
+    column_source = tf.concat([tf.zeros([tf.shape(logits)[1] - tf.size(negative_source)], tf.int32),
                                negative_source], axis=0)
     mass = tf.matmul(probs, tf.one_hot(column_source, len(SOURCES)))  # [B, sources]
     share = tf.math.divide_no_nan(mass, tf.reduce_sum(mass, axis=1, keepdims=True))
