@@ -3,10 +3,11 @@
     python -m benchmarks.negative_sharing [--parts speed,quality] [--sizes 10000,1000000] [--seeds 0,1,2]
         [--datasets ml1m,cds,videogames] [--data-root ../shared/data] [--repeats 2]
 
-speed: one training step (benchmarks.scale's step: SYNTHETIC catalogue, batch 1024, history 20, 16 pool
-  negatives per example, lazy Adam; median of 30 steps, fastest of --repeats fresh processes) of every
-  variant in SPEED at each size, side by side in one run. `embedded_rows` is the rows the candidate
-  tower embeds in a step.
+speed: training steps of every variant in SPEED at each size (benchmarks.scale's step: SYNTHETIC
+  catalogue of zipf popularity, sqrt(items) clusters, users = items, batch 1024, history 20, 16 pool
+  negatives per example or M per step shared, lazy Adam), all variants built in one process per size and
+  interleaved (--rounds x 10 steps each, median), so a busy machine slows them alike. `embedded_rows`:
+  the rows the candidate tower embeds in a step.
 quality: HR@10/50/100 over seeds of every variant in QUALITY, and the trainer's examples/s (epoch mean,
   input pipeline included) of the same runs:
   - ml1m: reconstructed ML-1M, global time split, LLM clusters: the `make run` configuration;
@@ -22,13 +23,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
+import subprocess
+import sys
 import time
+
+import numpy as np
 
 import components  # noqa: F401  (environment before TensorFlow)
 from benchmarks.larger_catalogues import AMAZON, behavioural
 from benchmarks.paper_tables import RESULTS, mass_cell, prepare, train_and_evaluate, write_results
-from benchmarks.scale import run_one
 from components.example_gen import ExampleGenConfig
 from components.trainer import TrainerConfig
 
@@ -47,13 +52,18 @@ SPEED = {  # name: (strategy, overrides)
     "cluster_oob shared M=128": ("cluster_oob", {**SHARED, "shared_negatives": 128}),
     "full": ("full", {}),
 }
+# measured in two processes per size (five [10^6, 64] towers with Adam moments at most in one), each with in_batch
+SPEED_GROUPS = (("in_batch", "in_batch (no dedup)", "oob per-example (no dedup)", "oob per-example dedup",
+                 "cluster_oob per-example (no dedup)", "full"),
+                ("in_batch", "cluster_oob per-example dedup", "oob shared", "cluster_oob shared",
+                 "cluster_oob shared M=256", "cluster_oob shared M=128"))
 QUALITY = {  # deduplication changes no figure (tests/test_negative_sharing.py), so it is on throughout
-    "in_batch": ("in_batch", {}),
-    "oob": ("oob", PER_EXAMPLE),
+    "in_batch": ("in_batch", {}),  # in the order they are trained: the most telling first
+    "full": ("full", {}),
     "cluster_oob per-example": ("cluster_oob", PER_EXAMPLE),
     "cluster_oob shared": ("cluster_oob", SHARED),
     "cluster_oob shared M=256": ("cluster_oob", {**SHARED, "shared_negatives": 256}),
-    "full": ("full", {}),
+    "oob": ("oob", PER_EXAMPLE),
 }
 METRICS = ("hr10", "hr50", "hr100")
 KS = (10, 50, 100)
@@ -61,19 +71,81 @@ DATASETS = {"ml1m": ("ml1m_reconstructed", "ml-1m"), "cds": ("amazon_cds_2014", 
             "videogames": ("amazon_videogames_2014", AMAZON["amazon_videogames_2014"])}  # name: (work folder, data)
 
 
-def speed(sizes: list[int], repeats: int) -> list[dict]:
+def speed(sizes: list[int], rounds: int) -> list[dict]:
+    """Every SPEED variant at each size, one process per size (its peak memory apart)."""
     rows = []
     for items in sizes:
-        for name, (strategy, overrides) in SPEED.items():
-            runs = [run_one("step", items, strategy, "lazy_adam", json.dumps(overrides)) for _ in range(repeats)]
-            ok = [r for r in runs if "error" not in r]
-            row = min(ok, key=lambda r: r["step_ms"]) if ok else runs[0]
-            rows.append({"variant": name, **row})
-        base = next(r for r in rows if r["items"] == items and r["variant"] == "in_batch")
-        for r in rows:
-            if r["items"] == items and "error" not in r and "error" not in base:
-                r["vs_in_batch"] = r["examples_per_second"] / base["examples_per_second"]
+        for group, variants in enumerate(SPEED_GROUPS):
+            print(f"[negative_sharing] speed at {items:,} items: {', '.join(variants)}", flush=True)
+            done = subprocess.run([sys.executable, "-m", "benchmarks.negative_sharing", "--one-size", str(items),
+                                   "--variants", ",".join(variants), "--rounds", str(rounds)],
+                                  capture_output=True, text=True)
+            lines = [line for line in done.stdout.splitlines() if line.startswith("[{")]
+            if done.returncode != 0 or not lines:
+                print(done.stdout[-2000:], done.stderr[-4000:], file=sys.stderr)
+                rows.append({"items": items, "variant": ", ".join(variants), "error": f"exit {done.returncode}"})
+                continue
+            rows += [{**r, "group": group} for r in json.loads(lines[-1]) if group == 0 or r["variant"] != "in_batch"]
     return rows
+
+
+def measure_size(items: int, variants: list[str], rounds: int, steps: int = 10) -> list[dict]:
+    """The SPEED variants' training steps at one size, interleaved: `rounds` times, `steps` steps of each
+    variant in turn (a busy machine slows every variant alike); median step time per variant."""
+    import tensorflow as tf
+
+    from benchmarks.scale import BATCH, HISTORY, _zipf_items, catalogue_of
+    from components.trainer.model import TwoTowerModel
+    from components.trainer.optimizer import make_optimizer
+
+    catalogue, cdf = catalogue_of(items)
+    users = np.char.add("u", np.arange(items).astype(str)).tolist()
+    rng = np.random.default_rng(0)
+
+    def batch():
+        history = catalogue.item_ids[_zipf_items(rng, cdf, (BATCH, HISTORY))]
+        history[rng.random((BATCH, HISTORY)) < 0.2] = ""  # some short histories
+        return {"user_id": np.char.add("u", rng.integers(0, items, BATCH).astype(str)),
+                "item_id": catalogue.item_ids[_zipf_items(rng, cdf, BATCH)],
+                "label": (rng.random(BATCH) < 0.85).astype(np.float32), "history_item_ids": history}
+
+    batches = [batch() for _ in range(8)]
+    data = tf.data.Dataset.from_tensor_slices({k: np.stack([b[k] for b in batches]) for k in batches[0]}).repeat()
+    trains, rows = {}, {}
+    for name in variants:
+        strategy, overrides = SPEED[name]
+        config = TrainerConfig(strategy=strategy, history_length=HISTORY, **overrides)
+        try:
+            model = TwoTowerModel(config, catalogue, users)
+        except ValueError as error:  # 'full' beyond its memory
+            rows[name] = {"items": items, "variant": name, "error": str(error)}
+            continue
+        model.compile(optimizer=make_optimizer(config.optimizer, config.learning_rate))
+        model.preload_pool(catalogue)
+        train, iterator = model.make_train_function(), iter(data)
+        for _ in range(5):  # tracing and warm-up
+            logs = train(iterator)
+        trains[name] = (train, iterator)
+        rows[name] = {"items": items, "variant": name, "times": []}
+    for _ in range(rounds):
+        for name, (train, iterator) in trains.items():
+            for _ in range(steps):
+                started = time.perf_counter()
+                logs = train(iterator)
+                float(logs["loss"])
+                rows[name]["times"].append(time.perf_counter() - started)
+            rows[name]["embedded_rows"] = float(logs["embedded_rows"])
+            rows[name]["pool_draws"] = float(logs.get("pool_draws", 0.0))
+    for row in rows.values():
+        if "times" in row:
+            step = statistics.median(row.pop("times"))
+            row.update(step_ms=1e3 * step, examples_per_second=BATCH / step)
+    base = rows["in_batch"]
+    for row in rows.values():
+        if "error" not in row:
+            row["vs_in_batch"] = row["examples_per_second"] / base["examples_per_second"]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return [{**row, "process_peak_mb": peak} for row in rows.values()]
 
 
 def quality(name: str, root: str, seeds: list[int]) -> dict:
@@ -117,8 +189,9 @@ def markdown(result: dict) -> str:
              "benchmarks.negative_sharing`).", ""]
     if result.get("speed"):
         lines += ["**Training step, SYNTHETIC catalogue** (batch 1024, history 20, 16 pool negatives per example or "
-                  "1,024 shared per step, lazy Adam; median of 30 steps, fastest of "
-                  f"{result.get('repeats')} processes; ratio to `in_batch` with its default deduplication, same run)",
+                  "M shared per step (default M = the batch), lazy Adam; variants interleaved in one process, "
+                  f"{result.get('rounds')} rounds x 10 steps, median; ratio to `in_batch` with its default "
+                  "deduplication, same process)",
                   "", "| items | variant | step (ms) | examples/s | vs in_batch | rows embedded per step |",
                   "|---|---|---|---|---|---|"]
         for r in result["speed"]:
@@ -186,11 +259,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="speed,quality")
     parser.add_argument("--sizes", default="10000,1000000")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4, help="speed: interleaved rounds of 10 steps per variant")
+    parser.add_argument("--one-size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--variants", default=",".join(SPEED), help=argparse.SUPPRESS)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--data-root", default=os.environ.get("DATA_ROOT", os.path.join("..", "shared", "data")))
     args = parser.parse_args()
+    if args.one_size:
+        print(json.dumps(measure_size(args.one_size, args.variants.split(","), args.rounds)), flush=True)
+        return
     unknown = sorted(set(args.datasets.split(",")) - set(DATASETS))
     if unknown:
         raise SystemExit(f"unknown data sets {unknown}: choose from {sorted(DATASETS)}")
@@ -199,7 +277,7 @@ def main() -> None:
     started = time.monotonic()
     for part in args.parts.split(","):
         if part == "speed":
-            result.update(speed=speed([int(s) for s in args.sizes.split(",")], args.repeats), repeats=args.repeats)
+            result.update(speed=speed([int(s) for s in args.sizes.split(",")], args.rounds), rounds=args.rounds)
         elif part == "quality":
             kept = [q for q in result.get("quality", []) if q["dataset"] not in args.datasets.split(",")]
             result["quality"] = kept

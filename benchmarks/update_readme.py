@@ -8,7 +8,9 @@ from __future__ import annotations
 import os
 import re
 
-SECTIONS = (("Paper tables (`benchmarks.paper_tables`)", "paper_tables.md"),
+SECTIONS = (("Hard negatives at in-batch cost, and the full-softmax ceiling (`benchmarks.negative_sharing`)",
+             "negative_sharing.md"),
+            ("Paper tables (`benchmarks.paper_tables`)", "paper_tables.md"),
             ("Where cluster negatives help (`benchmarks.regimes`)", "regimes.md"),
             ("Larger catalogues, per-user split (`benchmarks.larger_catalogues`)", "larger_catalogues.md"),
             ("ScaNN vs brute force (`benchmarks.scann_vs_bruteforce`)", "scann.md"),

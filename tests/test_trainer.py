@@ -262,9 +262,9 @@ from components.trainer import TrainerConfig, run_trainer
 from components.trainer.data import example_files, load_catalogue, make_dataset
 from components.trainer.model import TwoTowerModel
 import tf_keras, os
-examples, clusters, out = sys.argv[1:4]
+examples, clusters, out, sharing = sys.argv[1:5]
 config = TrainerConfig(batch_size=32, epochs=1, embedding_dim=8, num_negatives=4, random_ratio=1, cluster_ratio=3,
-                       history_length=5, distribute="mirrored", slots_per_cluster=64)
+                       history_length=5, distribute="mirrored", slots_per_cluster=64, negative_sharing=sharing)
 strategy = tf.distribute.MirroredStrategy()
 catalogue = load_catalogue(os.path.join(examples, "items"), os.path.join(clusters, "llm"))
 with strategy.scope():
@@ -280,11 +280,12 @@ print(json.dumps({"replicas": len(copies), "same_valid": bool((copies[0] == copi
 """
 
 
-def test_mirrored_strategy_keeps_replica_pools_identical(examples_dir, clusters_dir, tmp_path):
+@pytest.mark.parametrize("sharing", ["per_example", "shared"])
+def test_mirrored_strategy_keeps_replica_pools_identical(sharing, examples_dir, clusters_dir, tmp_path):
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-c", MIRRORED, examples_dir, clusters_dir, str(tmp_path)],
+    result = subprocess.run([sys.executable, "-c", MIRRORED, examples_dir, clusters_dir, str(tmp_path), sharing],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
