@@ -71,13 +71,13 @@ DATASETS = {"ml1m": ("ml1m_reconstructed", "ml-1m"), "cds": ("amazon_cds_2014", 
             "videogames": ("amazon_videogames_2014", AMAZON["amazon_videogames_2014"])}  # name: (work folder, data)
 
 
-def speed(sizes: list[int], rounds: int) -> list[dict]:
+def speed(sizes: list[str], rounds: int) -> list[dict]:
     """Every SPEED variant at each size, one process per size (its peak memory apart)."""
     rows = []
     for items in sizes:
         for group, variants in enumerate(SPEED_GROUPS):
-            print(f"[negative_sharing] speed at {items:,} items: {', '.join(variants)}", flush=True)
-            done = subprocess.run([sys.executable, "-m", "benchmarks.negative_sharing", "--one-size", str(items),
+            print(f"[negative_sharing] speed on {items}: {', '.join(variants)}", flush=True)
+            done = subprocess.run([sys.executable, "-m", "benchmarks.negative_sharing", "--one-size", items,
                                    "--variants", ",".join(variants), "--rounds", str(rounds)],
                                   capture_output=True, text=True)
             lines = [line for line in done.stdout.splitlines() if line.startswith("[{")]
@@ -89,14 +89,9 @@ def speed(sizes: list[int], rounds: int) -> list[dict]:
     return rows
 
 
-def measure_size(items: int, variants: list[str], rounds: int, steps: int = 10) -> list[dict]:
-    """The SPEED variants' training steps at one size, interleaved: `rounds` times, `steps` steps of each
-    variant in turn (a busy machine slows every variant alike); median step time per variant."""
-    import tensorflow as tf
-
+def _synthetic(items: int):
+    """benchmarks.scale's SYNTHETIC catalogue, users and 8 batches."""
     from benchmarks.scale import BATCH, HISTORY, _zipf_items, catalogue_of
-    from components.trainer.model import TwoTowerModel
-    from components.trainer.optimizer import make_optimizer
 
     catalogue, cdf = catalogue_of(items)
     users = np.char.add("u", np.arange(items).astype(str)).tolist()
@@ -109,12 +104,43 @@ def measure_size(items: int, variants: list[str], rounds: int, steps: int = 10) 
                 "item_id": catalogue.item_ids[_zipf_items(rng, cdf, BATCH)],
                 "label": (rng.random(BATCH) < 0.85).astype(np.float32), "history_item_ids": history}
 
-    batches = [batch() for _ in range(8)]
+    return catalogue, users, [batch() for _ in range(8)], HISTORY
+
+
+def _ml1m():
+    """Reconstructed ML-1M as the quality part prepared it (examples and LLM clusters under benchmarks/work):
+    its catalogue, users and the first 8 shuffled training batches of 1024 (history 20, the default)."""
+    from benchmarks.paper_tables import WORK
+    from components.trainer.data import example_files, load_catalogue, make_dataset
+    from components.trainer.run import read_lines
+
+    root = os.path.join(WORK, "ml1m_reconstructed")
+    examples = os.path.join(root, "examples")
+    if not os.path.exists(os.path.join(examples, "users.txt")):
+        raise SystemExit(f"no ML-1M examples in {examples}: run the quality part on ml1m first")
+    catalogue = load_catalogue(os.path.join(examples, "items"), os.path.join(root, "clusters_auto", "llm"))
+    history = TrainerConfig().history_length
+    data = make_dataset(example_files(examples, "train"), 1024, history, shuffle_buffer=100_000)
+    batches = [{k: v.numpy() for k, v in b.items() if k != "timestamp"} for b in data.take(8)]
+    return catalogue, read_lines(os.path.join(examples, "users.txt")), batches, history
+
+
+def measure_size(size: str, variants: list[str], rounds: int, steps: int = 10) -> list[dict]:
+    """The SPEED variants' training steps on one catalogue (a number of SYNTHETIC items, or 'ml1m'),
+    interleaved: `rounds` times, `steps` steps of each variant in turn (a busy machine slows every variant
+    alike); median step time per variant."""
+    import tensorflow as tf
+
+    from components.trainer.model import TwoTowerModel
+    from components.trainer.optimizer import make_optimizer
+
+    catalogue, users, batches, history_length = _ml1m() if size == "ml1m" else _synthetic(int(size))
+    items, batch_size = (size if size == "ml1m" else int(size)), len(batches[0]["label"])
     data = tf.data.Dataset.from_tensor_slices({k: np.stack([b[k] for b in batches]) for k in batches[0]}).repeat()
     trains, rows = {}, {}
     for name in variants:
         strategy, overrides = SPEED[name]
-        config = TrainerConfig(strategy=strategy, history_length=HISTORY, **overrides)
+        config = TrainerConfig(strategy=strategy, history_length=history_length, **overrides)
         try:
             model = TwoTowerModel(config, catalogue, users)
         except ValueError as error:  # 'full' beyond its memory
@@ -139,7 +165,7 @@ def measure_size(items: int, variants: list[str], rounds: int, steps: int = 10) 
     for row in rows.values():
         if "times" in row:
             step = statistics.median(row.pop("times"))
-            row.update(step_ms=1e3 * step, examples_per_second=BATCH / step)
+            row.update(step_ms=1e3 * step, examples_per_second=batch_size / step)
     base = rows["in_batch"]
     for row in rows.values():
         if "error" not in row:
@@ -148,8 +174,9 @@ def measure_size(items: int, variants: list[str], rounds: int, steps: int = 10) 
     return [{**row, "process_peak_mb": peak} for row in rows.values()]
 
 
-def quality(name: str, root: str, seeds: list[int]) -> dict:
-    """Every QUALITY variant over seeds on one data set; the headroom and the share each sampler closes."""
+def quality(name: str, root: str, seeds: list[int], written=lambda partial: None) -> dict:
+    """Every QUALITY variant over seeds on one data set; the headroom and the share each sampler closes.
+    `written(partial)` is called after every variant with the table so far."""
     dataset, folder = DATASETS[name]
     if name == "ml1m":
         examples, clusters = prepare(dataset, ExampleGenConfig.movielens(os.path.join(root, folder)))
@@ -162,7 +189,10 @@ def quality(name: str, root: str, seeds: list[int]) -> dict:
             first = TrainerConfig(strategy="in_batch", cluster_source="category", seed=seed)
             model = train_and_evaluate(first, examples, clusters, f"{dataset}-in_batch-category-{seed}", KS)
             tables[seed] = behavioural(model["model_dir"], examples, dataset, seed)
+    with open(os.path.join(examples, "summary.json"), encoding="utf-8") as f:
+        items = json.load(f)["items_out"]
     rows = {}
+    table = {"dataset": name, "items": items, "clusters": source, "seeds": seeds, "rows": rows}
     for variant, (strategy, overrides) in QUALITY.items():
         runs = [train_and_evaluate(TrainerConfig(strategy=strategy, cluster_source=source, seed=seed, **overrides),
                                    examples, tables[seed], f"sharing-{name}-{variant.replace(' ', '_')}-{seed}", KS)
@@ -173,15 +203,14 @@ def quality(name: str, root: str, seeds: list[int]) -> dict:
                          "examples_per_second": statistics.mean(r["examples_per_second"] for r in runs
                                                                 if r["examples_per_second"]),
                          "mass": {s: statistics.mean(r["mass"].get(s, 0.0) for r in runs) for s in runs[0]["mass"]}}
-    base, ceiling = rows["in_batch"], rows["full"]
-    for row in rows.values():
-        row["vs_in_batch_speed"] = row["examples_per_second"] / base["examples_per_second"]
-        for m in METRICS:
-            headroom = ceiling[f"{m}_mean"] - base[f"{m}_mean"]
-            row[f"{m}_headroom_closed"] = (row[f"{m}_mean"] - base[f"{m}_mean"]) / headroom if headroom else None
-    with open(os.path.join(examples, "summary.json"), encoding="utf-8") as f:
-        items = json.load(f)["items_out"]
-    return {"dataset": name, "items": items, "clusters": source, "seeds": seeds, "rows": rows}
+        base, ceiling = rows["in_batch"], rows.get("full")
+        for row in rows.values():
+            row["vs_in_batch_speed"] = row["examples_per_second"] / base["examples_per_second"]
+            for m in METRICS:
+                headroom = ceiling[f"{m}_mean"] - base[f"{m}_mean"] if ceiling else 0.0
+                row[f"{m}_headroom_closed"] = (row[f"{m}_mean"] - base[f"{m}_mean"]) / headroom if headroom > 0 else None
+        written(table)
+    return table
 
 
 def markdown(result: dict) -> str:
@@ -195,10 +224,11 @@ def markdown(result: dict) -> str:
                   "", "| items | variant | step (ms) | examples/s | vs in_batch | rows embedded per step |",
                   "|---|---|---|---|---|---|"]
         for r in result["speed"]:
+            size = "ML-1M (real batches)" if r["items"] == "ml1m" else f"{r['items']:,} synthetic"
             if "error" in r:
-                lines.append(f"| {r['items']:,} | {r['variant']} | {r['error'][:160]} | | | |")
+                lines.append(f"| {size} | {r['variant']} | {r['error'][:160]} | | | |")
                 continue
-            lines.append(f"| {r['items']:,} | {r['variant']} | {r['step_ms']:.1f} | {r['examples_per_second']:,.0f} "
+            lines.append(f"| {size} | {r['variant']} | {r['step_ms']:.1f} | {r['examples_per_second']:,.0f} "
                          f"| {r.get('vs_in_batch', 0):.2f}x | {r.get('embedded_rows', 0):,.0f} |")
         lines.append("")
     for q in result.get("quality", []):
@@ -209,12 +239,22 @@ def markdown(result: dict) -> str:
                   "| softmax mass |", "|---|---|---|---|---|---|---|---|"]
         for name, r in q["rows"].items():
             cells = " | ".join(f"{r[f'{m}_mean']:.4f} ± {r[f'{m}_pstdev']:.4f}" for m in METRICS)
-            closed = " / ".join("-" if r[f"{m}_headroom_closed"] is None else f"{100 * r[f'{m}_headroom_closed']:.0f}%"
-                                for m in ("hr10", "hr50"))
+            closed = " / ".join(_closed(q["rows"], r, m) for m in ("hr10", "hr50"))
             lines.append(f"| {name} | {cells} | {closed} | {r['examples_per_second']:,.0f} | "
                          f"{r['vs_in_batch_speed']:.2f}x | {mass_cell(r['mass'])} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _closed(rows: dict, row: dict, metric: str) -> str:
+    """The share of the headroom (full minus in_batch) a variant closes; 'no headroom' when full is not above."""
+    if "full" not in rows or row is rows["in_batch"] or row is rows["full"]:
+        return "-"
+    base = rows["in_batch"][f"{metric}_mean"]
+    headroom = rows["full"][f"{metric}_mean"] - base
+    if headroom <= 0:
+        return f"no headroom ({100 * (row[f'{metric}_mean'] / base - 1):+.1f}% vs in_batch)"
+    return f"{100 * (row[f'{metric}_mean'] - base) / headroom:.0f}%"
 
 
 def plot(result: dict) -> None:
@@ -230,16 +270,16 @@ def plot(result: dict) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
     for ax, (kind, q) in zip(axes[0], panels):
         if kind == "speed":
-            sizes = sorted({r["items"] for r in result["speed"]})
+            sizes = list(dict.fromkeys(r["items"] for r in result["speed"]))
             names = list(dict.fromkeys(r["variant"] for r in result["speed"]))
             width = 0.8 / len(sizes)
             for k, items in enumerate(sizes):
                 values = {r["variant"]: r.get("vs_in_batch", 0.0) for r in result["speed"] if r["items"] == items}
                 ax.barh([i + k * width for i in range(len(names))], [values.get(n, 0.0) for n in names], width,
-                        label=f"{items:,} items")
+                        label="ML-1M" if items == "ml1m" else f"{items:,} items")
             ax.set_yticks([i + width * (len(sizes) - 1) / 2 for i in range(len(names))], names, fontsize=7)
             ax.axvline(0.9, color="k", ls="--", lw=0.8)
-            ax.set_xlabel("examples/s vs in_batch (synthetic step)")
+            ax.set_xlabel("training step examples/s vs in_batch")
             ax.legend(fontsize=7)
         else:
             names = list(q["rows"])
@@ -258,9 +298,10 @@ def plot(result: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="speed,quality")
-    parser.add_argument("--sizes", default="10000,1000000")
+    parser.add_argument("--sizes", default="10000,1000000,ml1m",
+                        help="speed: SYNTHETIC catalogue sizes, and 'ml1m' (the real catalogue and batches)")
     parser.add_argument("--rounds", type=int, default=4, help="speed: interleaved rounds of 10 steps per variant")
-    parser.add_argument("--one-size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--one-size", help=argparse.SUPPRESS)
     parser.add_argument("--variants", default=",".join(SPEED), help=argparse.SUPPRESS)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--datasets", default=",".join(DATASETS))
@@ -277,17 +318,19 @@ def main() -> None:
     started = time.monotonic()
     for part in args.parts.split(","):
         if part == "speed":
-            result.update(speed=speed([int(s) for s in args.sizes.split(",")], args.rounds), rounds=args.rounds)
+            result.update(speed=speed(args.sizes.split(","), args.rounds), rounds=args.rounds)
         elif part == "quality":
             kept = [q for q in result.get("quality", []) if q["dataset"] not in args.datasets.split(",")]
             result["quality"] = kept
             for name in args.datasets.split(","):
-                result["quality"].append(quality(name, os.path.abspath(args.data_root),
-                                                 [int(s) for s in args.seeds.split(",")]))
-                write_results("negative_sharing", result, markdown(result))
-                plot(result)
-        else:
-            raise SystemExit(f"unknown part {part!r}: use speed, quality")
+                def written(partial: dict, done: list = result["quality"]) -> None:
+                    result["quality"] = [*done, partial]
+                    write_results("negative_sharing", result, markdown(result))
+                    plot(result)
+
+                quality(name, os.path.abspath(args.data_root), [int(s) for s in args.seeds.split(",")], written)
+        elif part != "render":  # render: the Markdown and plot again from the JSON
+            raise SystemExit(f"unknown part {part!r}: use speed, quality, render")
         result["wall_seconds"] = time.monotonic() - started
         write_results("negative_sharing", result, markdown(result))
         plot(result)

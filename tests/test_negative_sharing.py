@@ -114,7 +114,8 @@ def test_deduplicated_embedding_gives_the_same_step(sharing, examples_dir, clust
         config = tiny_config(negative_sharing=sharing, deduplicate_candidates=dedup, num_negatives=8)
         model, _ = _model(config, examples_dir, clusters_dir)
         logs = model.make_train_function()(iter(tf.data.Dataset.from_tensors(batch)))
-        results[dedup] = {k: float(v) for k, v in logs.items()}, [w.numpy() for w in model.query_tower.weights + model.candidate_tower.weights]
+        weights = [w.numpy() for w in model.query_tower.weights + model.candidate_tower.weights]
+        results[dedup] = {k: float(v) for k, v in logs.items()}, weights
     (plain, plain_weights), (dedup, dedup_weights) = results[False], results[True]
     np.testing.assert_allclose(dedup["loss"], plain["loss"], rtol=1e-5)
     for a, b in zip(plain_weights, dedup_weights):

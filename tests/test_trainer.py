@@ -304,6 +304,12 @@ def test_config_changes_know_which_added_fields_keep_old_behaviour():
     del old["logq_correction"]  # its default changed the loss: a run recorded without it is another config
     assert config_changes(old, TrainerConfig()) == ["logq_correction: None -> 'mixture'"]
     assert config_changes({**old, "epochs": 9}, TrainerConfig()) == ["logq_correction: None -> 'mixture'"]
+    # the same loss either way: a run resumes and a benchmark reuses a run across it
+    assert config_changes({**old, "deduplicate_candidates": False}, TrainerConfig()) == \
+        ["logq_correction: None -> 'mixture'"]
+    del old["negative_sharing"]  # added later; per_example is what older runs did
+    assert config_changes(old, TrainerConfig(negative_sharing="shared")) == \
+        ["logq_correction: None -> 'mixture'", "negative_sharing: 'per_example' -> 'shared'"]
 
 
 GLOBAL_NEGATIVES = """

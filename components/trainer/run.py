@@ -127,13 +127,13 @@ def config_record(config: TrainerConfig) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
-# what may change between a run and its resumption
-RESUMABLE_CHANGES = ("epochs", "log_every_steps", "checkpoint_every_steps", "checkpoint_every_minutes")
+# what may change between a run and its resumption (deduplicate_candidates: the same loss to float tolerance)
+RESUMABLE_CHANGES = ("epochs", "log_every_steps", "checkpoint_every_steps", "checkpoint_every_minutes",
+                     "deduplicate_candidates", "full_softmax_memory_mb")
 # Fields added after runs were recorded, with the value that reproduces what those runs did (a
 # field whose default changed the behaviour, such as logq_correction, is not listed: such runs differ).
 ADDED_FIELDS = {"mask_user_positives": False, "optimizer": "adam", "user_id_buckets": 0,
-                "global_in_batch_negatives": False, "negative_sharing": "per_example", "shared_negatives": 0,
-                "deduplicate_candidates": False, "full_softmax_memory_mb": 8192}
+                "global_in_batch_negatives": False, "negative_sharing": "per_example", "shared_negatives": 0}
 
 
 def config_changes(old: dict, config: TrainerConfig) -> list[str]:
