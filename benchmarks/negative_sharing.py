@@ -208,7 +208,8 @@ def quality(name: str, root: str, seeds: list[int], written=lambda partial: None
             row["vs_in_batch_speed"] = row["examples_per_second"] / base["examples_per_second"]
             for m in METRICS:
                 headroom = ceiling[f"{m}_mean"] - base[f"{m}_mean"] if ceiling else 0.0
-                row[f"{m}_headroom_closed"] = (row[f"{m}_mean"] - base[f"{m}_mean"]) / headroom if headroom > 0 else None
+                closed = (row[f"{m}_mean"] - base[f"{m}_mean"]) / headroom if headroom > 0 else None
+                row[f"{m}_headroom_closed"] = closed  # None: full is not above in_batch
         written(table)
     return table
 
