@@ -174,7 +174,7 @@ def measure_size(size: str, variants: list[str], rounds: int, steps: int = 10) -
     return [{**row, "process_peak_mb": peak} for row in rows.values()]
 
 
-def quality(name: str, root: str, seeds: list[int], written=lambda partial: None) -> dict:
+def quality(name: str, root: str, seeds: list[int], variants=tuple(QUALITY), written=lambda partial: None) -> dict:
     """Every QUALITY variant over seeds on one data set; the headroom and the share each sampler closes.
     `written(partial)` is called after every variant with the table so far."""
     dataset, folder = DATASETS[name]
@@ -193,7 +193,8 @@ def quality(name: str, root: str, seeds: list[int], written=lambda partial: None
         items = json.load(f)["items_out"]
     rows = {}
     table = {"dataset": name, "items": items, "clusters": source, "seeds": seeds, "rows": rows}
-    for variant, (strategy, overrides) in QUALITY.items():
+    for variant in variants:
+        strategy, overrides = QUALITY[variant]
         runs = [train_and_evaluate(TrainerConfig(strategy=strategy, cluster_source=source, seed=seed, **overrides),
                                    examples, tables[seed], f"sharing-{name}-{variant.replace(' ', '_')}-{seed}", KS)
                 for seed in seeds]
@@ -302,6 +303,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,1000000,ml1m",
                         help="speed: SYNTHETIC catalogue sizes, and 'ml1m' (the real catalogue and batches)")
     parser.add_argument("--rounds", type=int, default=4, help="speed: interleaved rounds of 10 steps per variant")
+    parser.add_argument("--quality-variants", default=",".join(QUALITY), help="quality: these, in this order "
+                        "(in_batch first)")
     parser.add_argument("--one-size", help=argparse.SUPPRESS)
     parser.add_argument("--variants", default=",".join(SPEED), help=argparse.SUPPRESS)
     parser.add_argument("--seeds", default="0,1,2")
@@ -314,6 +317,9 @@ def main() -> None:
     unknown = sorted(set(args.datasets.split(",")) - set(DATASETS))
     if unknown:
         raise SystemExit(f"unknown data sets {unknown}: choose from {sorted(DATASETS)}")
+    unknown = sorted(set(args.quality_variants.split(",")) - set(QUALITY))
+    if unknown or not args.quality_variants.startswith("in_batch"):
+        raise SystemExit(f"--quality-variants: unknown {unknown} or not in_batch first; choose from {list(QUALITY)}")
     path = os.path.join(RESULTS, "negative_sharing.json")
     result = json.load(open(path, encoding="utf-8")) if os.path.exists(path) else {}
     started = time.monotonic()
@@ -329,7 +335,8 @@ def main() -> None:
                     write_results("negative_sharing", result, markdown(result))
                     plot(result)
 
-                quality(name, os.path.abspath(args.data_root), [int(s) for s in args.seeds.split(",")], written)
+                quality(name, os.path.abspath(args.data_root), [int(s) for s in args.seeds.split(",")],
+                        args.quality_variants.split(","), written)
         elif part != "render":  # render: the Markdown and plot again from the JSON
             raise SystemExit(f"unknown part {part!r}: use speed, quality, render")
         result["wall_seconds"] = time.monotonic() - started
