@@ -134,7 +134,7 @@ def test_user_errors_end_with_one_line_and_bugs_with_a_traceback(tmp_path, capsy
     root = ["--pipeline-root", str(tmp_path / "runs")]
     assert local_runner.main(root + ["--trainer.strategy", "hardest"]) == 1
     err = capsys.readouterr().err
-    assert err.strip() == "error: strategy must be one of ('in_batch', 'oob', 'cluster_oob'), got 'hardest'"
+    assert err.strip() == "error: strategy must be one of ('in_batch', 'oob', 'cluster_oob', 'full'), got 'hardest'"
 
     missing = str(tmp_path / "no-such-file.csv")
     assert local_runner.main(root + ["--example_gen.source", "generic", "--example_gen.interactions", missing]) == 1
