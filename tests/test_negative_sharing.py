@@ -188,3 +188,17 @@ def test_sharing_config_is_checked():
         TrainerConfig(negative_sharing="shared", edis_negatives=2)
     with pytest.raises(ValueError, match="strategy 'full' has none"):
         TrainerConfig(strategy="full", mask_history_negatives=True)
+
+
+def test_shared_draws_that_find_no_item_are_masked(examples_dir, clusters_dir):
+    """Before any update the pool is empty: every shared draw finds no item (the padding row, whose cluster
+    is out of the pool's range) and is masked; the step still trains on the in-batch columns."""
+    config = tiny_config(negative_sharing="shared", shared_negatives=12)
+    tf_keras.utils.set_random_seed(config.seed)
+    catalogue = load_catalogue(os.path.join(examples_dir, "items"), os.path.join(clusters_dir, "llm"))
+    model = TwoTowerModel(config, catalogue, ["1"])  # not preloaded
+    model.compile(optimizer=make_optimizer(config.optimizer, config.learning_rate))
+    batch = next(iter(make_dataset(example_files(examples_dir, "train"), 32, 5)))
+    logs = model.make_train_function()(iter(tf.data.Dataset.from_tensors(batch)))
+    assert float(logs["negative_masked_rate"]) == 1.0 and np.isfinite(float(logs["loss"]))
+    assert float(logs["mass_in_batch"]) == pytest.approx(1.0) and float(logs["pool_fill"]) > 0

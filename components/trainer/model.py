@@ -250,6 +250,9 @@ class TwoTowerModel(tf_keras.Model):
         in_pool = self.pool.contains(column_index, column_cluster)[None, :]
         if self.config.shares_negatives:  # one row for every query: the rate of an item's own cluster
             def rate(item_cluster):  # [N] -> [1, N]: m_r / F + a_cluster / F_cluster
+                # a draw that found no item (an empty segment or pool) has the padding row's cluster, C: it is
+                # masked out of the loss, and any in-range id keeps the lookup valid
+                item_cluster = tf.where(item_cluster < self.pool.num_clusters, item_cluster, 0)
                 q_random, q_cluster = self.pool.draw_probabilities(item_cluster)
                 return (self.num_random * q_random + self._allocated(samples, item_cluster) * q_cluster)[None, :]
             in_batch = expected_counts(in_batch_draws, tf.gather(probability, column_index)[None, :], in_pool, True,
