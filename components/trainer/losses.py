@@ -93,7 +93,7 @@ def mixed_negatives_loss(
     negative_ids: tf.Tensor | None = None,
     negative_valid: tf.Tensor | None = None,
     negative_log_count: tf.Tensor | None = None,
-    negative_sources: Sequence[str] = (),
+    negative_sources: Sequence[str] | tf.Tensor = (),
     sample_weight: tf.Tensor | None = None,
     first_row: int | tf.Tensor = 0,
 ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
