@@ -67,7 +67,9 @@ class ClusterPool(tf_keras.layers.Layer):
     `sampling='filled'` draws uniformly among the filled slots of the segment (the paper's
     "an existing item ... is randomly selected"); `sampling='slot'` draws r ~ U[0, S) as in
     Algorithm 2 literally and returns empty slots as invalid. Random out-of-batch draws are
-    uniform over the filled slots of the whole pool (or over all slots with 'slot').
+    uniform over the filled slots of the whole pool (or over all slots with 'slot'). `sample_shared`
+    draws for a whole batch at once: the random share from the pool, the cluster share split among
+    the batch's distinct clusters (`allocate_draws`), O(B + M) per step.
     `draw_probabilities` and `contains` give what a sampled-softmax correction needs: the
     probability that one draw returns a given pooled item, and whether an item is in the pool.
     """
