@@ -91,20 +91,11 @@ def speed(sizes: list[str], rounds: int) -> list[dict]:
 
 def _synthetic(items: int):
     """benchmarks.scale's SYNTHETIC catalogue, users and 8 batches."""
-    from benchmarks.scale import BATCH, HISTORY, _zipf_items, catalogue_of
+    from benchmarks.scale import HISTORY, catalogue_of, synthetic_batches
 
     catalogue, cdf = catalogue_of(items)
     users = np.char.add("u", np.arange(items).astype(str)).tolist()
-    rng = np.random.default_rng(0)
-
-    def batch():
-        history = catalogue.item_ids[_zipf_items(rng, cdf, (BATCH, HISTORY))]
-        history[rng.random((BATCH, HISTORY)) < 0.2] = ""  # some short histories
-        return {"user_id": np.char.add("u", rng.integers(0, items, BATCH).astype(str)),
-                "item_id": catalogue.item_ids[_zipf_items(rng, cdf, BATCH)],
-                "label": (rng.random(BATCH) < 0.85).astype(np.float32), "history_item_ids": history}
-
-    return catalogue, users, [batch() for _ in range(8)], HISTORY
+    return catalogue, users, synthetic_batches(catalogue, cdf, items), HISTORY
 
 
 def _ml1m():

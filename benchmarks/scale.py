@@ -60,6 +60,21 @@ def catalogue_of(items: int):
     return ItemCatalogue(ids, np.arange(items) % clusters, counts, clusters), cdf
 
 
+def synthetic_batches(catalogue, cdf: np.ndarray, users: int, count: int = 8) -> list[dict]:
+    """`count` training batches of BATCH rows (seed 0): zipf items and histories (20% padding), `users` user ids."""
+    rng = np.random.default_rng(0)
+
+    def batch():
+        history = catalogue.item_ids[_zipf_items(rng, cdf, (BATCH, HISTORY))]
+        history[rng.random((BATCH, HISTORY)) < 0.2] = ""  # some short histories
+        return {"user_id": np.char.add("u", rng.integers(0, users, BATCH).astype(str)),
+                "item_id": catalogue.item_ids[_zipf_items(rng, cdf, BATCH)],
+                "label": (rng.random(BATCH) < 0.85).astype(np.float32),
+                "history_item_ids": history}
+
+    return [batch() for _ in range(count)]
+
+
 def measure_pool(items: int) -> dict:
     import tensorflow as tf
 
@@ -108,17 +123,7 @@ def measure_step(items: int, strategy: str, optimizer: str, overrides: str = "{}
     model.compile(optimizer=make_optimizer(optimizer, config.learning_rate))
     model.preload_pool(catalogue)
     setup = time.monotonic() - started
-    rng = np.random.default_rng(0)
-
-    def batch():
-        history = catalogue.item_ids[_zipf_items(rng, cdf, (BATCH, HISTORY))]
-        history[rng.random((BATCH, HISTORY)) < 0.2] = ""  # some short histories
-        return {"user_id": np.char.add("u", rng.integers(0, items, BATCH).astype(str)),
-                "item_id": catalogue.item_ids[_zipf_items(rng, cdf, BATCH)],
-                "label": (rng.random(BATCH) < 0.85).astype(np.float32),
-                "history_item_ids": history}
-
-    batches = [batch() for _ in range(8)]
+    batches = synthetic_batches(catalogue, cdf, items)
     data = tf.data.Dataset.from_tensor_slices({k: np.stack([b[k] for b in batches]) for k in batches[0]})
     iterator = iter(data.repeat())
     train = model.make_train_function()
