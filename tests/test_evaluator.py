@@ -104,3 +104,106 @@ def test_scann_search_reports_recall_and_matches_exact_where_it_retrieves_the_sa
     assert EvaluatorConfig(search="scann").query_batch(10**7) == 4096
     with pytest.raises(ValueError, match="search must be 'exact' or 'scann', got 'faiss'"):
         EvaluatorConfig(search="faiss")
+
+
+def _oracle_with_exclusion(queries, candidates, targets, excluded, k):
+    """HR@k, NDCG@k and top-k appearances with each row's excluded items out of the ranking (NumPy)."""
+    scores = queries @ candidates.T
+    scores[excluded[:, 0], excluded[:, 1]] = -np.inf
+    hits, gains, appearances = 0, 0.0, np.zeros(len(candidates), np.int64)
+    for row, target in enumerate(targets):
+        top = np.argsort(-scores[row], kind="stable")[:k]
+        appearances[top] += 1
+        if target >= 0 and np.isfinite(scores[row, target]) and target in top:
+            hits += 1
+            gains += 1 / np.log2(list(top).index(target) + 2)
+    return hits / len(targets), gains / len(targets), appearances
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_exclude_seen_matches_numpy_oracle(seed):
+    rng = np.random.default_rng(seed)
+    candidates = rng.normal(size=(120, 5)).astype(np.float32)
+    queries = rng.normal(size=(90, 5)).astype(np.float32)
+    targets = rng.integers(-1, 120, size=90)
+    scores = queries @ candidates.T
+    excluded = []
+    for row in range(90):  # each row excludes some of the items that outrank its target, and random others
+        better = np.flatnonzero(scores[row] > scores[row, max(targets[row], 0)])
+        chosen = rng.choice(better, size=min(len(better), rng.integers(0, 15)), replace=False)
+        excluded += [(row, i) for i in chosen] + [(row, i) for i in rng.integers(0, 120, size=3)]
+    excluded += [(row, targets[row]) for row in range(0, 90, 9) if targets[row] >= 0]  # seen targets: misses
+    excluded = np.unique(np.array(excluded, np.int64), axis=0)
+    config = EvaluatorConfig(ks=(5, 20), exclude_seen=True)
+    batches = []
+    for start in range(0, 90, 32):  # pairs re-based to each batch's rows
+        rows = (excluded[:, 0] >= start) & (excluded[:, 0] < start + 32)
+        batches.append((queries[start:start + 32], targets[start:start + 32], excluded[rows] - [start, 0]))
+    result = evaluate(batches, candidates, config)
+    for k in (5, 20):
+        hr, ndcg, appearances = _oracle_with_exclusion(queries, candidates, targets, excluded, k)
+        assert result["metrics"][f"hit_rate@{k}"] == pytest.approx(hr)
+        assert result["metrics"][f"ndcg@{k}"] == pytest.approx(ndcg)
+    np.testing.assert_array_equal(result["appearances"], appearances)  # k = 20, the largest
+    pairs = set(map(tuple, excluded.tolist()))
+    seen_targets = sum((row, t) in pairs for row, t in enumerate(targets.tolist()))
+    assert seen_targets >= 10
+    assert result["metrics"]["targets_seen_in_training"] == seen_targets and result["metrics"]["exclude_seen"]
+    plain = evaluate([(q, t) for q, t, _ in batches], candidates, EvaluatorConfig(ks=(5, 20)))["metrics"]
+    assert plain["hit_rate@5"] < result["metrics"]["hit_rate@5"]  # excluding outranking items lifts targets
+
+
+def test_seen_items_give_every_pair_of_each_batch_user():
+    from components.evaluator.core import SeenItems, fingerprints
+
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, 20, size=500).astype(str)
+    items = rng.integers(-1, 50, size=500)  # -1: not in the catalogue, left out; pairs repeat
+    seen = SeenItems(fingerprints(users), items)
+    batch = np.array(["3", "no-such-user", "3", "7", "19"])
+    pairs = seen.pairs(batch)
+    expected = {(row, int(i)) for row, user in enumerate(batch) for u, i in zip(users, items) if u == user and i >= 0}
+    assert {tuple(p) for p in pairs.tolist()} == expected and len(pairs) == len(expected)
+    assert SeenItems(np.zeros([0], np.int64), np.zeros([0], np.int64)).pairs(batch).shape == (0, 2)
+
+
+def test_scann_search_leaves_excluded_items_out_of_the_top_k():
+    from components.evaluator.core import SeenItems, fingerprints
+
+    rng = np.random.default_rng(1)
+    candidates = rng.normal(size=(200, 8)).astype(np.float32)  # small: ScaNN's brute force, exact
+    queries, targets = rng.normal(size=(40, 8)).astype(np.float32), rng.integers(0, 200, 40)
+    users = np.array([f"u{i % 10}" for i in range(40)])
+    history = np.argsort(-(queries @ candidates.T), axis=1)[:, :7]  # every user's 7 best items are "seen"
+    seen = SeenItems(fingerprints(np.repeat(users, 7)), history.ravel())
+    batches = lambda: [(queries, targets, seen.pairs(users))]  # noqa: E731
+    exact = evaluate(batches(), candidates, EvaluatorConfig(ks=(10,), exclude_seen=True))
+    approx = evaluate(batches(), candidates, EvaluatorConfig(ks=(10,), exclude_seen=True, search="scann"))
+    assert approx["metrics"]["hit_rate@10"] == pytest.approx(exact["metrics"]["hit_rate@10"])
+    np.testing.assert_array_equal(approx["appearances"], exact["appearances"])
+    assert approx["metrics"]["recall@10"] == pytest.approx(1.0)
+    assert exact["appearances"][np.unique(history)].sum() < approx["appearances"].sum()
+
+
+def test_run_evaluator_excludes_each_users_training_items(examples_dir, clusters_dir, tmp_path):
+    import tensorflow as tf
+
+    from components.trainer import TrainerConfig, run_trainer
+    from components.trainer.data import example_files, make_dataset
+
+    model = str(tmp_path / "model")
+    run_trainer(TrainerConfig(batch_size=32, epochs=1, embedding_dim=8, history_length=5, strategy="in_batch"),
+                examples_dir, clusters_dir, model)
+    plain = run_evaluator(EvaluatorConfig(ks=(5, 10)), model, examples_dir, str(tmp_path / "plain"), 5)
+    seen = run_evaluator(EvaluatorConfig(ks=(5, 10), exclude_seen=True), model, examples_dir,
+                         str(tmp_path / "seen"), 5)
+    train = {(u, i) for b in make_dataset(example_files(examples_dir, "train"), 256, 1)
+             for u, i in zip(b["user_id"].numpy(), b["item_id"].numpy())}
+    evals = [(u, i) for b in make_dataset(example_files(examples_dir, "eval"), 256, 1, positives_only=True)
+             for u, i in zip(b["user_id"].numpy(), b["item_id"].numpy())]
+    repeats = sum(pair in train for pair in evals)  # the tiny data repeats (user, item) pairs across the cut
+    assert seen["targets_seen_in_training"] == repeats > 0 and seen["num_queries"] == len(evals)
+    assert seen["exclude_seen"] and not plain["exclude_seen"]
+    for k in (5, 10):  # a target not seen can only rise when items leave the ranking
+        assert seen[f"hit_rate@{k}"] >= plain[f"hit_rate@{k}"] - repeats / len(evals) - 1e-12
+    assert tf.io.gfile.exists(str(tmp_path / "seen" / "metrics.json"))

@@ -21,7 +21,13 @@ class EvaluatorConfig:
     search: 'exact' (every query against every item) or 'scann' (the exporter's ScaNN index, for
       catalogues where exact scoring is too slow, e.g. 10^7 items: HR and NDCG then count what the
       index retrieves, and `recall@K` against exact search on the first `recall_sample` queries is
-      reported beside them)."""
+      reported beside them).
+    exclude_seen: rank each query's target among the items its user has no training interaction with
+      (every label), as RecBole, RecTools and SASRec's evaluation do: the user's training items are
+      removed from the ranking and the top-K lists before HR and NDCG. A target that is itself one of
+      the user's training items is then a miss, counted as `targets_seen_in_training`. Off: every
+      catalogue item is ranked (the paper's protocol). The trainer's user -> items lists are held in
+      memory (16 bytes per training interaction)."""
 
     ks: tuple[int, ...] = (50, 100)
     batch_size: int = 4096
@@ -30,6 +36,7 @@ class EvaluatorConfig:
     min_recommended: tuple[int, ...] = (1, 10, 100)
     search: str = "exact"
     recall_sample: int = 1000
+    exclude_seen: bool = False
 
     def __post_init__(self):
         if self.search not in ("exact", "scann"):
@@ -50,21 +57,63 @@ class EvaluatorConfig:
 
 # One trace for every batch size and K (a smaller last batch used to retrace and warn).
 @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None, None], tf.float32),
-                              tf.TensorSpec([None], tf.int64), tf.TensorSpec([], tf.int32)])
-def _batch_top_k(queries: tf.Tensor, candidates: tf.Tensor, targets: tf.Tensor, k: tf.Tensor):
-    """queries [B, d], candidates [V, d], targets [B] index -> (rank of target [B], top-k indices [B, k]).
+                              tf.TensorSpec([None], tf.int64), tf.TensorSpec([], tf.int32),
+                              tf.TensorSpec([None, 2], tf.int64)])
+def _batch_top_k(queries: tf.Tensor, candidates: tf.Tensor, targets: tf.Tensor, k: tf.Tensor, excluded: tf.Tensor):
+    """queries [B, d], candidates [V, d], targets [B] index, excluded [E, 2] (query row, item index) pairs
+    left out of the ranking -> (rank of target [B], top-k indices [B, k]).
 
-    The rank is the number of candidates scoring strictly higher than the target (0 = first).
+    The rank is the number of ranked candidates scoring strictly higher than the target (0 = first).
+    An excluded target has rank int32 max (a miss at every K).
     """
     scores = tf.matmul(queries, candidates, transpose_b=True)  # [B, V]
+    scores = tf.tensor_scatter_nd_update(scores, excluded, tf.fill(tf.shape(excluded)[:1], -np.inf))
     target_scores = tf.gather(scores, targets, batch_dims=1)[:, None]
     rank = tf.reduce_sum(tf.cast(scores > target_scores, tf.int32), axis=1)
+    rank = tf.where(tf.math.is_inf(target_scores[:, 0]), tf.int32.max, rank)  # a miss at every K
     return rank, tf.math.top_k(scores, k=k).indices
 
 
-def evaluate(query_batches: Iterable[tuple[np.ndarray, np.ndarray]], candidates: np.ndarray,
-             config: EvaluatorConfig) -> dict:
-    """query_batches: (query embeddings [B, d], target item index [B], -1 = not in the corpus).
+NO_EXCLUSION = np.zeros([0, 2], np.int64)
+
+
+class SeenItems:
+    """Each user's training items, for `exclude_seen`: users as sorted 63-bit fingerprints of their id,
+    their items (catalogue index) in one array cut by offsets (CSR). users [U] int64, offsets [U + 1],
+    items [I] int64, built from (user id, item index) pairs with NumPy."""
+
+    def __init__(self, user_keys: np.ndarray, item_index: np.ndarray):
+        """user_keys [I] int64 (`fingerprints` of the user ids), item_index [I] int64 (pairs may repeat;
+        negative indices, items not in the catalogue, are left out)."""
+        keep = item_index >= 0
+        pairs = np.unique(np.stack([user_keys[keep], item_index[keep].astype(np.int64)], axis=1), axis=0)
+        self.users, starts = np.unique(pairs[:, 0], return_index=True)
+        self.offsets = np.append(starts, len(pairs)).astype(np.int64)
+        self.items = pairs[:, 1].copy()
+
+    def pairs(self, user_ids: np.ndarray) -> np.ndarray:
+        """user_ids [B] str -> [E, 2] int64 (row in the batch, item index) of every training item of each user."""
+        keys = fingerprints(np.asarray(user_ids))
+        at = np.minimum(np.searchsorted(self.users, keys), max(0, len(self.users) - 1))
+        known = (self.users[at] == keys) if len(self.users) else np.zeros(len(keys), bool)
+        starts = np.where(known, self.offsets[at], 0)
+        counts = np.where(known, self.offsets[np.minimum(at + 1, len(self.offsets) - 1)] - starts, 0)
+        rows = np.repeat(np.arange(len(keys), dtype=np.int64), counts)
+        first = np.repeat(np.cumsum(counts) - counts, counts)  # each row's first position in the output
+        position = np.repeat(starts, counts) + np.arange(int(counts.sum())) - first
+        return np.stack([rows, self.items[position]], axis=1)
+
+
+def fingerprints(user_ids: np.ndarray) -> np.ndarray:
+    """[N] str -> [N] int64: TensorFlow's FarmHash fingerprint of each id, in [0, 2^63)."""
+    if not len(user_ids):
+        return np.zeros([0], np.int64)
+    return tf.strings.to_hash_bucket_fast(tf.constant(user_ids.astype(str).tolist()), 2**63 - 1).numpy()
+
+
+def evaluate(query_batches: Iterable[tuple], candidates: np.ndarray, config: EvaluatorConfig) -> dict:
+    """query_batches: (query embeddings [B, d], target item index [B], -1 = not in the corpus) or with a
+    third element, the [E, 2] (row, item index) pairs to leave out of the ranking (`SeenItems.pairs`).
 
     Returns hit rates and NDCG at every K (one relevant item per query: 1 / log2(rank + 2) when
     rank < K; ties count against the target), counts and per-item top-K appearance counts [V].
@@ -77,24 +126,30 @@ def evaluate(query_batches: Iterable[tuple[np.ndarray, np.ndarray]], candidates:
     appearances = np.zeros(len(candidates), np.int64)
     total = unknown = 0
     searcher = _scann_searcher(candidates, k_max) if config.search == "scann" else None
-    overlap, sampled = 0, 0
-    for queries, targets in query_batches:
+    overlap, sampled, seen_targets = 0, 0, 0
+    for queries, targets, *rest in query_batches:
+        excluded = rest[0] if rest else NO_EXCLUSION
         known = targets >= 0
         total += len(targets)
         unknown += int((~known).sum())
+        if len(excluded):
+            target_keys = np.arange(len(targets)) * len(candidates) + targets
+            seen_targets += int(np.isin(target_keys[known], excluded[:, 0] * len(candidates) + excluded[:, 1]).sum())
         if searcher is None:
             rank, top = _batch_top_k(tf.constant(queries, tf.float32), candidates_t,
-                                     tf.constant(np.where(known, targets, 0), tf.int64), tf.constant(k_max, tf.int32))
+                                     tf.constant(np.where(known, targets, 0), tf.int64), tf.constant(k_max, tf.int32),
+                                     tf.constant(excluded, tf.int64))
             rank, top = rank.numpy(), top.numpy()
         else:  # ranks within what the index returns (k_max = not retrieved); recall on the first queries
-            top = np.asarray(searcher.search_batched(np.asarray(queries, np.float32), final_num_neighbors=k_max)[0],
-                             np.int64)
+            top = _scann_top_k(searcher, queries, k_max, excluded, len(candidates))
             need = min(len(queries), config.recall_sample - sampled)
             step = exact_queries_per_batch(config, len(candidates))
             for start in range(0, need, step):
                 part = slice(start, min(need, start + step))
+                rows = (excluded[:, 0] >= part.start) & (excluded[:, 0] < part.stop)
                 _, exact = _batch_top_k(tf.constant(queries[part], tf.float32), candidates_t,
-                                        tf.zeros([part.stop - start], tf.int64), tf.constant(k_max, tf.int32))
+                                        tf.zeros([part.stop - start], tf.int64), tf.constant(k_max, tf.int32),
+                                        tf.constant(excluded[rows] - [part.start, 0], tf.int64))
                 overlap += sum(len(set(a) & set(b)) for a, b in zip(exact.numpy(), top[part]))
             sampled += need
             found = top == np.where(known, targets, -1)[:, None]
@@ -108,7 +163,8 @@ def evaluate(query_batches: Iterable[tuple[np.ndarray, np.ndarray]], candidates:
         raise ValueError("no positive evaluation examples to score")
     metrics = {f"hit_rate@{k}": hits[k] / total for k in config.ks}
     metrics.update({f"ndcg@{k}": gains[k] / total for k in config.ks})
-    metrics.update(num_queries=total, targets_not_in_corpus=unknown, corpus_size=len(candidates), search=config.search)
+    metrics.update(num_queries=total, targets_not_in_corpus=unknown, corpus_size=len(candidates), search=config.search,
+                   exclude_seen=config.exclude_seen, targets_seen_in_training=seen_targets)
     if searcher is not None:
         metrics[f"recall@{k_max}"] = overlap / max(1, sampled * k_max)
         metrics["recall_queries"] = sampled
@@ -118,6 +174,19 @@ def evaluate(query_batches: Iterable[tuple[np.ndarray, np.ndarray]], candidates:
 def exact_queries_per_batch(config: EvaluatorConfig, num_items: int) -> int:
     """Queries scored exactly at once within the memory budget (the exact path of query_batch)."""
     return max(1, min(config.batch_size, config.memory_budget_mb * 2**20 // (3 * 4 * max(1, num_items))))
+
+
+def _scann_top_k(searcher, queries: np.ndarray, k: int, excluded: np.ndarray, num_items: int) -> np.ndarray:
+    """The index's top-k [B, k] with the excluded (row, item) pairs left out: it is asked for k plus the
+    most any row excludes, and each row keeps its first k others (the index's order)."""
+    extra = int(np.bincount(excluded[:, 0], minlength=len(queries)).max()) if len(excluded) else 0
+    fetch = min(num_items, k + extra)
+    top = np.asarray(searcher.search_batched(np.asarray(queries, np.float32), final_num_neighbors=fetch)[0], np.int64)
+    if not extra:
+        return top[:, :k]
+    drop = np.isin(np.arange(len(queries))[:, None] * num_items + top, excluded[:, 0] * num_items + excluded[:, 1])
+    keep = np.argsort(drop, axis=1, kind="stable")[:, :k]  # the first k not dropped, in the index's order
+    return np.take_along_axis(top, keep, axis=1)
 
 
 def _scann_searcher(candidates: np.ndarray, k: int):

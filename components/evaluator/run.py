@@ -11,8 +11,20 @@ import tensorflow as tf
 from components.common.models import embed_items, load_towers
 from components.common.progress import Progress
 from components.common.tables import read_item_table
-from components.evaluator.core import EvaluatorConfig, evaluate, popularity_figures
+from components.evaluator.core import EvaluatorConfig, SeenItems, evaluate, fingerprints, popularity_figures
 from components.trainer.data import example_files, make_dataset
+
+
+def seen_items(examples_dir: str, index_of: tf.lookup.StaticHashTable, batch_size: int = 65536) -> SeenItems:
+    """Every user's training items (any label), from one streaming pass over the training examples."""
+    keys, items = [], []
+    progress = Progress("evaluator", "training interactions read for exclude_seen", every_s=15)
+    for batch in make_dataset(example_files(examples_dir, "train"), batch_size, 1):
+        keys.append(fingerprints(batch["user_id"].numpy()))
+        items.append(index_of.lookup(batch["item_id"]).numpy())
+        progress.update(len(items[-1]))
+    progress.report(final=True)
+    return SeenItems(np.concatenate(keys), np.concatenate(items))
 
 
 def run_evaluator(config: EvaluatorConfig, model_dir: str, examples_dir: str, output_dir: str,
@@ -27,13 +39,18 @@ def run_evaluator(config: EvaluatorConfig, model_dir: str, examples_dir: str, ou
         default_value=-1)
     dataset = make_dataset(example_files(examples_dir, "eval"), config.query_batch(len(item_ids)), history_length,
                            positives_only=True)
+    seen = seen_items(examples_dir, index_of) if config.exclude_seen else None
     progress = Progress("evaluator", "queries", every_s=15)
 
     def batches():
         for batch in dataset:
             queries = query_model(batch["user_id"], batch["history_item_ids"])["embedding"].numpy()
             progress.update(len(queries))
-            yield queries, index_of.lookup(batch["item_id"]).numpy()
+            targets = index_of.lookup(batch["item_id"]).numpy()
+            if seen is None:
+                yield queries, targets
+            else:
+                yield queries, targets, seen.pairs(batch["user_id"].numpy())
 
     result = evaluate(batches(), candidates, config)
     progress.report(final=True)
@@ -44,6 +61,9 @@ def run_evaluator(config: EvaluatorConfig, model_dir: str, examples_dir: str, ou
     with open(os.path.join(output_dir, "metrics.json"), "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=2)
     hr = ", ".join(f"HR@{k} {metrics[f'hit_rate@{k}']:.4f}" for k in config.ks)
+    if config.exclude_seen:
+        hr += (f" (each user's training items excluded from the ranking; {metrics['targets_seen_in_training']} "
+               "targets were training items of their user: misses)")
     summary_path = os.path.join(examples_dir, "summary.json")
     negatives = ""
     if os.path.exists(summary_path):

@@ -7,6 +7,7 @@ import dataclasses
 STRATEGIES = ("in_batch", "oob", "cluster_oob", "full")
 NEGATIVE_SHARING = ("per_example", "shared")  # see model.TwoTowerModel and losses.py
 HISTORY_POOLING = ("mean", "position")
+QUERY_TOWERS = ("pooled", "transformer")  # see model.QueryTower and model.TransformerQueryTower
 CLUSTER_SOURCES = ("llm", "category", "behavioural")  # tables of item_clusterer's output
 LOGQ_CORRECTIONS = ("mixture", "in_batch", "none")  # see losses.py
 OPTIMIZERS = ("lazy_adam", "adam")  # see optimizer.py
@@ -48,8 +49,17 @@ class TrainerConfig:
     edis_negatives: per example, this many virtual negatives (ESANS's EDIS) interpolated in
       embedding space between the positive and pool negatives: normalize((1 - a) n + a p) with
       a ~ U[0, edis_max_weight) (0 = off).
+    query_tower: 'pooled' (user id embedding + pooled history, see `history_pooling`, through an MLP) or
+      'transformer' (SASRec-style causal self-attention over the history's item and cluster embeddings
+      with learned positions; the state at the most recent position is the query; no user id
+      embedding, so new users are served as well as training ones). Its per-step cost grows with
+      batch x history_length^2 (attention) and batch x history_length x d^2 (the blocks), not with the
+      catalogue; example_gen's `history_length` must be at least the trainer's for long histories.
+    transformer_blocks, transformer_heads, transformer_dropout: the transformer tower's blocks
+      (pre-norm self-attention + feed-forward), attention heads (embedding_dim must divide by them)
+      and dropout rate (on the inputs, attention and block outputs; training only).
     history_pooling: 'position' (a learned weight per history position, most recent first) or 'mean'
-      (every history item alike), see QueryTower.
+      (every history item alike), see QueryTower; the pooled tower only.
     optimizer: 'lazy_adam' (Adam; embedding rows change only in steps that look them up, so a step
       costs the same whatever the table sizes; see optimizer.py) or 'adam' (tf_keras' Adam, which
       updates every row of every table each step: the earlier default).
@@ -97,6 +107,10 @@ class TrainerConfig:
     global_in_batch_negatives: bool = False
     user_id_buckets: int = 0
     history_length: int = 20
+    query_tower: str = "pooled"
+    transformer_blocks: int = 2
+    transformer_heads: int = 1
+    transformer_dropout: float = 0.2
     history_pooling: str = "position"
     shuffle_buffer: int = 1_000_000
     seed: int = 0
@@ -133,6 +147,14 @@ class TrainerConfig:
                              "'per_example'")
         if self.logq_correction not in LOGQ_CORRECTIONS:
             raise ValueError(f"logq_correction must be one of {LOGQ_CORRECTIONS}, got {self.logq_correction!r}")
+        if self.query_tower not in QUERY_TOWERS:
+            raise ValueError(f"query_tower must be one of {QUERY_TOWERS}, got {self.query_tower!r}")
+        if self.transformer_blocks < 1 or self.transformer_heads < 1 or self.embedding_dim % self.transformer_heads:
+            raise ValueError(f"transformer_blocks and transformer_heads must be >= 1 and embedding_dim must divide by "
+                             f"the heads, got {self.transformer_blocks} blocks, {self.transformer_heads} heads, "
+                             f"embedding_dim {self.embedding_dim}")
+        if not 0.0 <= self.transformer_dropout < 1.0:
+            raise ValueError(f"transformer_dropout must be in [0, 1), got {self.transformer_dropout}")
         if self.history_pooling not in HISTORY_POOLING:
             raise ValueError(f"history_pooling must be one of {HISTORY_POOLING}, got {self.history_pooling!r}")
         if self.optimizer not in OPTIMIZERS:

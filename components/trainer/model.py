@@ -125,7 +125,7 @@ class QueryTower(tf_keras.Model):
         logits = self.position_logits[None, :] if self.history_pooling == "position" else 0.0  # mean: equal logits
         return (tf.nn.softmax(logits - 1e9 * (1.0 - mask), axis=1) * mask)[..., None]
 
-    def call(self, user_id: tf.Tensor, history_item_ids: tf.Tensor) -> tf.Tensor:
+    def call(self, user_id: tf.Tensor, history_item_ids: tf.Tensor, training=None) -> tf.Tensor:
         """user_id: [B] string; history_item_ids: [B, N] string, most recent first, '' = padding -> [B, d].
 
         Unknown users share the out-of-vocabulary user embedding; unknown history items the
@@ -141,6 +141,90 @@ class QueryTower(tf_keras.Model):
         clusters = tf.reduce_sum(self.cluster_embedding(cluster) * weights, axis=1)
         x = tf.concat([self.user_embedding(self.user_lookup(user_id)), history, clusters], axis=-1)
         return tf.math.l2_normalize(self.mlp(x), axis=-1)
+
+
+class _Block(tf_keras.layers.Layer):
+    """One pre-norm transformer block: x + attention(norm(x)), then x + feed-forward(norm(x)).
+    (tf_keras has MultiHeadAttention but no encoder block; keras-hub's TransformerEncoder needs Keras 3.)"""
+
+    def __init__(self, dim: int, heads: int, dropout: float, **kwargs):
+        super().__init__(**kwargs)
+        self.attention_norm = tf_keras.layers.LayerNormalization(epsilon=1e-6)
+        self.attention = tf_keras.layers.MultiHeadAttention(heads, dim // heads, dropout=dropout)
+        self.feed_forward_norm = tf_keras.layers.LayerNormalization(epsilon=1e-6)
+        self.feed_forward = tf_keras.Sequential([tf_keras.layers.Dense(dim, activation="gelu"),
+                                                 tf_keras.layers.Dense(dim)])
+        self.dropout = tf_keras.layers.Dropout(dropout)
+
+    def call(self, x: tf.Tensor, attention_mask: tf.Tensor, training=None) -> tf.Tensor:
+        """x [B, N, d], attention_mask [B, N, N] bool (query, key) -> [B, N, d]."""
+        y = self.attention_norm(x)
+        x = x + self.dropout(self.attention(y, y, attention_mask=attention_mask, training=training), training=training)
+        return x + self.dropout(self.feed_forward(self.feed_forward_norm(x)), training=training)
+
+
+class TransformerQueryTower(tf_keras.Model):
+    """User tower of SASRec's kind: causal self-attention over the history -> [B, d].
+
+    The history (most recent first in the examples) is laid out oldest first and left-padded to
+    `history_length` positions, as SASRec does; each position's input is its item embedding plus its
+    cluster embedding (both shared with the candidate tower) plus a learned position embedding.
+    Position i attends to the filled positions j <= i (causal; a padding position to itself alone),
+    so the state at every position depends only on that item and earlier ones; the query is the state
+    at the last (most recent) position, normalised and projected. The user id is accepted (the
+    serving signature of every query tower) but not used. State: the position embedding [history_length, d], the blocks'
+    attention, normalisation and feed-forward weights, the output projection [d, d]; all are
+    checkpointed and exported in the query SavedModel.
+    """
+
+    def __init__(self, items: ItemFeatures, item_embedding, cluster_embedding, dim: int, history_length: int,
+                 blocks: int, heads: int, dropout: float, **kwargs):
+        super().__init__(**kwargs)
+        self.items, self.item_embedding, self.cluster_embedding = items, item_embedding, cluster_embedding
+        self.history_length = history_length
+        self.position_embedding = tf_keras.layers.Embedding(history_length, dim, name="position_embedding")
+        self.input_norm = tf_keras.layers.LayerNormalization(epsilon=1e-6)
+        self.input_dropout = tf_keras.layers.Dropout(dropout)
+        self.blocks = [_Block(dim, heads, dropout, name=f"block_{i}") for i in range(blocks)]
+        self.output_norm = tf_keras.layers.LayerNormalization(epsilon=1e-6)
+        self.output_projection = tf_keras.layers.Dense(dim, name="output_projection")
+
+    def sequence_states(self, index: tf.Tensor, training=None) -> tf.Tensor:
+        """index [B, N] vocabulary indices, oldest first, 0 = padding -> states [B, N, d] (each position's
+        from itself and earlier filled positions only)."""
+        length = tf.shape(index)[1]
+        filled = index > 0
+        positions = tf.range(length)
+        causal = positions[None, :] <= positions[:, None]  # [query i, key j]: j <= i
+        itself = tf.equal(positions[None, :], positions[:, None])  # a padding position attends to itself alone
+        mask = tf.logical_and(causal[None], tf.logical_or(filled[:, None, :], itself[None]))
+        x = (self.item_embedding(index) + self.cluster_embedding(tf.gather(self.items.cluster_of_index, index))
+             + self.position_embedding(tf.range(length))[None])
+        x = self.input_dropout(self.input_norm(x), training=training)
+        for block in self.blocks:
+            x = block(x, mask, training=training)
+        return self.output_norm(x)
+
+    def call(self, user_id: tf.Tensor, history_item_ids: tf.Tensor, training=None) -> tf.Tensor:
+        """user_id: [B] string (unused); history_item_ids: [B, N] string, most recent first, '' = padding ->
+        [B, d]. Only the first `history_length` items count."""
+        del user_id
+        history = history_item_ids[:, :self.history_length]
+        history = tf.pad(history, [[0, 0], [0, self.history_length - tf.shape(history)[1]]])
+        index = tf.reverse(self.items.lookup(history), axis=[1])  # oldest first, padding on the left
+        state = self.sequence_states(index, training=training)[:, -1]
+        return tf.math.l2_normalize(self.output_projection(state), axis=-1)
+
+
+def make_query_tower(config: TrainerConfig, user_ids: Sequence[str] | None, items: ItemFeatures, item_embedding,
+                     cluster_embedding) -> tf_keras.Model:
+    """The query tower that `config.query_tower` names."""
+    if config.query_tower == "transformer":
+        return TransformerQueryTower(items, item_embedding, cluster_embedding, config.embedding_dim,
+                                     config.history_length, config.transformer_blocks, config.transformer_heads,
+                                     config.transformer_dropout, name="query")
+    return QueryTower(user_ids, items, item_embedding, cluster_embedding, config.embedding_dim,
+                      config.history_pooling, config.history_length, config.user_id_buckets, name="query")
 
 
 class TwoTowerModel(tf_keras.Model):
@@ -163,9 +247,7 @@ class TwoTowerModel(tf_keras.Model):
         self.items = ItemFeatures(catalogue, name="item_features")
         item_embedding = tf_keras.layers.Embedding(self.items.vocabulary_size, dim, name="item_embedding")
         cluster_embedding = tf_keras.layers.Embedding(catalogue.num_clusters + 1, dim, name="cluster_embedding")
-        self.query_tower = QueryTower(user_ids, self.items, item_embedding, cluster_embedding, dim,
-                                      config.history_pooling, config.history_length, config.user_id_buckets,
-                                      name="query")
+        self.query_tower = make_query_tower(config, user_ids, self.items, item_embedding, cluster_embedding)
         self.candidate_tower = CandidateTower(self.items, item_embedding, cluster_embedding, dim, name="candidate")
         self.num_random, self.num_cluster = config.negative_split()
         if config.strategy == "full":
@@ -359,7 +441,7 @@ class TwoTowerModel(tf_keras.Model):
         """strategy 'full': the exact softmax over the catalogue (vocabulary rows 2..V-1)."""
         tf.debugging.assert_greater_equal(index, tf.constant(2, tf.int64),
                                           message="strategy 'full': a training positive is not in the catalogue")
-        query = self.query_tower(batch["user_id"], batch["history_item_ids"])
+        query = self.query_tower(batch["user_id"], batch["history_item_ids"], training=True)
         catalogue = self.candidate_tower(tf.range(2, self.items.vocabulary_size, dtype=tf.int64))
         loss, stats = full_softmax_loss(query, catalogue, index - 2, self.config.temperature, batch["label"])
         return loss, {**stats, "embedded_rows": tf.cast(tf.shape(catalogue)[0], tf.float32)}
@@ -378,7 +460,7 @@ class TwoTowerModel(tf_keras.Model):
             first_row = tf.reduce_sum(rows[:replicas.replica_id_in_sync_group])
         in_batch_log_count, pool_log_count = self._log_counts(index, cluster, samples, columns)
         with tf.GradientTape() as tape:
-            query = self.query_tower(batch["user_id"], batch["history_item_ids"])
+            query = self.query_tower(batch["user_id"], batch["history_item_ids"], training=True)
             kwargs, stats = {}, {}
             if samples is None:
                 (positive,), stats["embedded_rows"] = self._embed(index)

@@ -21,7 +21,7 @@ import tf_keras
 from components.trainer.config import TrainerConfig
 from components.trainer.data import example_files, load_catalogue, user_positive_keys
 from components.trainer.distribute import epoch_batches, is_chief, make_strategy, replica_values, write_location
-from components.trainer.model import CandidateTower, QueryTower, TwoTowerModel
+from components.trainer.model import CandidateTower, TwoTowerModel
 from components.trainer.optimizer import make_optimizer
 
 
@@ -90,7 +90,7 @@ class _Checkpoints(tf_keras.callbacks.Callback):
 class QueryServing(tf.Module):
     """Serving wrapper of the query tower (no pool, no optimizer state)."""
 
-    def __init__(self, tower: QueryTower):
+    def __init__(self, tower: tf_keras.Model):
         super().__init__()
         self.tower = tower
 
@@ -133,7 +133,8 @@ RESUMABLE_CHANGES = ("epochs", "log_every_steps", "checkpoint_every_steps", "che
 # Fields added after runs were recorded, with the value that reproduces what those runs did (a
 # field whose default changed the behaviour, such as logq_correction, is not listed: such runs differ).
 ADDED_FIELDS = {"mask_user_positives": False, "optimizer": "adam", "user_id_buckets": 0,
-                "global_in_batch_negatives": False, "negative_sharing": "per_example", "shared_negatives": 0}
+                "global_in_batch_negatives": False, "negative_sharing": "per_example", "shared_negatives": 0,
+                "query_tower": "pooled", "transformer_blocks": 2, "transformer_heads": 1, "transformer_dropout": 0.2}
 
 
 def config_changes(old: dict, config: TrainerConfig) -> list[str]:
@@ -173,7 +174,8 @@ def _train(config: TrainerConfig, strategy: tf.distribute.Strategy, examples_dir
     tf.config.experimental.enable_op_determinism()
     catalogue = load_catalogue(os.path.join(examples_dir, "items"), os.path.join(clusters_dir, config.cluster_source))
     users_path = os.path.join(examples_dir, "users.txt")
-    users = None if config.user_id_buckets else read_lines(users_path)  # hashed ids need no vocabulary
+    # hashed ids and the transformer tower (no user embedding) need no vocabulary
+    users = None if config.user_id_buckets or config.query_tower == "transformer" else read_lines(users_path)
     with open(os.path.join(examples_dir, "summary.json"), encoding="utf-8") as f:
         train_examples = json.load(f)["train_examples"]
     steps_per_epoch = -(-train_examples // config.batch_size)
@@ -250,7 +252,7 @@ def _train(config: TrainerConfig, strategy: tf.distribute.Strategy, examples_dir
         "replicas": strategy.num_replicas_in_sync,
         "items": len(catalogue.item_ids),
         "users": len(users) if users is not None else count_lines(users_path),
-        "user_rows": config.user_id_buckets or len(users) + 1,
+        "user_rows": 0 if config.query_tower == "transformer" else config.user_id_buckets or len(users) + 1,
         "num_clusters": catalogue.num_clusters,
         "train_seconds": train_seconds,
         "examples_per_second": progress.examples_per_second,
