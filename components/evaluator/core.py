@@ -154,10 +154,9 @@ def evaluate(query_batches: Iterable[tuple], candidates: np.ndarray, config: Eva
             sampled += need
             found = top == np.where(known, targets, -1)[:, None]
             rank = np.where(found.any(axis=1), found.argmax(axis=1), k_max)
-        gain = np.where(known, 1.0 / np.log2(rank + 2.0), 0.0)  # one relevant item: DCG = 1 / log2(rank + 2)
-        for k in config.ks:
-            hits[k] += int(((rank < k) & known).sum())
-            gains[k] += float(gain[rank < k].sum())
+        for k, (hit, gain) in rank_metrics(np.where(known, rank, np.iinfo(np.int32).max), config.ks).items():
+            hits[k] += hit
+            gains[k] += gain
         appearances += np.bincount(top.ravel(), minlength=len(candidates))
     if total == 0:
         raise ValueError("no positive evaluation examples to score")
@@ -169,6 +168,14 @@ def evaluate(query_batches: Iterable[tuple], candidates: np.ndarray, config: Eva
         metrics[f"recall@{k_max}"] = overlap / max(1, sampled * k_max)
         metrics["recall_queries"] = sampled
     return {"metrics": metrics, "appearances": appearances, "k": k_max}
+
+
+def rank_metrics(rank: np.ndarray, ks: Iterable[int]) -> dict[int, tuple[int, float]]:
+    """rank [N] of each query's target (0 = first; anything >= K is a miss at K) -> {K: (hits, summed DCG)}:
+    one relevant item per query, so DCG@K = 1 / log2(rank + 2) when rank < K. (HR@K = hits / N, NDCG@K =
+    DCG / N; benchmarks.peers scores a peer library's top-K lists with it.)"""
+    rank = np.asarray(rank, np.float64)
+    return {k: (int((rank < k).sum()), float((1.0 / np.log2(rank[rank < k] + 2.0)).sum())) for k in ks}
 
 
 def exact_queries_per_batch(config: EvaluatorConfig, num_items: int) -> int:

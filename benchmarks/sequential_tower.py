@@ -1,0 +1,180 @@
+"""The transformer (SASRec-style) query tower against the pooled one, and beside a peer library's SASRec.
+
+    python -m benchmarks.sequential_tower [--datasets ml1m_exact,ml1m,videogames,cds] [--towers pooled,transformer]
+        [--strategies in_batch,oob,cluster_oob] [--seeds 0,1,2] [--epochs 2,4,8] [--history 200]
+        [--data-root ../shared/data]
+
+Protocol: leave_last_out (each user's last positive to evaluation), full ranking over the catalogue
+with each user's training items excluded (`--evaluator.exclude_seen`, as RecBole, RecTools and
+SASRec's own evaluation do), HR@10, NDCG@10, HR@50.
+- ml1m_exact: ML-1M users 1-2999 (`ratings.users_0001-2999.dat`, exact timestamps); ml1m: the
+  reconstructed file (all 6,040 users, some timestamps imputed); both with LLM clusters.
+- videogames, cds: Amazon 2014 sets (no text): behavioural clusters per seed, from the same first
+  in_batch pass as benchmarks.larger_catalogues and benchmarks.negative_sharing (their runs are reused).
+Pooled tower: the trainer defaults (history 20, position pooling). Transformer tower: history
+`--history` (example_gen writes that many history items), 2 blocks, 1 head, dropout 0.2, as SASRec
+on ML-1M. Each model is evaluated after every epoch count in `--epochs` (one run, resumed from its
+checkpoint), so the table holds HR@10 against cumulative training wall time.
+The peer (RecTools SASRec) runs from benchmarks/peers/rectools_sasrec.py on the same split files; its
+results file, when present, is read into the table.
+Writes benchmarks/results/sequential_tower.{json,md,png} after every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+
+import components  # noqa: F401  (environment before TensorFlow)
+from benchmarks.larger_catalogues import AMAZON, behavioural
+from benchmarks.paper_tables import RESULTS, WORK, prepare, train_and_evaluate, write_results
+from components.evaluator import EvaluatorConfig, run_evaluator
+from components.example_gen import ExampleGenConfig
+from components.trainer import TrainerConfig, run_trainer
+
+KS = (10, 50)
+METRICS = ("hr10", "ndcg10", "hr50")
+TOWERS = {"pooled": {}, "transformer": {"query_tower": "transformer"}}
+PEER_RESULTS = os.path.join(RESULTS, "peer_rectools_sasrec.json")
+
+
+def example_config(name: str, root: str, history: int) -> ExampleGenConfig:
+    ml = os.path.join(root, "ml-1m")
+    if name == "ml1m_exact":
+        return ExampleGenConfig.movielens(ml, interactions=os.path.join(ml, "ratings.users_0001-2999.dat"),
+                                          split="leave_last_out", history_length=history)
+    if name == "ml1m":
+        return ExampleGenConfig.movielens(ml, split="leave_last_out", history_length=history)
+    folder = AMAZON[f"amazon_{name}_2014"]
+    return ExampleGenConfig(source="generic", interactions=os.path.join(root, folder, "interactions.csv.gz"),
+                            split="leave_last_out", history_length=history)
+
+
+def cluster_tables(name: str, root: str, history: int, seeds: list[int]) -> tuple[str, dict[int, str], str]:
+    """(examples dir, seed -> cluster dir, cluster source) of a data set."""
+    work = f"seq_{name}_h{history}"
+    examples, clusters = prepare(work, example_config(name, root, history))
+    if name.startswith("ml1m"):
+        return examples, {seed: clusters for seed in seeds}, "llm"
+    tables = {}
+    for seed in seeds:  # the first pass of benchmarks.larger_catalogues (history 20 is its history)
+        first = TrainerConfig(strategy="in_batch", cluster_source="category", seed=seed)
+        model = train_and_evaluate(first, examples, clusters, f"{work}-in_batch-category-{seed}", (50, 100))
+        tables[seed] = behavioural(model["model_dir"], examples, work, seed)
+    return examples, tables, "behavioural"
+
+
+def curve(config: TrainerConfig, examples: str, clusters: str, tag: str, epochs: list[int]) -> list[dict]:
+    """Trains up to each epoch count in turn (resuming), evaluating after each: HR, NDCG and wall time."""
+    out = os.path.join(WORK, "models", tag)
+    points, seconds = [], 0.0
+    for count in epochs:
+        path = os.path.join(out, f"eval_epoch{count}", "metrics.json")
+        done = os.path.join(out, f"eval_epoch{count}", "train_seconds.json")
+        if os.path.exists(path) and os.path.exists(done):
+            with open(path, encoding="utf-8") as f:
+                metrics = json.load(f)
+            with open(done, encoding="utf-8") as f:
+                seconds = json.load(f)["cumulative_train_seconds"]
+        else:
+            summary = run_trainer(dataclasses.replace(config, epochs=count), examples, clusters, out)
+            seconds += summary["train_seconds"]
+            metrics = run_evaluator(EvaluatorConfig(ks=KS, exclude_seen=True), out, examples,
+                                    os.path.join(out, f"eval_epoch{count}"), config.history_length)
+            with open(done, "w", encoding="utf-8") as f:
+                json.dump({"cumulative_train_seconds": seconds,
+                           "examples_per_second": summary["examples_per_second"]}, f)
+        points.append({"epochs": count, "train_seconds": seconds,
+                       **{f"hr{k}": metrics[f"hit_rate@{k}"] for k in KS}, "ndcg10": metrics["ndcg@10"],
+                       "targets_seen_in_training": metrics["targets_seen_in_training"]})
+        print(f"[sequential_tower] {tag} epochs {count}: HR@10 {points[-1]['hr10']:.4f} "
+              f"HR@50 {points[-1]['hr50']:.4f} after {seconds:.0f}s", flush=True)
+    return points
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--datasets", default="ml1m_exact")
+    parser.add_argument("--towers", default="pooled,transformer")
+    parser.add_argument("--strategies", default="in_batch")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--epochs", default="2,4,8")
+    parser.add_argument("--history", type=int, default=200)
+    parser.add_argument("--data-root", default=os.environ.get("DATA_ROOT", os.path.join("..", "shared", "data")))
+    args = parser.parse_args()
+    seeds, epochs = [int(s) for s in args.seeds.split(",")], [int(e) for e in args.epochs.split(",")]
+    path = os.path.join(RESULTS, "sequential_tower.json")
+    result = json.load(open(path, encoding="utf-8")) if os.path.exists(path) else {"rows": []}
+    for name in args.datasets.split(","):
+        examples, tables, source = cluster_tables(name, args.data_root, args.history, seeds)
+        for tower in args.towers.split(","):
+            for strategy in args.strategies.split(","):
+                history = args.history if tower == "transformer" else TrainerConfig.history_length
+                runs = []
+                for seed in seeds:
+                    config = TrainerConfig(strategy=strategy, cluster_source=source, seed=seed, history_length=history,
+                                           **TOWERS[tower])
+                    tag = f"seq-{name}-h{args.history}-{tower}-{strategy}-{seed}"
+                    runs.append(curve(config, examples, tables[seed], tag, epochs))
+                row = {"dataset": name, "tower": tower, "strategy": strategy, "history": history, "seeds": seeds,
+                       "epochs": epochs, "curves": runs}
+                last = [r[-1] for r in runs]
+                row.update({f"{m}_{f.__name__}": f([p[m] for p in last]) for m in METRICS
+                            for f in (statistics.mean, statistics.pstdev)})
+                row["train_seconds_mean"] = statistics.mean(p["train_seconds"] for p in last)
+                result["rows"] = [r for r in result["rows"] if (r["dataset"], r["tower"], r["strategy"],
+                                                                r["history"]) != (name, tower, strategy, history)]
+                result["rows"].append(row)
+                write(result)
+
+
+def write(result: dict) -> None:
+    peer = json.load(open(PEER_RESULTS, encoding="utf-8")) if os.path.exists(PEER_RESULTS) else {"runs": []}
+    result["peer"] = peer["runs"]
+    lines = ["Query towers side by side (`python -m benchmarks.sequential_tower`): leave_last_out, full ranking, "
+             "each user's training items excluded; figures after the last epoch count, mean ± std over seeds.", "",
+             "| data | tower | strategy | history | epochs | HR@10 | NDCG@10 | HR@50 | train wall (s) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        cells = " | ".join(f"{r[f'{m}_mean']:.4f} ± {r[f'{m}_pstdev']:.4f}" for m in METRICS)
+        lines.append(f"| {r['dataset']} | {r['tower']} | {r['strategy']} | {r['history']} | {r['epochs'][-1]} | "
+                     f"{cells} | {r['train_seconds_mean']:,.0f} |")
+    for p in result["peer"]:
+        lines.append(f"| {p['dataset']} | peer: RecTools {p['version']} SASRec ({p['loss']}) | - | {p['max_len']} | "
+                     f"{p['epochs']} (early stopping) | {p['hr10']:.4f} | {p['ndcg10']:.4f} | {p['hr50']:.4f} | "
+                     f"{p['train_seconds']:,.0f} |")
+    lines += ["", "HR@10 against cumulative training wall time: benchmarks/results/sequential_tower.png."]
+    write_results("sequential_tower", result, "\n".join(lines) + "\n")
+    plot(result)
+
+
+def plot(result: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({r["dataset"] for r in result["rows"]})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4), squeeze=False)
+    for ax, name in zip(axes[0], datasets):
+        for r in (r for r in result["rows"] if r["dataset"] == name):
+            for i, points in enumerate(r["curves"]):
+                ax.plot([p["train_seconds"] for p in points], [p["hr10"] for p in points], marker="o",
+                        label=f"{r['tower']} {r['strategy']}" if i == 0 else None,
+                        color={"pooled": "tab:blue", "transformer": "tab:red"}[r["tower"]],
+                        linestyle={"in_batch": "-", "oob": ":", "cluster_oob": "--"}.get(r["strategy"], "-"))
+        for p in (p for p in result["peer"] if p["dataset"] == name):
+            ax.scatter([p["train_seconds"]], [p["hr10"]], marker="*", s=150, color="black",
+                       label=f"RecTools SASRec ({p['epochs']} epochs)")
+        ax.set(title=name, xlabel="training wall time (s, 2 CPU cores)", ylabel="HR@10 (seen items excluded)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(RESULTS, "sequential_tower.png"), dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
