@@ -13,7 +13,9 @@ SASRec's own evaluation do), HR@10, NDCG@10, HR@50.
   in_batch pass as benchmarks.larger_catalogues and benchmarks.negative_sharing (their runs are reused).
 Pooled tower: the trainer defaults (history 20, position pooling). Transformer tower: history
 `--history` (example_gen writes that many history items), 2 blocks, 1 head, dropout 0.2, as SASRec
-on ML-1M. Each model is evaluated after every epoch count in `--epochs` (one run, resumed from its
+on ML-1M; 'transformer' trains on the per-interaction examples (one history read per target),
+'transformer_seq' on example_gen's sequence records (`sequence_training`: every target of a chunk in
+one pass, 64 chunks a step). Each model is evaluated after every epoch count in `--epochs` (one run, resumed from its
 checkpoint), so the table holds HR@10 against cumulative training wall time.
 The peer (RecTools SASRec) runs from benchmarks/peers/rectools_sasrec.py on the same split files; its
 results file, when present, is read into the table.
@@ -37,7 +39,8 @@ from components.trainer import TrainerConfig, run_trainer
 
 KS = (10, 50)
 METRICS = ("hr10", "ndcg10", "hr50")
-TOWERS = {"pooled": {}, "transformer": {"query_tower": "transformer"}}
+TOWERS = {"pooled": {}, "transformer": {"query_tower": "transformer"},  # per-interaction examples
+          "transformer_seq": {"query_tower": "transformer", "sequence_training": True}}  # sequence records
 PEER_RESULTS = os.path.join(RESULTS, "peer_rectools_sasrec.json")
 
 
@@ -45,12 +48,13 @@ def example_config(name: str, root: str, history: int) -> ExampleGenConfig:
     ml = os.path.join(root, "ml-1m")
     if name == "ml1m_exact":
         return ExampleGenConfig.movielens(ml, interactions=os.path.join(ml, "ratings.users_0001-2999.dat"),
-                                          split="leave_last_out", history_length=history)
+                                          split="leave_last_out", history_length=history, sequence_length=history)
     if name == "ml1m":
-        return ExampleGenConfig.movielens(ml, split="leave_last_out", history_length=history)
+        return ExampleGenConfig.movielens(ml, split="leave_last_out", history_length=history,
+                                          sequence_length=history)
     folder = AMAZON[f"amazon_{name}_2014"]
     return ExampleGenConfig(source="generic", interactions=os.path.join(root, folder, "interactions.csv.gz"),
-                            split="leave_last_out", history_length=history)
+                            split="leave_last_out", history_length=history, sequence_length=history)
 
 
 def cluster_tables(name: str, root: str, history: int, seeds: list[int]) -> tuple[str, dict[int, str], str]:
@@ -98,7 +102,7 @@ def curve(config: TrainerConfig, examples: str, clusters: str, tag: str, epochs:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", default="ml1m_exact")
-    parser.add_argument("--towers", default="pooled,transformer")
+    parser.add_argument("--towers", default="pooled,transformer_seq")
     parser.add_argument("--strategies", default="in_batch")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--epochs", default="2,4,8")
@@ -112,7 +116,7 @@ def main() -> None:
         examples, tables, source = cluster_tables(name, args.data_root, args.history, seeds)
         for tower in args.towers.split(","):
             for strategy in args.strategies.split(","):
-                history = args.history if tower == "transformer" else TrainerConfig.history_length
+                history = TrainerConfig.history_length if tower == "pooled" else args.history
                 runs = []
                 for seed in seeds:
                     config = TrainerConfig(strategy=strategy, cluster_source=source, seed=seed, history_length=history,

@@ -30,6 +30,10 @@ class ExampleGenConfig:
     train_fraction: share of interactions, in time order, that form the training period ('time').
     positive_threshold: ratings >= this are positives (label 1), others label 0.
     history_length: the last N positive items strictly before each example's timestamp.
+    sequence_length: L > 0 also writes train_sequences/: each user's training positives as sequence
+      records of up to L + 1 items (core.sequence_chunks: consecutive chunks overlap by L // 2 + 1,
+      each positive but a user's first is a target once), for the trainer's `sequence_training`, which
+      reads each sequence once for all its targets instead of one L-item history per target; 0 = off.
     user_shards: users are processed in this many groups (ranges of the user id, cut at quantiles of a
       sample, so about equal numbers of interactions each), each with array operations in one worker's
       memory (about 100 bytes per interaction): raise it when interactions / user_shards passes ~10^7, or
@@ -51,6 +55,7 @@ class ExampleGenConfig:
     train_fraction: float = 0.8
     positive_threshold: float = 3.0
     history_length: int = 20
+    sequence_length: int = 0
     num_train_shards: int = 8
     num_eval_shards: int = 4
     user_shards: int = 64
@@ -68,6 +73,8 @@ class ExampleGenConfig:
             raise ValueError(f"user_shards must be >= 1, got {self.user_shards}")
         if self.history_length < 1:
             raise ValueError(f"history_length must be >= 1, got {self.history_length}")
+        if self.sequence_length < 0:
+            raise ValueError(f"sequence_length must be >= 0 (0 = no sequence records), got {self.sequence_length}")
         if not self.interactions:
             raise ValueError("the 'interactions' path is required")
         if self.split not in SPLITS:

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-TRAIN, EVAL = "train", "eval"
+TRAIN, EVAL, SEQUENCES = "train", "eval", "train_sequences"
 SPLITS = ("time", "leave_last_out")
 # The columns of a batch of validated interactions; `order` = the row's input position (file rank, line).
 INTERACTIONS = pa.schema([("user_id", pa.string()), ("item_id", pa.string()), ("rating", pa.float64()),
@@ -203,3 +203,47 @@ def serialized(examples: UserExamples) -> Iterator[tuple[int, bytes, bytes]]:
         features = b"".join((history, item_entries[item], _LABELS[label], rating_entry,
                              _TIMESTAMPS[len(stamp)], stamp, user_entries[user]))
         yield i, user_keys[user] + b"%020d" % timestamp + item_keys[item], _field(b"\x0a", features)
+
+
+# -- sequence records ---------------------------------------------------------------------------
+def sequence_chunks(positives: int, length: int) -> list[tuple[int, int, int]]:
+    """(start, end, first target) of the chunks of a user's `positives` training positives (in time order)
+    for windows of `length` history positions: each chunk holds up to length + 1 consecutive positives
+    [start, end); its targets are positions first..end - 1 (chunk-relative first - start), each
+    positive but the user's first is the target of exactly one chunk, and consecutive chunks overlap by
+    length // 2 + 1 positives, so every target has at least length // 2 earlier positives of context
+    (all of them, when it has fewer). Tokens written per target: about 2."""
+    stride = max(1, length - length // 2)  # new targets per chunk after the first
+    chunks, end = [], min(positives, length + 1)
+    if positives >= 2:
+        chunks.append((0, end, 1))
+    while end < positives:
+        new_end = min(positives, end + stride)
+        chunks.append((max(0, new_end - length - 1), new_end, end))
+        end = new_end
+    return chunks
+
+
+def serialized_sequences(examples: UserExamples, length: int) -> Iterator[tuple[bytes, bytes, int, int]]:
+    """(key, serialised tf.train.Example, targets, items) of every chunk (`sequence_chunks`) of every user's training
+    positives, in user order. Features: user_id; item_ids [T] and timestamps [T] (time order; ties in
+    the rows' order); target_from: the chunk position of the first target (the positives before it are
+    context only). Which earlier positions a target may see (strictly earlier timestamps) is the
+    trainer's to apply (data.parse_sequences). The key is UTF-8 of f"{user_id}\x1f{chunk:010d}"."""
+    rows = np.flatnonzero((examples.label == 1) & ~examples.in_eval)
+    users, items, stamps = examples.user[rows], examples.item[rows], examples.timestamp[rows]
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(rows) else np.zeros([0], np.int64)
+    ends = np.r_[starts[1:], len(rows)].astype(np.int64)
+    values = [_value(item) for item in examples.items]
+    for first, last in zip(starts.tolist(), ends.tolist()):
+        user = examples.users[users[first]]
+        user_entry = _entry("user_id", _field(b"\x0a", _value(user)))
+        user_key = user.encode("utf-8") + b"\x1f"
+        for number, (start, end, target) in enumerate(sequence_chunks(last - first, length)):
+            chunk = slice(first + start, first + end)
+            ids = b"".join(values[c] for c in items[chunk].tolist())
+            times = _field(b"\x1a", _field(b"\x0a", b"".join(_varints(stamps[chunk]))))  # a packed Int64List
+            features = b"".join((_entry("item_ids", _field(b"\x0a", ids)),
+                                 _entry("target_from", _int64(target - start)), _entry("timestamps", times),
+                                 user_entry))
+            yield user_key + b"%010d" % number, _field(b"\x0a", features), end - target, end - start

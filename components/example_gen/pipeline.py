@@ -251,6 +251,9 @@ class _ShardExamples(beam.DoFn):
         self.counters = {s: Metrics.counter(NAMESPACE, f"{s}_examples") for s in (core.TRAIN, core.EVAL)}
         self.positives = {s: Metrics.counter(NAMESPACE, f"{s}_positives") for s in (core.TRAIN, core.EVAL)}
         self.no_positive_users = Metrics.counter(NAMESPACE, "users_without_positives")
+        self.sequences = Metrics.counter(NAMESPACE, "train_sequences")
+        self.sequence_targets = Metrics.counter(NAMESPACE, "train_sequence_targets")
+        self.sequence_tokens = Metrics.counter(NAMESPACE, "train_sequence_items")
 
     def process(self, element, cut):
         shard, batches = element
@@ -271,6 +274,12 @@ class _ShardExamples(beam.DoFn):
                 runs[core.EVAL, zlib.crc32(key) % eval_shards].append((key, record))
             else:
                 runs[core.TRAIN, zlib.crc32(key) % train_shards].append((key, record))
+        if config.sequence_length:
+            for key, record, targets, items in core.serialized_sequences(examples, config.sequence_length):
+                runs[core.SEQUENCES, zlib.crc32(key) % train_shards].append((key, record))
+                self.sequences.inc()
+                self.sequence_targets.inc(targets)
+                self.sequence_tokens.inc(items)  # tokens read per target = items / targets
         for (split, out), pairs in sorted(runs.items()):
             pairs.sort()  # by key, then record (a repeated user, time and item row repeats the key)
             path = fileio.join(self._runs_dir, split, f"run-{shard:05d}-{out:05d}.tfrecord")
@@ -400,9 +409,12 @@ def build(pipeline: beam.Pipeline, config: ExampleGenConfig, output_dir: str) ->
         | "ByUserShard" >> beam.FlatMap(_by_user_range, bounds=beam.pvalue.AsSingleton(user_ranges))
         | "GroupByUserShard" >> beam.GroupByKey()
         | "Examples" >> beam.ParDo(_ShardExamples(config, runs_dir), cut=beam.pvalue.AsSingleton(cut)).with_outputs(
-            core.TRAIN, core.EVAL, COUNTS, USERS)
+            core.TRAIN, core.EVAL, core.SEQUENCES, COUNTS, USERS)
     )
-    for split, shards in ((core.TRAIN, config.num_train_shards), (core.EVAL, config.num_eval_shards)):
+    outputs = [(core.TRAIN, config.num_train_shards), (core.EVAL, config.num_eval_shards)]
+    if config.sequence_length:
+        outputs.append((core.SEQUENCES, config.num_train_shards))
+    for split, shards in outputs:
         fileio.makedirs(fileio.join(output_dir, split))
         fileio.makedirs(fileio.join(runs_dir, split))
         _ = examples[split] | f"Write{split}" >> ConcatenateRuns(fileio.join(output_dir, split, "part"), shards)
@@ -478,6 +490,10 @@ def run_example_gen(config: ExampleGenConfig, output_dir: str,
         "items_out": counters.get("items_out", 0),
         "dropped": {reason: counters.get(f"dropped_{reason}", 0) for reason in DROP_REASONS},
         "users_without_positives": counters.get("users_without_positives", 0),
+        **({"train_sequences": counters.get("train_sequences", 0),
+            "train_sequence_targets": counters.get("train_sequence_targets", 0),
+            "train_sequence_items": counters.get("train_sequence_items", 0),
+            "sequence_length": config.sequence_length} if config.sequence_length else {}),
         "dead_letter_file": fileio.join(output_dir, DEAD_LETTER, "rows.jsonl"),
         "split": config.split,
         "cut_timestamp": cut,
@@ -492,5 +508,8 @@ def run_example_gen(config: ExampleGenConfig, output_dir: str,
           f"{summary['users_without_positives']:,} users without positives (kept); "
           + (f"cut at timestamp {cut}" if config.split == "time" else "each user's last positive to eval")
           + ("" if config.items else "; no item file: items taken from the interactions, without text")
+          + (f"; {summary['train_sequences']:,} training sequences of up to {config.sequence_length + 1} items hold "
+             f"{summary['train_sequence_targets']:,} targets ({summary['train_positives']:,} training positives; a "
+             "user's first is context only)" if config.sequence_length else "")
           + (f"; dropped rows in {summary['dead_letter_file']}" if dropped else ""), flush=True)
     return summary

@@ -55,6 +55,14 @@ class TrainerConfig:
       embedding, so new users are served as well as training ones). Its per-step cost grows with
       batch x history_length^2 (attention) and batch x history_length x d^2 (the blocks), not with the
       catalogue; example_gen's `history_length` must be at least the trainer's for long histories.
+    sequence_training: train on example_gen's sequence records (its `sequence_length` must be set, and
+      at most history_length): every target of a user's sequence chunk in one pass of the transformer
+      tower (causal attention), the query of a target being the state at the last position whose
+      timestamp is strictly earlier than the target's. A batch is `sequence_batch_size` chunks; the
+      in-batch negatives of a target are the batch's other targets (logQ-corrected as always), pool
+      draws are made for the targets as for a batch of examples. Needs query_tower 'transformer'.
+    sequence_batch_size: sequence chunks per step with `sequence_training` (targets per step: up to
+      this x history_length; the in-batch logits are [targets, targets]).
     transformer_blocks, transformer_heads, transformer_dropout: the transformer tower's blocks
       (pre-norm self-attention + feed-forward), attention heads (embedding_dim must divide by them)
       and dropout rate (on the inputs, attention and block outputs; training only).
@@ -111,6 +119,8 @@ class TrainerConfig:
     transformer_blocks: int = 2
     transformer_heads: int = 1
     transformer_dropout: float = 0.2
+    sequence_training: bool = False
+    sequence_batch_size: int = 64
     history_pooling: str = "position"
     shuffle_buffer: int = 1_000_000
     seed: int = 0
@@ -153,6 +163,17 @@ class TrainerConfig:
             raise ValueError(f"transformer_blocks and transformer_heads must be >= 1 and embedding_dim must divide by "
                              f"the heads, got {self.transformer_blocks} blocks, {self.transformer_heads} heads, "
                              f"embedding_dim {self.embedding_dim}")
+        if self.sequence_training:
+            if self.query_tower != "transformer":
+                raise ValueError(f"sequence_training trains every position of a sequence with causal attention: it "
+                                 f"needs query_tower 'transformer', got {self.query_tower!r}")
+            if self.mask_history_negatives or self.global_in_batch_negatives or self.distribute != "none":
+                raise ValueError("sequence_training does not support mask_history_negatives, "
+                                 "global_in_batch_negatives or a distribution strategy yet (got "
+                                 f"{self.mask_history_negatives}, {self.global_in_batch_negatives}, "
+                                 f"{self.distribute!r}): train on per-interaction examples for those")
+            if self.sequence_batch_size < 1:
+                raise ValueError(f"sequence_batch_size must be >= 1, got {self.sequence_batch_size}")
         if not 0.0 <= self.transformer_dropout < 1.0:
             raise ValueError(f"transformer_dropout must be in [0, 1), got {self.transformer_dropout}")
         if self.history_pooling not in HISTORY_POOLING:

@@ -77,9 +77,38 @@ def parse_batch(serialized: tf.Tensor, history_length: int) -> dict[str, tf.Tens
     }
 
 
+def parse_sequences(serialized: tf.Tensor, window: int) -> dict[str, tf.Tensor]:
+    """Serialized sequence records (example_gen's train_sequences) [S] -> user_id [S], sequence_item_ids
+    [S, window] string (time order, '' right padding), sequence_timestamps [S, window] int64 (padding: int64
+    max), target_from [S] int64 (the first target's position), sequence_length [S] int64. Chunks longer
+    than `window` (example_gen's sequence_length + 1 is the most it writes) keep their last `window` items."""
+    spec = {
+        "user_id": tf.io.FixedLenFeature([], tf.string),
+        "item_ids": tf.io.RaggedFeature(tf.string),
+        "timestamps": tf.io.RaggedFeature(tf.int64),
+        "target_from": tf.io.FixedLenFeature([], tf.int64),
+    }
+    parsed = tf.io.parse_example(serialized, spec)
+    length = tf.cast(parsed["item_ids"].row_lengths(), tf.int64)
+    cut = tf.maximum(length - window, 0)  # items dropped from the front of an over-long chunk
+
+    def dense(values: tf.RaggedTensor, pad) -> tf.Tensor:
+        out = values[:, -window:].to_tensor(default_value=pad)
+        return tf.ensure_shape(tf.pad(out, [[0, 0], [0, window - tf.shape(out)[1]]], constant_values=pad),
+                               [None, window])
+
+    return {
+        "user_id": parsed["user_id"],
+        "sequence_item_ids": dense(parsed["item_ids"], ""),
+        "sequence_timestamps": dense(parsed["timestamps"], tf.int64.max),
+        "target_from": tf.maximum(parsed["target_from"] - cut, 1),
+        "sequence_length": length - cut,
+    }
+
+
 def make_dataset(files: list[str], batch_size: int, history_length: int, shuffle_buffer: int = 0,
                  seed: int = 0, positives_only: bool = False, reshuffle: bool = True, skip: int = 0,
-                 slices: tuple[int, ...] = (0,), num_slices: int = 1) -> tf.data.Dataset:
+                 slices: tuple[int, ...] = (0,), num_slices: int = 1, sequences: bool = False) -> tf.data.Dataset:
     """Streams batches from TFRecord shards.
 
     With shuffle_buffer > 0 the file order and the examples are shuffled with `seed`
@@ -87,7 +116,8 @@ def make_dataset(files: list[str], batch_size: int, history_length: int, shuffle
     num_slices > 1, every batch of batch_size is cut into num_slices consecutive slices (sizes
     differ by at most one) and the dataset yields, batch after batch, the slices numbered in
     `slices`: replica r of a distributed run trains on slice r of every global batch (the
-    slicing happens before parsing, so a worker parses only its share).
+    slicing happens before parsing, so a worker parses only its share). sequences: the files hold
+    sequence records (`parse_sequences` with window history_length + 1) instead of examples.
     """
     if num_slices < 1 or not slices or min(slices) < 0 or max(slices) >= num_slices:
         raise ValueError(f"slices must lie in [0, {num_slices}), got {slices}")
@@ -105,7 +135,10 @@ def make_dataset(files: list[str], batch_size: int, history_length: int, shuffle
             return tf.data.Dataset.from_tensor_slices(tf.constant(slices, tf.int64)).map(
                 lambda s: serialized[s * rows // num_slices:(s + 1) * rows // num_slices])
         ds = ds.flat_map(cut)
-    ds = ds.map(lambda s: parse_batch(s, history_length), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    def parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+        return parse_sequences(serialized, history_length + 1) if sequences else parse_batch(serialized, history_length)
+
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if positives_only:
         ds = ds.map(lambda b: {k: tf.boolean_mask(v, b["label"] > 0) for k, v in b.items()})
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -212,7 +212,10 @@ class TransformerQueryTower(tf_keras.Model):
         history = history_item_ids[:, :self.history_length]
         history = tf.pad(history, [[0, 0], [0, self.history_length - tf.shape(history)[1]]])
         index = tf.reverse(self.items.lookup(history), axis=[1])  # oldest first, padding on the left
-        state = self.sequence_states(index, training=training)[:, -1]
+        return self.project(self.sequence_states(index, training=training)[:, -1])
+
+    def project(self, state: tf.Tensor) -> tf.Tensor:
+        """states [..., d] -> queries [..., d]: the output projection, L2-normalised."""
         return tf.math.l2_normalize(self.output_projection(state), axis=-1)
 
 
@@ -278,7 +281,7 @@ class TwoTowerModel(tf_keras.Model):
         self.trackers = {name: tf_keras.metrics.Mean(name=name) for name in
                          ("loss", "mass_in_batch", "mass_random", "mass_cluster", "mass_edis", "negative_masked_rate",
                           "negative_hit_rate", "negative_history_rate", "negative_user_positive_rate", "pool_fill",
-                          "pool_draws", "embedded_rows")}
+                          "pool_draws", "embedded_rows", "targets_per_step", "targets_skipped_rate")}
 
     @property
     def metrics(self):
@@ -437,21 +440,58 @@ class TwoTowerModel(tf_keras.Model):
         return dict(negatives=negatives, negative_ids=ids, negative_valid=valid, negative_log_count=pool_log_count,
                     negative_sources=sources)
 
-    def _full_softmax(self, batch: dict[str, tf.Tensor], index: tf.Tensor) -> tuple[tf.Tensor, dict]:
+    def _sequence_targets(self, batch: dict[str, tf.Tensor]) -> tuple[dict[str, tf.Tensor], tuple, dict]:
+        """A batch of sequence chunks (data.parse_sequences) -> (the targets as a flat batch: item_id,
+        label [M], user_id [M]; (the tower's inputs [S, L], oldest first and left-padded, the [M, 2] (row,
+        position) of each target's query state); figures). Target j of a chunk (target_from <= j < length)
+        is queried at the last position i < j whose timestamp is strictly earlier (the chunk's timestamps
+        are in order), so a target never sees an item of its own time or later; one without such a
+        position is skipped and counted (`targets_skipped_rate`)."""
+        ids, stamps = batch["sequence_item_ids"], batch["sequence_timestamps"]  # [S, W], W = L + 1
+        length, window = batch["sequence_length"], tf.shape(ids, out_type=tf.int64)[1]
+        position = tf.range(window)[None, :]
+        earlier = tf.searchsorted(stamps, stamps, side="left", out_type=tf.int64) - 1  # last strictly earlier
+        target = tf.logical_and(position < length[:, None], position >= batch["target_from"][:, None])
+        valid = tf.logical_and(target, earlier >= 0)
+        shift = window - length  # item j of a chunk sits at input column shift + j (left padding to L = W - 1)
+        source = tf.range(window - 1)[None, :] - shift[:, None]  # [S, L]: the chunk position of each column
+        inputs = tf.where(source >= 0, tf.gather(self.items.lookup(ids), tf.maximum(source, 0), batch_dims=1), 0)
+        rows = tf.broadcast_to(tf.range(tf.shape(ids, out_type=tf.int64)[0])[:, None], tf.shape(ids, tf.int64))
+        at = tf.stack([tf.boolean_mask(rows, valid), tf.boolean_mask(shift[:, None] + earlier, valid)], axis=1)
+        item_id = tf.boolean_mask(ids, valid)
+        flat = {"item_id": item_id, "label": tf.ones_like(item_id, tf.float32),
+                "user_id": tf.boolean_mask(tf.broadcast_to(batch["user_id"][:, None], tf.shape(ids)), valid)}
+        targets = tf.reduce_sum(tf.cast(target, tf.float32))
+        stats = {"targets_per_step": tf.cast(tf.size(item_id), tf.float32),
+                 "targets_skipped_rate": tf.math.divide_no_nan(targets - tf.cast(tf.size(item_id), tf.float32),
+                                                               targets)}
+        return flat, (inputs, at), stats
+
+    def _query(self, batch: dict[str, tf.Tensor], sequence: tuple | None) -> tf.Tensor:
+        """The training queries [B, d]: the query tower on each example, or with sequence training the
+        tower's states over the chunks gathered at each target's query position."""
+        if sequence is None:
+            return self.query_tower(batch["user_id"], batch["history_item_ids"], training=True)
+        inputs, at = sequence
+        return self.query_tower.project(tf.gather_nd(self.query_tower.sequence_states(inputs, training=True), at))
+
+    def _full_softmax(self, query: tf.Tensor, batch: dict[str, tf.Tensor], index: tf.Tensor) -> tuple[tf.Tensor, dict]:
         """strategy 'full': the exact softmax over the catalogue (vocabulary rows 2..V-1)."""
         tf.debugging.assert_greater_equal(index, tf.constant(2, tf.int64),
                                           message="strategy 'full': a training positive is not in the catalogue")
-        query = self.query_tower(batch["user_id"], batch["history_item_ids"], training=True)
         catalogue = self.candidate_tower(tf.range(2, self.items.vocabulary_size, dtype=tf.int64))
         loss, stats = full_softmax_loss(query, catalogue, index - 2, self.config.temperature, batch["label"])
         return loss, {**stats, "embedded_rows": tf.cast(tf.shape(catalogue)[0], tf.float32)}
 
     def train_step(self, batch):
+        sequence, sequence_stats = None, {}
+        if self.config.sequence_training:  # from here on, the batch is the sequences' targets
+            batch, sequence, sequence_stats = self._sequence_targets(batch)
         index, cluster = self.items(batch["item_id"])
         if self.config.strategy == "full":
             with tf.GradientTape() as tape:
-                loss, stats = self._full_softmax(batch, index)
-            return self._apply(tape, loss, stats, index, cluster, None)
+                loss, stats = self._full_softmax(self._query(batch, sequence), batch, index)
+            return self._apply(tape, loss, {**stats, **sequence_stats}, index, cluster, None)
         samples = self._draw(batch, cluster)
         replicas, columns, first_row = self._all_replicas(), None, 0
         if replicas is not None:  # global in-batch negatives: every replica's positives are candidates
@@ -460,8 +500,8 @@ class TwoTowerModel(tf_keras.Model):
             first_row = tf.reduce_sum(rows[:replicas.replica_id_in_sync_group])
         in_batch_log_count, pool_log_count = self._log_counts(index, cluster, samples, columns)
         with tf.GradientTape() as tape:
-            query = self.query_tower(batch["user_id"], batch["history_item_ids"], training=True)
-            kwargs, stats = {}, {}
+            query = self._query(batch, sequence)
+            kwargs, stats = {}, dict(sequence_stats)
             if samples is None:
                 (positive,), stats["embedded_rows"] = self._embed(index)
             else:

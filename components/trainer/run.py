@@ -28,9 +28,10 @@ from components.trainer.optimizer import make_optimizer
 class _Progress(tf_keras.callbacks.Callback):
     """Prints step, loss and examples/s every `every` steps, and a line per epoch."""
 
-    def __init__(self, every: int, batch_size: int, steps_per_epoch: int, epochs: int):
+    def __init__(self, every: int, batch_size: int, steps_per_epoch: int, epochs: int, unit: str = "examples"):
         super().__init__()
         self.every, self.batch_size, self.steps_per_epoch, self.epochs = every, batch_size, steps_per_epoch, epochs
+        self.unit = unit
         self.examples_per_second: list[float] = []
         self.offset = 0  # steps of this epoch done before a resumption
 
@@ -45,14 +46,14 @@ class _Progress(tf_keras.callbacks.Callback):
             self.tick, self.tick_step = now, step
             extras = ", ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items())
             print(f"[trainer] epoch {self.epoch + 1}/{self.epochs} step {step}/{self.steps_per_epoch} "
-                  f"{extras}; {rate:,.0f} examples/s", flush=True)
+                  f"{extras}; {rate:,.0f} {self.unit}/s", flush=True)
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.monotonic() - self.t0
         rate = (self.steps_per_epoch - self.offset) * self.batch_size / max(seconds, 1e-9)
         self.examples_per_second.append(rate)
         extras = ", ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items())
-        print(f"[trainer] epoch {epoch + 1}/{self.epochs} done in {seconds:.0f}s: {extras}; {rate:,.0f} examples/s",
+        print(f"[trainer] epoch {epoch + 1}/{self.epochs} done in {seconds:.0f}s: {extras}; {rate:,.0f} {self.unit}/s",
               flush=True)
 
 
@@ -134,7 +135,8 @@ RESUMABLE_CHANGES = ("epochs", "log_every_steps", "checkpoint_every_steps", "che
 # field whose default changed the behaviour, such as logq_correction, is not listed: such runs differ).
 ADDED_FIELDS = {"mask_user_positives": False, "optimizer": "adam", "user_id_buckets": 0,
                 "global_in_batch_negatives": False, "negative_sharing": "per_example", "shared_negatives": 0,
-                "query_tower": "pooled", "transformer_blocks": 2, "transformer_heads": 1, "transformer_dropout": 0.2}
+                "query_tower": "pooled", "transformer_blocks": 2, "transformer_heads": 1, "transformer_dropout": 0.2,
+                "sequence_training": False, "sequence_batch_size": 64}
 
 
 def config_changes(old: dict, config: TrainerConfig) -> list[str]:
@@ -177,10 +179,20 @@ def _train(config: TrainerConfig, strategy: tf.distribute.Strategy, examples_dir
     # hashed ids and the transformer tower (no user embedding) need no vocabulary
     users = None if config.user_id_buckets or config.query_tower == "transformer" else read_lines(users_path)
     with open(os.path.join(examples_dir, "summary.json"), encoding="utf-8") as f:
-        train_examples = json.load(f)["train_examples"]
-    steps_per_epoch = -(-train_examples // config.batch_size)
+        examples_summary = json.load(f)
+    train_examples = examples_summary["train_examples"]
+    batch_size = config.sequence_batch_size if config.sequence_training else config.batch_size
+    if config.sequence_training:
+        written = examples_summary.get("sequence_length", 0)
+        if not written or written > config.history_length:
+            raise ValueError(f"sequence_training needs example_gen's sequence records of at most history_length "
+                             f"{config.history_length} items of history: {examples_dir} has "
+                             + (f"sequence_length {written}" if written else
+                                "none (set --example_gen.sequence_length)"))
+        train_examples = examples_summary["train_sequences"]  # a step is sequence_batch_size sequence chunks
+    steps_per_epoch = -(-train_examples // batch_size)
 
-    files = example_files(examples_dir, "train")
+    files = example_files(examples_dir, "train_sequences" if config.sequence_training else "train")
     positive_keys = user_positive_keys(files) if config.mask_user_positives else None
     with strategy.scope():
         model = TwoTowerModel(config, catalogue, users, positive_keys)
@@ -221,7 +233,8 @@ def _train(config: TrainerConfig, strategy: tf.distribute.Strategy, examples_dir
               f"{'shared by each step' if config.shares_negatives else 'per example'}: "
               f"{model.num_random} random + {model.num_cluster} cluster", flush=True)
 
-    progress = _Progress(config.log_every_steps, config.batch_size, steps_per_epoch, config.epochs)
+    progress = _Progress(config.log_every_steps, batch_size, steps_per_epoch, config.epochs,
+                         "sequences" if config.sequence_training else "examples")
     checkpoints = _Checkpoints(manager, epoch, step, steps_per_epoch, config.checkpoint_every_steps,
                                config.checkpoint_every_minutes)
     callbacks = [progress, checkpoints,
@@ -255,7 +268,11 @@ def _train(config: TrainerConfig, strategy: tf.distribute.Strategy, examples_dir
         "user_rows": 0 if config.query_tower == "transformer" else config.user_id_buckets or len(users) + 1,
         "num_clusters": catalogue.num_clusters,
         "train_seconds": train_seconds,
-        "examples_per_second": progress.examples_per_second,
+        "examples_per_second": progress.examples_per_second,  # sequences per second with sequence_training
+        # training targets (positives) per second: with sequence_training every target of the epoch's sequences
+        "targets_per_second": [r * (examples_summary["train_sequence_targets"] if config.sequence_training else
+                                    examples_summary["train_positives"]) / (steps_per_epoch * batch_size)
+                               for r in progress.examples_per_second],
         "pool": None if model.pool is None else {
             "clusters": model.pool.num_clusters, "slots_per_cluster": model.pool.slots_per_cluster,
             "fill_rate": float(model.pool.fill_rate()),
@@ -265,7 +282,8 @@ def _train(config: TrainerConfig, strategy: tf.distribute.Strategy, examples_dir
     with open(os.path.join(write_dir, "train_summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
     where = output_dir if chief else f"scratch (removed; the chief writes {output_dir})"
-    print(f"[trainer] {train_examples:,} training examples in (x {config.epochs} epochs, {config.strategy}) -> "
+    unit = "sequence chunks" if config.sequence_training else "examples"
+    print(f"[trainer] {train_examples:,} training {unit} in (x {config.epochs} epochs, {config.strategy}) -> "
           f"query and candidate models in {where} after {train_seconds:.0f}s; dropped 0 (every batch is "
           f"trained, the last one smaller)", flush=True)
     return summary
