@@ -124,7 +124,8 @@ def make_dataset(files: list[str], batch_size: int, history_length: int, shuffle
     ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle_buffer:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=reshuffle)
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)), num_parallel_calls=2,
+    cycle = min(4, len(files))  # tf.data refuses more parallel calls than the cycle (a single shard: 1)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=cycle, num_parallel_calls=min(2, cycle),
                        deterministic=True)
     if shuffle_buffer:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=reshuffle)

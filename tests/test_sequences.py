@@ -1,0 +1,182 @@
+"""Sequence records (example_gen) and sequence training (trainer): chunks, leak-freedom, equivalence."""
+
+import glob
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from components.example_gen import ExampleGenConfig, core, run_example_gen
+from components.trainer import TrainerConfig, run_trainer
+from components.trainer.data import ItemCatalogue, make_dataset
+from components.trainer.model import TwoTowerModel
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 700), st.integers(1, 60))
+def test_every_positive_but_the_first_is_a_target_once_with_half_a_window_of_context(positives, length):
+    chunks = core.sequence_chunks(positives, length)
+    targets = [j for start, end, first in chunks for j in range(first, end)]
+    assert sorted(targets) == list(range(1, positives))  # each once, the user's first never
+    for start, end, first in chunks:
+        assert 0 <= start < first < end <= positives and end - start <= length + 1
+        assert first - start >= min(first, length // 2 + 1)  # context of the chunk's first target
+    if positives > 1:
+        tokens = sum(end - start for start, end, _ in chunks)
+        assert tokens / (positives - 1) <= (length + 1) / max(1, length - length // 2) + 1e-9
+
+
+def _table(rng, users=6, rows=120):
+    return pa.table({"user_id": [f"u{u}" for u in rng.integers(0, users, rows)],
+                     "item_id": [str(i) for i in rng.integers(1, 30, rows)],
+                     "rating": rng.integers(1, 6, rows).astype(float),
+                     "timestamp": rng.integers(0, 40, rows),  # many ties
+                     "order": np.arange(rows)})
+
+
+@pytest.mark.parametrize("seed,split", [(0, "leave_last_out"), (1, "time"), (2, "leave_last_out")])
+def test_sequence_records_hold_each_users_training_positives_in_order(seed, split):
+    rng = np.random.default_rng(seed)
+    table = _table(rng)
+    cut = core.compute_cut(np.asarray(table.column("timestamp")), 0.8) if split == "time" else None
+    examples = core.user_examples(table, cut, 5, 3.0, split)
+    records = list(core.serialized_sequences(examples, 6))
+    decoded: dict[str, list] = {}
+    for key, record, targets, items in records:
+        parsed = tf.train.Example.FromString(record)
+        assert parsed.SerializeToString(deterministic=True) == record  # the deterministic wire form
+        f = parsed.features.feature
+        ids = [v.decode() for v in f["item_ids"].bytes_list.value]
+        stamps = list(f["timestamps"].int64_list.value)
+        assert len(ids) == items == len(stamps) and stamps == sorted(stamps)
+        assert targets == len(ids) - f["target_from"].int64_list.value[0]
+        decoded.setdefault(f["user_id"].bytes_list.value[0].decode(), []).append((ids, stamps))
+    train = (examples.label == 1) & ~examples.in_eval
+    for u, user in enumerate(examples.users):  # the oracle: the user's training positives in row order
+        rows = np.flatnonzero(train & (examples.user == u))
+        expected = [(examples.items[examples.item[r]], int(examples.timestamp[r])) for r in rows]
+        chunks = core.sequence_chunks(len(rows), 6)
+        got = decoded.get(user, [])
+        assert len(got) == len(chunks)
+        for (start, end, _), (ids, stamps) in zip(chunks, got):
+            assert list(zip(ids, stamps)) == expected[start:end]
+    assert sum(r[2] for r in records) == int(train.sum()) - sum(
+        1 for u in range(len(examples.users)) if (train & (examples.user == u)).any())
+
+
+def _model(history=4, strategy="in_batch"):
+    catalogue = ItemCatalogue(np.array([str(i) for i in range(1, 31)]), np.arange(30) % 3, np.ones(30, np.int64), 3)
+    config = TrainerConfig(query_tower="transformer", sequence_training=True, strategy=strategy, embedding_dim=8,
+                           history_length=history, transformer_heads=2, transformer_dropout=0.0)
+    return TwoTowerModel(config, catalogue, None)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(2, 5), st.integers(1, 4), st.integers(0, 3)), min_size=1, max_size=5),
+       st.integers(0, 10**6))
+def test_a_target_is_queried_at_the_last_strictly_earlier_position(rows, seed):
+    model, window = _model(history=4), 5
+    rng = np.random.default_rng(seed)
+    ids, stamps, lengths, firsts = [], [], [], []
+    for length, first, ties in rows:
+        first = min(first, length - 1)
+        stamp = np.sort(rng.integers(0, 1 + ties, length))  # ties ~ small ranges
+        ids.append([str(i) for i in rng.integers(1, 31, length)] + [""] * (window - length))
+        stamps.append(list(stamp) + [np.iinfo(np.int64).max] * (window - length))
+        lengths.append(length)
+        firsts.append(first)
+    batch = {"sequence_item_ids": tf.constant(ids), "sequence_timestamps": tf.constant(stamps, tf.int64),
+             "sequence_length": tf.constant(lengths, tf.int64), "target_from": tf.constant(firsts, tf.int64),
+             "user_id": tf.constant([f"u{i}" for i in range(len(rows))])}
+    flat, (inputs, at), stats = model._sequence_targets(batch)
+    expected_targets, expected_at = [], []
+    for s, (length, first) in enumerate(zip(lengths, firsts)):
+        for j in range(first, length):
+            earlier = [i for i in range(j) if stamps[s][i] < stamps[s][j]]
+            if earlier:  # the query sees positions <= max(earlier): every one strictly earlier in time
+                expected_targets.append(ids[s][j])
+                expected_at.append((s, (window - length) + max(earlier)))
+    assert [t.decode() for t in flat["item_id"].numpy()] == expected_targets
+    assert [tuple(a) for a in at.numpy().tolist()] == expected_at
+    inputs = inputs.numpy()
+    for s, length in enumerate(lengths):  # left-padded inputs: the chunk's items but the last
+        index = model.items.lookup(tf.constant(ids[s][:length - 1])).numpy()
+        np.testing.assert_array_equal(inputs[s], np.r_[np.zeros(4 - (length - 1), np.int64), index])
+    total = sum(length - first for length, first in zip(lengths, firsts))
+    assert float(stats["targets_skipped_rate"]) == pytest.approx((total - len(expected_targets)) / total)
+
+
+def test_the_last_target_of_a_chunk_gets_the_query_of_its_history():
+    model = _model(history=4)
+    ids = [["3", "7", "9", "2", "5"], ["4", "8", "", "", ""], ["6", "1", "11", "", ""]]
+    stamps = [[1, 2, 3, 4, 5], [1, 2, 9, 9, 9], [1, 2, 3, 9, 9]]
+    lengths = [5, 2, 3]
+    batch = {"sequence_item_ids": tf.constant(ids), "sequence_timestamps": tf.constant(stamps, tf.int64),
+             "sequence_length": tf.constant(lengths, tf.int64), "target_from": tf.constant([1, 1, 1], tf.int64),
+             "user_id": tf.constant(["a", "b", "c"])}
+    flat, sequence, _ = model._sequence_targets(batch)
+    queries = model._query(flat, sequence).numpy()
+    last = np.cumsum([length - 1 for length in lengths]) - 1  # the targets of each chunk, in order
+    history = tf.constant([["2", "9", "7", "3"], ["4", "", "", ""], ["1", "6", "", ""]])  # most recent first
+    served = model.query_tower(tf.constant(["a", "b", "c"]), history).numpy()
+    np.testing.assert_allclose(queries[last], served, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def sequence_examples(tmp_path_factory, movielens_dir):
+    out = str(tmp_path_factory.mktemp("sequence_examples"))
+    run_example_gen(ExampleGenConfig.movielens(movielens_dir, history_length=4, sequence_length=4, num_train_shards=2,
+                                               num_eval_shards=1, split="leave_last_out"), out)
+    return out
+
+
+def test_sequences_leave_out_every_evaluation_item_and_count_what_they_hold(sequence_examples):
+    summary = json.load(open(os.path.join(sequence_examples, "summary.json")))
+    files = sorted(glob.glob(os.path.join(sequence_examples, "train_sequences", "*.tfrecord")))
+    chunks = [b for b in make_dataset(files, 1000, 4, sequences=True)]
+    lengths = np.concatenate([b["sequence_length"].numpy() for b in chunks])
+    firsts = np.concatenate([b["target_from"].numpy() for b in chunks])
+    assert len(lengths) == summary["train_sequences"] and lengths.sum() == summary["train_sequence_items"]
+    assert (lengths - firsts).sum() == summary["train_sequence_targets"]
+    users = {u for b in chunks for u in b["user_id"].numpy()}
+    assert summary["train_sequence_targets"] == summary["train_positives"] - len(users)
+    evals = {(u, i, t) for b in make_dataset(sorted(glob.glob(os.path.join(sequence_examples, "eval", "*"))), 1000, 1)
+             for u, i, t in zip(b["user_id"].numpy(), b["item_id"].numpy(), b["timestamp"].numpy())}
+    trained = {(u, i, t) for b in chunks for u, row, stamps in zip(b["user_id"].numpy(),
+               b["sequence_item_ids"].numpy(), b["sequence_timestamps"].numpy()) for i, t in zip(row, stamps) if i}
+    assert not trained & evals
+
+
+@pytest.mark.parametrize("strategy", ["in_batch", "cluster_oob"])
+def test_sequence_training_trains_and_serves(strategy, sequence_examples, clusters_dir, tmp_path):
+    config = TrainerConfig(query_tower="transformer", sequence_training=True, strategy=strategy, history_length=4,
+                           sequence_batch_size=8, embedding_dim=8, epochs=1, num_negatives=4, shuffle_buffer=100,
+                           negative_sharing="shared", transformer_heads=2)
+    summary = run_trainer(config, sequence_examples, clusters_dir, str(tmp_path))
+    examples = json.load(open(os.path.join(sequence_examples, "summary.json")))
+    assert summary["train_examples_per_epoch"] == examples["train_sequences"]
+    assert summary["steps_per_epoch"] == -(-examples["train_sequences"] // 8)
+    final = summary["final_metrics"]
+    assert np.isfinite(final["loss"]) and 0.0 <= final["targets_skipped_rate"] < 0.5
+    assert final["targets_per_step"] > 8  # a chunk holds several targets
+    served = tf.saved_model.load(str(tmp_path / "query_model"))
+    out = served(tf.constant(["1"]), tf.constant([["3", "4"]]))["embedding"].numpy()
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+
+
+def test_sequence_training_names_what_it_needs(examples_dir, sequence_examples, clusters_dir, tmp_path):
+    with pytest.raises(ValueError, match="needs query_tower 'transformer', got 'pooled'"):
+        TrainerConfig(sequence_training=True)
+    with pytest.raises(ValueError, match="does not support mask_history_negatives"):
+        TrainerConfig(query_tower="transformer", sequence_training=True, mask_history_negatives=True)
+    config = TrainerConfig(query_tower="transformer", sequence_training=True, history_length=4, embedding_dim=8)
+    with pytest.raises(ValueError, match=r"has none \(set --example_gen.sequence_length\)"):
+        run_trainer(config, examples_dir, clusters_dir, str(tmp_path / "a"))
+    with pytest.raises(ValueError, match="at most history_length 3 items of history: .* has sequence_length 4"):
+        run_trainer(TrainerConfig(**{**config.__dict__, "history_length": 3}), sequence_examples, clusters_dir,
+                    str(tmp_path / "b"))
