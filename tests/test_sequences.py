@@ -47,7 +47,7 @@ def test_sequence_records_hold_each_users_training_positives_in_order(seed, spli
     examples = core.user_examples(table, cut, 5, 3.0, split)
     records = list(core.serialized_sequences(examples, 6))
     decoded: dict[str, list] = {}
-    for key, record, targets, items in records:
+    for _, record, targets, items in records:
         parsed = tf.train.Example.FromString(record)
         assert parsed.SerializeToString(deterministic=True) == record  # the deterministic wire form
         f = parsed.features.feature
