@@ -152,9 +152,8 @@ def test_sequences_leave_out_every_evaluation_item_and_count_what_they_hold(sequ
     assert not trained & evals
 
 
-@pytest.mark.parametrize("strategy", ["in_batch", "cluster_oob"])
-def test_sequence_training_trains_and_serves(strategy, sequence_examples, clusters_dir, tmp_path):
-    config = TrainerConfig(query_tower="transformer", sequence_training=True, strategy=strategy, history_length=4,
+def test_sequence_training_trains_and_serves(sequence_examples, clusters_dir, tmp_path):
+    config = TrainerConfig(query_tower="transformer", sequence_training=True, strategy="cluster_oob", history_length=4,
                            sequence_batch_size=8, embedding_dim=8, epochs=1, num_negatives=4, shuffle_buffer=100,
                            negative_sharing="shared", transformer_heads=2)
     summary = run_trainer(config, sequence_examples, clusters_dir, str(tmp_path))
@@ -180,3 +179,14 @@ def test_sequence_training_names_what_it_needs(examples_dir, sequence_examples, 
     with pytest.raises(ValueError, match="at most history_length 3 items of history: .* has sequence_length 4"):
         run_trainer(TrainerConfig(**{**config.__dict__, "history_length": 3}), sequence_examples, clusters_dir,
                     str(tmp_path / "b"))
+    from tfx_pipeline.config import parse
+
+    with pytest.raises(ValueError, match="set --example_gen.sequence_length 200 .got 0."):
+        parse(["--trainer.query_tower", "transformer", "--trainer.sequence_training", "true",
+               "--trainer.history_length", "200", "--example_gen.history_length", "200"])
+    with pytest.raises(ValueError, match="reads more history than the examples hold .example_gen.history_length 20."):
+        parse(["--trainer.history_length", "50"])
+    both = parse(["--trainer.query_tower", "transformer", "--trainer.sequence_training", "true",
+                  "--trainer.history_length", "200", "--example_gen.history_length", "200",
+                  "--example_gen.sequence_length", "200"])
+    assert both.trainer.sequence_training and both.example_gen.sequence_length == 200

@@ -81,6 +81,15 @@ class PipelineConfig:
     trainer_job: TrainerJobConfig = TrainerJobConfig()
 
     def __post_init__(self):
+        eg, trainer = self.example_gen, self.trainer
+        if trainer.history_length > eg.history_length:
+            raise ValueError(f"trainer.history_length {trainer.history_length} reads more history than the examples "
+                             f"hold (example_gen.history_length {eg.history_length}): set --example_gen.history_length "
+                             f"{trainer.history_length}")
+        if trainer.sequence_training and not 0 < eg.sequence_length <= trainer.history_length:
+            raise ValueError(f"trainer.sequence_training needs sequence records of at most trainer.history_length "
+                             f"{trainer.history_length} items of history: set --example_gen.sequence_length "
+                             f"{trainer.history_length} (got {eg.sequence_length})")
         if self.trainer_job.replicas > 1 and self.trainer.distribute != "multi_worker":
             raise ValueError(f"trainer_job.replicas {self.trainer_job.replicas} trains on several machines: set "
                              f"--trainer.distribute multi_worker (got {self.trainer.distribute!r})")
