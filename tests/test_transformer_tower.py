@@ -76,6 +76,9 @@ def test_transformer_tower_matches_numpy(seed, heads, blocks):
     np.testing.assert_allclose(query, expected, rtol=2e-4, atol=2e-5)
     got_states = tower.sequence_states(tf.constant(index)).numpy()
     np.testing.assert_allclose(got_states, states, rtol=2e-4, atol=2e-4)
+    last = tower.sequence_states(tf.constant(index), last_only=True).numpy()  # the serving path's shortcut
+    assert last.shape == (7, 1, 8)
+    np.testing.assert_allclose(last[:, 0], got_states[:, -1], rtol=1e-5, atol=1e-6)
 
 
 def test_a_position_sees_only_itself_and_earlier_items():

@@ -156,10 +156,15 @@ class _Block(tf_keras.layers.Layer):
                                                  tf_keras.layers.Dense(dim)])
         self.dropout = tf_keras.layers.Dropout(dropout)
 
-    def call(self, x: tf.Tensor, attention_mask: tf.Tensor, training=None) -> tf.Tensor:
-        """x [B, N, d], attention_mask [B, N, N] bool (query, key) -> [B, N, d]."""
+    def call(self, x: tf.Tensor, attention_mask: tf.Tensor, training=None, last_only: bool = False) -> tf.Tensor:
+        """x [B, N, d], attention_mask [B, N, N] bool (query, key) -> [B, N, d]; with last_only the last
+        position's output alone, [B, 1, d] (every position is still a key: 1/N of the queries' work)."""
         y = self.attention_norm(x)
-        x = x + self.dropout(self.attention(y, y, attention_mask=attention_mask, training=training), training=training)
+        query = y[:, -1:] if last_only else y
+        if last_only:
+            x, attention_mask = x[:, -1:], attention_mask[:, -1:]
+        x = x + self.dropout(self.attention(query, y, attention_mask=attention_mask, training=training),
+                             training=training)
         return x + self.dropout(self.feed_forward(self.feed_forward_norm(x)), training=training)
 
 
@@ -189,9 +194,10 @@ class TransformerQueryTower(tf_keras.Model):
         self.output_norm = tf_keras.layers.LayerNormalization(epsilon=1e-6)
         self.output_projection = tf_keras.layers.Dense(dim, name="output_projection")
 
-    def sequence_states(self, index: tf.Tensor, training=None) -> tf.Tensor:
+    def sequence_states(self, index: tf.Tensor, training=None, last_only: bool = False) -> tf.Tensor:
         """index [B, N] vocabulary indices, oldest first, 0 = padding -> states [B, N, d] (each position's
-        from itself and earlier filled positions only)."""
+        from itself and earlier filled positions only); with last_only the last position's, [B, 1, d] (the
+        last block then attends from that position alone: the same values, for about half the work)."""
         length = tf.shape(index)[1]
         filled = index > 0
         positions = tf.range(length)
@@ -201,8 +207,8 @@ class TransformerQueryTower(tf_keras.Model):
         x = (self.item_embedding(index) + self.cluster_embedding(tf.gather(self.items.cluster_of_index, index))
              + self.position_embedding(tf.range(length))[None])
         x = self.input_dropout(self.input_norm(x), training=training)
-        for block in self.blocks:
-            x = block(x, mask, training=training)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, training=training, last_only=last_only and i == len(self.blocks) - 1)
         return self.output_norm(x)
 
     def call(self, user_id: tf.Tensor, history_item_ids: tf.Tensor, training=None) -> tf.Tensor:
@@ -212,7 +218,7 @@ class TransformerQueryTower(tf_keras.Model):
         history = history_item_ids[:, :self.history_length]
         history = tf.pad(history, [[0, 0], [0, self.history_length - tf.shape(history)[1]]])
         index = tf.reverse(self.items.lookup(history), axis=[1])  # oldest first, padding on the left
-        return self.project(self.sequence_states(index, training=training)[:, -1])
+        return self.project(self.sequence_states(index, training=training, last_only=True)[:, -1])
 
     def project(self, state: tf.Tensor) -> tf.Tensor:
         """states [..., d] -> queries [..., d]: the output projection, L2-normalised."""
