@@ -1,5 +1,6 @@
 """Sequence records (example_gen) and sequence training (trainer): chunks, leak-freedom, equivalence."""
 
+import functools
 import glob
 import json
 import os
@@ -69,6 +70,7 @@ def test_sequence_records_hold_each_users_training_positives_in_order(seed, spli
         1 for u in range(len(examples.users)) if (train & (examples.user == u)).any())
 
 
+@functools.cache
 def _model(history=4, strategy="in_batch"):
     catalogue = ItemCatalogue(np.array([str(i) for i in range(1, 31)]), np.arange(30) % 3, np.ones(30, np.int64), 3)
     config = TrainerConfig(query_tower="transformer", sequence_training=True, strategy=strategy, embedding_dim=8,
