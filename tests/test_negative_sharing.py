@@ -132,8 +132,9 @@ def test_full_softmax_step_is_the_softmax_over_the_catalogue(examples_dir, clust
     assert model.pool is None
     batch = next(iter(make_dataset(example_files(examples_dir, "train"), 32, 5)))
     index, _ = model.items(batch["item_id"])
-    loss, stats = model._full_softmax(batch, index)
-    q = model.query_tower(batch["user_id"], batch["history_item_ids"]).numpy()
+    q = model.query_tower(batch["user_id"], batch["history_item_ids"])
+    loss, stats = model._full_softmax(q, batch, index)
+    q = q.numpy()
     c = model.candidate_tower.embed_ids(tf.constant(catalogue.item_ids.tolist())).numpy()
     logits = q @ c.T / config.temperature
     positive = np.searchsorted(catalogue.item_ids, batch["item_id"].numpy().astype(str))
