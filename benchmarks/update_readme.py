@@ -8,7 +8,10 @@ from __future__ import annotations
 import os
 import re
 
-SECTIONS = (("Hard negatives at in-batch cost, and the full-softmax ceiling (`benchmarks.negative_sharing`)",
+SECTIONS = (("Query towers and sequence training (`benchmarks.sequential_tower`, `benchmarks.sequence_training`)",
+             "sequential_tower.md"),
+            ("", "sequence_training.md"),
+            ("Hard negatives at in-batch cost, and the full-softmax ceiling (`benchmarks.negative_sharing`)",
              "negative_sharing.md"),
             ("Paper tables (`benchmarks.paper_tables`)", "paper_tables.md"),
             ("Where cluster negatives help (`benchmarks.regimes`)", "regimes.md"),
@@ -26,7 +29,7 @@ def main() -> None:
         path = os.path.join("benchmarks", "results", name)
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
-                parts.append(f"### {title}\n\n{f.read().strip()}\n")
+                parts.append((f"### {title}\n\n" if title else "") + f"{f.read().strip()}\n")
     with open("README.md", encoding="utf-8") as f:
         readme = f.read()
     block = f"{START}\n" + "\n".join(parts) + f"{END}"
