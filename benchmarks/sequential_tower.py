@@ -41,6 +41,7 @@ KS = (10, 50)
 METRICS = ("hr10", "ndcg10", "hr50")
 TOWERS = {"pooled": {}, "transformer": {"query_tower": "transformer"},  # per-interaction examples
           "transformer_seq": {"query_tower": "transformer", "sequence_training": True}}  # sequence records
+COLOURS = {"pooled": "tab:blue", "transformer": "tab:orange", "transformer_seq": "tab:red"}
 PEER_RESULTS = os.path.join(RESULTS, "peer_rectools_sasrec.json")
 
 
@@ -168,7 +169,7 @@ def plot(result: dict) -> None:
             for i, points in enumerate(r["curves"]):
                 ax.plot([p["train_seconds"] for p in points], [p["hr10"] for p in points], marker="o",
                         label=f"{r['tower']} {r['strategy']}" if i == 0 else None,
-                        color={"pooled": "tab:blue", "transformer": "tab:red"}[r["tower"]],
+                        color=COLOURS[r["tower"]],
                         linestyle={"in_batch": "-", "oob": ":", "cluster_oob": "--"}.get(r["strategy"], "-"))
         for p in (p for p in result["peer"] if p["dataset"] == name):
             ax.scatter([p["train_seconds"]], [p["hr10"]], marker="*", s=150, color="black",
