@@ -193,7 +193,8 @@ def _train(config: TrainerConfig, strategy: tf.distribute.Strategy, examples_dir
     steps_per_epoch = -(-train_examples // batch_size)
 
     files = example_files(examples_dir, "train_sequences" if config.sequence_training else "train")
-    positive_keys = user_positive_keys(files) if config.mask_user_positives else None
+    # the (user, item) training positives come from the per-interaction examples, which sequence records summarise
+    positive_keys = user_positive_keys(example_files(examples_dir, "train")) if config.mask_user_positives else None
     with strategy.scope():
         model = TwoTowerModel(config, catalogue, users, positive_keys)
         model.compile(optimizer=make_optimizer(config.optimizer, config.learning_rate))
