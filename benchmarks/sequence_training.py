@@ -44,7 +44,7 @@ def throughput(examples: str, clusters: str, history: int, steps: int) -> list[d
         model = TwoTowerModel(config, catalogue, None)
         model.compile(optimizer=make_optimizer(config.optimizer, config.learning_rate))
         files = example_files(examples, "train_sequences" if sequences else "train")
-        batches = list(make_dataset(files, config.sequence_batch_size if sequences else config.batch_size, history,
+        batches = list(make_dataset(files, config.step_rows, history,
                                     shuffle_buffer=10_000, sequences=sequences).take(steps + 2))
         step = tf.function(model.train_step)
         times, targets = [], []
@@ -58,7 +58,7 @@ def throughput(examples: str, clusters: str, history: int, steps: int) -> list[d
         median = statistics.median(times)
         rows.append({"path": name, "step_s": median, "targets_per_step": statistics.mean(targets),
                      "targets_per_second": statistics.mean(targets) / median,
-                     "batch": config.sequence_batch_size if sequences else config.batch_size})
+                     "batch": config.step_rows})
         print(f"[sequence_training] {name}: {median:.2f} s a step, {rows[-1]['targets_per_second']:,.0f} targets/s",
               flush=True)
     return rows

@@ -133,8 +133,8 @@ def evaluate(query_batches: Iterable[tuple], candidates: np.ndarray, config: Eva
         total += len(targets)
         unknown += int((~known).sum())
         if len(excluded):
-            target_keys = np.arange(len(targets)) * len(candidates) + targets
-            seen_targets += int(np.isin(target_keys[known], excluded[:, 0] * len(candidates) + excluded[:, 1]).sum())
+            target_keys = _pair_keys(np.arange(len(targets)), targets, len(candidates))
+            seen_targets += int(np.isin(target_keys[known], _pair_keys(*excluded.T, len(candidates))).sum())
         if searcher is None:
             rank, top = _batch_top_k(tf.constant(queries, tf.float32), candidates_t,
                                      tf.constant(np.where(known, targets, 0), tf.int64), tf.constant(k_max, tf.int32),
@@ -183,6 +183,11 @@ def exact_queries_per_batch(config: EvaluatorConfig, num_items: int) -> int:
     return max(1, min(config.batch_size, config.memory_budget_mb * 2**20 // (3 * 4 * max(1, num_items))))
 
 
+def _pair_keys(rows: np.ndarray, items: np.ndarray, num_items: int) -> np.ndarray:
+    """(query row, item index) pairs of any broadcastable shapes -> one int64 key each, for set tests."""
+    return np.asarray(rows, np.int64) * num_items + items
+
+
 def _scann_top_k(searcher, queries: np.ndarray, k: int, excluded: np.ndarray, num_items: int) -> np.ndarray:
     """The index's top-k [B, k] with the excluded (row, item) pairs left out: it is asked for k plus the
     most any row excludes, and each row keeps its first k others (the index's order)."""
@@ -191,7 +196,7 @@ def _scann_top_k(searcher, queries: np.ndarray, k: int, excluded: np.ndarray, nu
     top = np.asarray(searcher.search_batched(np.asarray(queries, np.float32), final_num_neighbors=fetch)[0], np.int64)
     if not extra:
         return top[:, :k]
-    drop = np.isin(np.arange(len(queries))[:, None] * num_items + top, excluded[:, 0] * num_items + excluded[:, 1])
+    drop = np.isin(_pair_keys(np.arange(len(queries))[:, None], top, num_items), _pair_keys(*excluded.T, num_items))
     keep = np.argsort(drop, axis=1, kind="stable")[:, :k]  # the first k not dropped, in the index's order
     return np.take_along_axis(top, keep, axis=1)
 

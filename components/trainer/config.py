@@ -213,6 +213,11 @@ class TrainerConfig:
         cluster = round(total * self.cluster_ratio / (self.random_ratio + self.cluster_ratio))
         return total - cluster, cluster
 
+    @property
+    def step_rows(self) -> int:
+        """Records a training step reads: sequence chunks with `sequence_training`, else examples."""
+        return self.sequence_batch_size if self.sequence_training else self.batch_size
+
     def shared_budget(self) -> int:
         """M, the shared pool draws of a step (the cluster share may grow to one draw per distinct cluster)."""
         return self.shared_negatives or self.batch_size

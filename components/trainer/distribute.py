@@ -88,8 +88,7 @@ def epoch_batches(strategy: tf.distribute.Strategy, files: list[str], config: Tr
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
         local = context.num_replicas_in_sync // context.num_input_pipelines
         first = context.input_pipeline_id * local
-        batch_size = config.sequence_batch_size if config.sequence_training else config.batch_size
-        return make_dataset(files, batch_size, config.history_length, config.shuffle_buffer, seed=seed,
+        return make_dataset(files, config.step_rows, config.history_length, config.shuffle_buffer, seed=seed,
                             reshuffle=False, skip=skip, slices=tuple(range(first, first + local)),
                             num_slices=context.num_replicas_in_sync, sequences=config.sequence_training)
 

@@ -181,7 +181,7 @@ def _train(config: TrainerConfig, strategy: tf.distribute.Strategy, examples_dir
     with open(os.path.join(examples_dir, "summary.json"), encoding="utf-8") as f:
         examples_summary = json.load(f)
     train_examples = examples_summary["train_examples"]
-    batch_size = config.sequence_batch_size if config.sequence_training else config.batch_size
+    batch_size = config.step_rows
     if config.sequence_training:
         written = examples_summary.get("sequence_length", 0)
         if not written or written > config.history_length:
@@ -234,8 +234,8 @@ def _train(config: TrainerConfig, strategy: tf.distribute.Strategy, examples_dir
               f"{'shared by each step' if config.shares_negatives else 'per example'}: "
               f"{model.num_random} random + {model.num_cluster} cluster", flush=True)
 
-    progress = _Progress(config.log_every_steps, batch_size, steps_per_epoch, config.epochs,
-                         "sequences" if config.sequence_training else "examples")
+    unit = "sequence chunks" if config.sequence_training else "examples"
+    progress = _Progress(config.log_every_steps, batch_size, steps_per_epoch, config.epochs, unit)
     checkpoints = _Checkpoints(manager, epoch, step, steps_per_epoch, config.checkpoint_every_steps,
                                config.checkpoint_every_minutes)
     callbacks = [progress, checkpoints,
@@ -283,7 +283,6 @@ def _train(config: TrainerConfig, strategy: tf.distribute.Strategy, examples_dir
     with open(os.path.join(write_dir, "train_summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
     where = output_dir if chief else f"scratch (removed; the chief writes {output_dir})"
-    unit = "sequence chunks" if config.sequence_training else "examples"
     print(f"[trainer] {train_examples:,} training {unit} in (x {config.epochs} epochs, {config.strategy}) -> "
           f"query and candidate models in {where} after {train_seconds:.0f}s; dropped 0 (every batch is "
           f"trained, the last one smaller)", flush=True)
