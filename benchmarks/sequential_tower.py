@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import statistics
@@ -41,6 +42,10 @@ KS = (10, 50)
 METRICS = ("hr10", "ndcg10", "hr50")
 TOWERS = {"pooled": {}, "transformer": {"query_tower": "transformer"},  # per-interaction examples
           "transformer_seq": {"query_tower": "transformer", "sequence_training": True}}  # sequence records
+# How a query and an item are scored: ours (cosine / 0.05 against an MLP candidate tower), the candidate tower
+# tied to the input embeddings, and SASRec's scoring (tied, raw dot product).
+SCORINGS = {"cosine_mlp": {}, "cosine_tied": {"candidate_tower": "embedding"},
+            "dot_tied": {"candidate_tower": "embedding", "similarity": "dot", "temperature": 1.0}}
 COLOURS = {"pooled": "tab:blue", "transformer": "tab:orange", "transformer_seq": "tab:red"}
 PEER_RESULTS = os.path.join(RESULTS, "peer_rectools_sasrec.json")
 
@@ -105,6 +110,7 @@ def main() -> None:
     parser.add_argument("--datasets", default="ml1m_exact")
     parser.add_argument("--towers", default="pooled,transformer_seq")
     parser.add_argument("--strategies", default="in_batch")
+    parser.add_argument("--scorings", default="cosine_mlp", help=f"of {sorted(SCORINGS)}")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--epochs", default="2,4,8")
     parser.add_argument("--history", type=int, default=200)
@@ -116,24 +122,30 @@ def main() -> None:
     for name in args.datasets.split(","):
         examples, tables, source = cluster_tables(name, args.data_root, args.history, seeds)
         for tower in args.towers.split(","):
-            for strategy in args.strategies.split(","):
+            for strategy, scoring in itertools.product(args.strategies.split(","), args.scorings.split(",")):
                 history = TrainerConfig.history_length if tower == "pooled" else args.history
                 runs = []
                 for seed in seeds:
                     config = TrainerConfig(strategy=strategy, cluster_source=source, seed=seed, history_length=history,
-                                           **TOWERS[tower])
-                    tag = f"seq-{name}-h{args.history}-{tower}-{strategy}-{seed}"
+                                           **TOWERS[tower], **SCORINGS[scoring])
+                    suffix = "" if scoring == "cosine_mlp" else f"-{scoring}"
+                    tag = f"seq-{name}-h{args.history}-{tower}-{strategy}{suffix}-{seed}"
                     runs.append(curve(config, examples, tables[seed], tag, epochs))
-                row = {"dataset": name, "tower": tower, "strategy": strategy, "history": history, "seeds": seeds,
+                row = {"dataset": name, "tower": tower, "strategy": strategy, "scoring": scoring, "history": history,
+                       "seeds": seeds,
                        "epochs": epochs, "curves": runs}
                 last = [r[-1] for r in runs]
                 row.update({f"{m}_{f.__name__}": f([p[m] for p in last]) for m in METRICS
                             for f in (statistics.mean, statistics.pstdev)})
                 row["train_seconds_mean"] = statistics.mean(p["train_seconds"] for p in last)
-                result["rows"] = [r for r in result["rows"] if (r["dataset"], r["tower"], r["strategy"],
-                                                                r["history"]) != (name, tower, strategy, history)]
+                key = (name, tower, strategy, scoring, history)
+                result["rows"] = [r for r in result["rows"] if row_key(r) != key]
                 result["rows"].append(row)
                 write(result)
+
+
+def row_key(row: dict) -> tuple:
+    return (row["dataset"], row["tower"], row["strategy"], row.get("scoring", "cosine_mlp"), row["history"])
 
 
 def write(result: dict) -> None:
@@ -141,14 +153,18 @@ def write(result: dict) -> None:
     result["peer"] = peer["runs"]
     lines = ["Query towers side by side (`python -m benchmarks.sequential_tower`): leave_last_out, full ranking, "
              "each user's training items excluded; figures after the last epoch count, mean ± std over seeds.", "",
-             "| data | tower | strategy | history | epochs | HR@10 | NDCG@10 | HR@50 | train wall (s) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "Scoring: cosine_mlp (ours: cosine / 0.05, MLP candidate tower), cosine_tied (the candidate is the "
+             "item's input embedding), dot_tied (SASRec's: tied, raw dot product).", "",
+             "| data | tower | strategy | scoring | history | epochs | HR@10 | NDCG@10 | HR@50 | train wall (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         cells = " | ".join(f"{r[f'{m}_mean']:.4f} ± {r[f'{m}_pstdev']:.4f}" for m in METRICS)
-        lines.append(f"| {r['dataset']} | {r['tower']} | {r['strategy']} | {r['history']} | {r['epochs'][-1]} | "
+        lines.append(f"| {r['dataset']} | {r['tower']} | {r['strategy']} | {row_key(r)[3]} | {r['history']} | "
+                     f"{r['epochs'][-1]} | "
                      f"{cells} | {r['train_seconds_mean']:,.0f} |")
     for p in result["peer"]:
-        lines.append(f"| {p['dataset']} | peer: RecTools {p['version']} SASRec ({p['loss']}) | - | {p['max_len']} | "
+        lines.append(f"| {p['dataset']} | peer: RecTools {p['version']} SASRec ({p['loss']}) | - | dot_tied | "
+                     f"{p['max_len']} | "
                      f"{p['epochs']} (early stopping) | {p['hr10']:.4f} | {p['ndcg10']:.4f} | {p['hr50']:.4f} | "
                      f"{p['train_seconds']:,.0f} |")
     lines += ["", "HR@10 against cumulative training wall time: benchmarks/results/sequential_tower.png."]
@@ -167,8 +183,9 @@ def plot(result: dict) -> None:
     for ax, name in zip(axes[0], datasets):
         for r in (r for r in result["rows"] if r["dataset"] == name):
             for i, points in enumerate(r["curves"]):
-                ax.plot([p["train_seconds"] for p in points], [p["hr10"] for p in points], marker="o",
-                        label=f"{r['tower']} {r['strategy']}" if i == 0 else None,
+                ax.plot([p["train_seconds"] for p in points], [p["hr10"] for p in points],
+                        marker={"cosine_mlp": "o", "cosine_tied": "s", "dot_tied": "^"}[row_key(r)[3]],
+                        label=f"{r['tower']} {r['strategy']} {row_key(r)[3]}" if i == 0 else None,
                         color=COLOURS[r["tower"]],
                         linestyle={"in_batch": "-", "oob": ":", "cluster_oob": "--"}.get(r["strategy"], "-"))
         for p in (p for p in result["peer"] if p["dataset"] == name):

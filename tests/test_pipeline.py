@@ -86,19 +86,31 @@ def test_local_run_end_to_end(tmp_path, movielens_dir, tiny_bert, capsys):
         assert os.path.exists(tmp_path / "runs" / run / step / output / "step.json"), step
     assert os.path.isdir(tmp_path / "runs" / run / "exporter" / "export" / "serving_model")
 
-    # a second identical run reuses every step; a new trainer setting reruns trainer and what follows
-    assert local_runner.main(args + ["--trainer.temperature", "0.1"]) == 0
+    # a second run reuses every step its config leaves unchanged. cluster_source behavioural: item-clusterer-2
+    # clusters the exported item embeddings of a first (in_batch, category) model and the final trainer trains
+    # on that table, so trainer and every step after it rerun
+    assert local_runner.main(args + ["--trainer.cluster_source", "behavioural"]) == 0
     runs = sorted((p for p in os.listdir(tmp_path / "runs") if p not in ("cache", "logs")),
                   key=lambda p: os.path.getmtime(tmp_path / "runs" / p))
+    outputs = {**local_runner.OUTPUTS, **{f"{step}-2": local_runner.OUTPUTS[step]
+                                          for step in ("item-clusterer", "trainer", "exporter")}}
     reused = {step: json.load(open(tmp_path / "runs" / runs[-1] / step / output / "step.json"))["reused"]
-              for step, output in local_runner.OUTPUTS.items()}
+              for step, output in outputs.items()}
     assert reused == {"example-gen": True, "item-embedder": True, "item-clusterer": True, "trainer": False,
-                      "evaluator": False, "exporter": False}
+                      "evaluator": False, "exporter": False, "item-clusterer-2": False, "trainer-2": False,
+                      "exporter-2": False}
+    summary = json.load(open(tmp_path / "runs" / runs[-1] / "trainer-2" / "model" / "train_summary.json"))
+    assert summary["config"]["cluster_source"] == "behavioural" and summary["num_clusters"] == 3
+    first = json.load(open(tmp_path / "runs" / runs[-1] / "trainer" / "model" / "train_summary.json"))
+    assert (first["config"]["strategy"], first["config"]["cluster_source"]) == ("in_batch", "category")
+    assert local_runner._artifacts(str(tmp_path / "runs" / runs[-1]))["trainer"].endswith(
+        os.path.join("trainer-2", "model"))
 
 
-def test_behavioural_clusters_come_from_a_first_model(tmp_path, movielens_dir, tiny_bert):
-    """cluster_source behavioural: item-clusterer-2 clusters the exported item embeddings of a first
-    (in_batch) model, and the final trainer trains on that table; the local run goes end to end."""
+def test_behavioural_clusters_come_from_a_first_model(tmp_path):
+    """The Kubeflow definition of cluster_source behavioural: item-clusterer-2 clusters the exported item
+    embeddings of a first (in_batch) model, and the final trainer trains on that table (the local run of the
+    same definition: test_local_run_end_to_end)."""
     import yaml
 
     from tfx_pipeline import kubeflow_runner
@@ -118,16 +130,6 @@ def test_behavioural_clusters_come_from_a_first_model(tmp_path, movielens_dir, t
     second = json.loads(tasks["item-clusterer-2"]["inputs"]["parameters"]["config_json"]["runtimeValue"]["constant"])
     assert (first["strategy"], first["cluster_source"], second["embedding_kind"]) == ("in_batch", "category",
                                                                                        "behavioural")
-
-    args = ["--data-dir", movielens_dir, "--pipeline-root", str(tmp_path / "runs"), "--item_embedder.model", tiny_bert,
-            "--item_clusterer.num_clusters", "3", "--trainer.cluster_source", "behavioural", "--trainer.epochs", "1",
-            "--trainer.batch_size", "64", "--trainer.embedding_dim", "8", "--trainer.num_negatives", "4",
-            "--evaluator.ks", "5,10", "--exporter.k", "5"]
-    assert local_runner.main(args) == 0
-    (run,) = [p for p in os.listdir(tmp_path / "runs") if p not in ("cache", "logs")]
-    summary = json.load(open(tmp_path / "runs" / run / "trainer-2" / "model" / "train_summary.json"))
-    assert summary["config"]["cluster_source"] == "behavioural" and summary["num_clusters"] == 3
-    assert local_runner._artifacts(str(tmp_path / "runs" / run))["trainer"].endswith(os.path.join("trainer-2", "model"))
 
 
 def test_user_errors_end_with_one_line_and_bugs_with_a_traceback(tmp_path, capsys):

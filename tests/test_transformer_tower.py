@@ -111,6 +111,35 @@ def test_padding_and_longer_histories_do_not_change_the_query_and_dropout_is_tra
     assert np.abs((first - second).numpy()).max() > 1e-3  # dropout 0.2
 
 
+def test_tied_candidates_and_dot_similarity_match_numpy():
+    """candidate_tower 'embedding' is the item's input token (item + cluster row); similarity 'dot' leaves both
+    towers' outputs unnormalised; the loss's logits are then raw dot products / temperature."""
+    catalogue = ItemCatalogue(np.array([str(i) for i in range(1, 31)]), np.arange(30) % 4, np.ones(30, np.int64), 4)
+    config = TrainerConfig(query_tower="transformer", strategy="in_batch", embedding_dim=8, history_length=6,
+                           candidate_tower="embedding", similarity="dot", temperature=1.0)
+    model = TwoTowerModel(config, catalogue, None)
+    tower = model.query_tower
+    tower(tf.constant(["u"]), tf.constant([["1"]]))
+    rng = np.random.default_rng(3)
+    for weight in tower.weights:
+        weight.assign(rng.normal(scale=0.5, size=weight.shape).astype(np.float32))
+    index = np.array([0, 1, 2, 7, 31])  # padding, unknown, catalogue items
+    got = model.candidate_tower(tf.constant(index, tf.int64)).numpy()
+    item, cluster = tower.item_embedding.embeddings.numpy(), tower.cluster_embedding.embeddings.numpy()
+    np.testing.assert_allclose(got, item[index] + cluster[tower.items.cluster_of_index.numpy()[index]], rtol=1e-6)
+    assert not model.candidate_tower.weights[2:], "the tied candidate tower has no weights of its own"
+    ids = np.array([["3", "9", "", "", "", ""], ["4", "", "", "", "", ""]])
+    query = tower(tf.constant(["u", "v"]), tf.constant(ids)).numpy()
+    states, unit = numpy_query(tower, tower.items.lookup(tf.constant(ids)).numpy()[:, ::-1])
+    raw = states[:, -1] @ tower.output_projection.kernel.numpy() + tower.output_projection.bias.numpy()
+    np.testing.assert_allclose(query, raw, rtol=2e-4, atol=2e-5)
+    assert not np.allclose(np.linalg.norm(query, axis=1), 1.0)
+    with pytest.raises(ValueError, match="'nope'"):
+        TrainerConfig(candidate_tower="nope")
+    with pytest.raises(ValueError, match="similarity 'cosine', got 'dot'"):
+        TrainerConfig(strategy="oob", edis_negatives=2, similarity="dot")
+
+
 def test_transformer_config_errors_name_the_value():
     with pytest.raises(ValueError, match="query_tower must be one of .*'lstm'"):
         TrainerConfig(query_tower="lstm")
@@ -123,14 +152,15 @@ def test_transformer_config_errors_name_the_value():
 def test_transformer_tower_trains_exports_and_restores(examples_dir, clusters_dir, tmp_path):
     config = TrainerConfig(query_tower="transformer", strategy="cluster_oob", negative_sharing="shared", batch_size=32,
                            epochs=1, embedding_dim=8, transformer_heads=2, num_negatives=4, history_length=5,
-                           shuffle_buffer=1000, log_every_steps=5, seed=1)
+                           shuffle_buffer=1000, log_every_steps=5, seed=1, candidate_tower="embedding",
+                           similarity="dot", temperature=1.0)  # SASRec's scoring (cosine: test_sequences)
     summary = run_trainer(config, examples_dir, clusters_dir, str(tmp_path))
     assert np.isfinite(summary["final_metrics"]["loss"]) and summary["user_rows"] == 0
     served = tf.saved_model.load(str(tmp_path / "query_model"))
     users, history = tf.constant(["1", "new-user"]), tf.constant([["3", "4", ""], ["no-such-item", "", ""]])
     out = served(users, history)["embedding"].numpy()
     np.testing.assert_allclose(served(users, history)["embedding"].numpy(), out)  # no dropout at serving
-    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+    assert not np.allclose(np.linalg.norm(out, axis=1), 1.0)  # similarity 'dot': raw vectors
     # the SavedModel computes what the checkpointed tower computes
     catalogue = load_catalogue(os.path.join(examples_dir, "items"), os.path.join(clusters_dir, "llm"))
     model = TwoTowerModel(config, catalogue, None)

@@ -85,15 +85,17 @@ class TopKServing(tf.Module):
         return {"item_ids": tf.gather(self.item_ids, indices), "scores": scores}
 
 
-def _scann_config(builder, n: int, config: ExporterConfig):
-    """Applies the index configuration (tree + AH + reorder, or brute force) to a ScaNN builder."""
+def _scann_config(builder, candidates: np.ndarray, config: ExporterConfig):
+    """Applies the index configuration (tree + AH + reorder, or brute force) to a ScaNN builder; the tree's
+    partitioning is spherical when the candidates are unit vectors (similarity 'cosine')."""
+    n = len(candidates)
     k = min(config.k, n)
     if n < config.brute_force_below:
         return builder.score_brute_force()
     leaves = max(2, int(math.sqrt(n)))
     to_search = max(1, int(leaves * config.leaves_to_search_fraction))
     return (builder.tree(num_leaves=leaves, num_leaves_to_search=to_search, training_sample_size=min(n, 250_000),
-                         spherical=True)  # the towers' embeddings are unit vectors
+                         spherical=bool(np.allclose(np.linalg.norm(candidates, axis=1), 1.0, atol=1e-3)))
             .score_ah(2, anisotropic_quantization_threshold=0.2)
             .reorder(max(k, config.reorder)))
 
@@ -110,7 +112,7 @@ def build_scann_index(candidates: np.ndarray, config: ExporterConfig):
     scann_ops_pybind = _import_scann("scann_ops_pybind")
     candidates = np.asarray(candidates, np.float32)
     builder = scann_ops_pybind.builder(candidates, min(config.k, len(candidates)), "dot_product")
-    return _scann_config(builder, len(candidates), config).build()
+    return _scann_config(builder, candidates, config).build()
 
 
 class ScannTopKServing(tf.Module):
@@ -128,7 +130,7 @@ class ScannTopKServing(tf.Module):
         self.k = min(config.k, len(candidates))
         self.history_filter = _HistoryFilter(item_ids) if config.exclude_history else None
         builder = scann_ops.builder(candidates, self.k, "dot_product")
-        searcher = _scann_config(builder, len(candidates), config).build(shared_name=f"llm-hardneg-{uuid.uuid4()}")
+        searcher = _scann_config(builder, candidates, config).build(shared_name=f"llm-hardneg-{uuid.uuid4()}")
         self.state = searcher.serialize_to_module()
         self.query_model = query_model
         self.item_ids = tf.constant(np.asarray(item_ids).tolist(), tf.string)

@@ -8,6 +8,8 @@ STRATEGIES = ("in_batch", "oob", "cluster_oob", "full")
 NEGATIVE_SHARING = ("per_example", "shared")  # see model.TwoTowerModel and losses.py
 HISTORY_POOLING = ("mean", "position")
 QUERY_TOWERS = ("pooled", "transformer")  # see model.QueryTower and model.TransformerQueryTower
+CANDIDATE_TOWERS = ("mlp", "embedding")  # see model.CandidateTower
+SIMILARITIES = ("cosine", "dot")
 CLUSTER_SOURCES = ("llm", "category", "behavioural")  # tables of item_clusterer's output
 LOGQ_CORRECTIONS = ("mixture", "in_batch", "none")  # see losses.py
 OPTIMIZERS = ("lazy_adam", "adam")  # see optimizer.py
@@ -63,6 +65,12 @@ class TrainerConfig:
       draws are made for the targets as for a batch of examples. Needs query_tower 'transformer'.
     sequence_batch_size: sequence chunks per step with `sequence_training` (targets per step: up to
       this x history_length; the in-batch logits are [targets, targets]).
+    candidate_tower: 'mlp' (item and cluster embeddings concatenated through a two-layer MLP) or
+      'embedding' (the item embedding plus its cluster embedding, no layers: the transformer tower's
+      input token for that item, so input and output embeddings are tied as in SASRec).
+    similarity: 'cosine' (both towers' outputs L2-normalised, logits = cosine / temperature) or 'dot'
+      (raw outputs, logits = dot product / temperature, as SASRec scores; use temperature 1). Serving
+      (brute force and ScaNN) ranks by the dot product of the exported towers' outputs either way.
     transformer_blocks, transformer_heads, transformer_dropout: the transformer tower's blocks
       (pre-norm self-attention + feed-forward), attention heads (embedding_dim must divide by them)
       and dropout rate (on the inputs, attention and block outputs; training only).
@@ -116,6 +124,8 @@ class TrainerConfig:
     user_id_buckets: int = 0
     history_length: int = 20
     query_tower: str = "pooled"
+    candidate_tower: str = "mlp"
+    similarity: str = "cosine"
     transformer_blocks: int = 2
     transformer_heads: int = 1
     transformer_dropout: float = 0.2
@@ -159,6 +169,13 @@ class TrainerConfig:
             raise ValueError(f"logq_correction must be one of {LOGQ_CORRECTIONS}, got {self.logq_correction!r}")
         if self.query_tower not in QUERY_TOWERS:
             raise ValueError(f"query_tower must be one of {QUERY_TOWERS}, got {self.query_tower!r}")
+        if self.candidate_tower not in CANDIDATE_TOWERS:
+            raise ValueError(f"candidate_tower must be one of {CANDIDATE_TOWERS}, got {self.candidate_tower!r}")
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
+        if self.edis_negatives and self.similarity != "cosine":
+            raise ValueError("edis_negatives interpolates on the unit sphere: it needs similarity 'cosine', got "
+                             f"{self.similarity!r}")
         if self.transformer_blocks < 1 or self.transformer_heads < 1 or self.embedding_dim % self.transformer_heads:
             raise ValueError(f"transformer_blocks and transformer_heads must be >= 1 and embedding_dim must divide by "
                              f"the heads, got {self.transformer_blocks} blocks, {self.transformer_heads} heads, "

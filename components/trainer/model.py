@@ -65,26 +65,40 @@ class ItemFeatures(tf_keras.layers.Layer):
         return tf.where(tf.equal(item_ids, ""), tf.constant(0, tf.int64), self.table.lookup(item_ids))
 
 
+def _output(x: tf.Tensor, normalize: bool) -> tf.Tensor:
+    """A tower's output: L2-normalised for similarity 'cosine', as is for 'dot'."""
+    return tf.math.l2_normalize(x, axis=-1) if normalize else x
+
+
 def _mlp(dim: int, name: str) -> tf_keras.Sequential:
     return tf_keras.Sequential([tf_keras.layers.Dense(2 * dim, activation="relu"), tf_keras.layers.Dense(dim)],
                                name=name)
 
 
 class CandidateTower(tf_keras.Model):
-    """Item tower: (item index, cluster id) embeddings -> MLP -> L2-normalised [.., d]."""
+    """Item tower: (item index, cluster id) embeddings -> MLP -> L2-normalised [.., d].
 
-    def __init__(self, items: ItemFeatures, item_embedding, cluster_embedding, dim: int, **kwargs):
+    mlp=False: the item embedding plus the cluster embedding, no layers (the transformer tower's input
+    token of the item: input and output embeddings tied, as SASRec's); normalize=False: raw outputs
+    (similarity 'dot').
+    """
+
+    def __init__(self, items: ItemFeatures, item_embedding, cluster_embedding, dim: int, mlp: bool = True,
+                 normalize: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.items, self.item_embedding, self.cluster_embedding = items, item_embedding, cluster_embedding
-        self.mlp = _mlp(dim, "candidate_mlp")
+        self.mlp = _mlp(dim, "candidate_mlp") if mlp else None
+        self.normalize = normalize
 
     def call(self, item_index: tf.Tensor, lookups: tf.Tensor | None = None) -> tf.Tensor:
         """item_index: [B] int64 vocabulary index -> [B, d]. lookups: look up this many (>= B) embedding
         rows, item_index padded with 0 (their gradients are zero), to fix the sparse gradients' length."""
         padded = item_index if lookups is None else tf.pad(item_index, [[0, lookups - tf.size(item_index)]])
         cluster = tf.gather(self.items.cluster_of_index, padded)
-        x = tf.concat([self.item_embedding(padded), self.cluster_embedding(cluster)], axis=-1)
-        return tf.math.l2_normalize(self.mlp(x[:tf.size(item_index)]), axis=-1)
+        item, cluster = self.item_embedding(padded), self.cluster_embedding(cluster)
+        if self.mlp is None:
+            return _output((item + cluster)[:tf.size(item_index)], self.normalize)
+        return _output(self.mlp(tf.concat([item, cluster], axis=-1)[:tf.size(item_index)]), self.normalize)
 
     def embed_ids(self, item_ids: tf.Tensor) -> tf.Tensor:
         """item_ids: [B] string -> [B, d]; unknown ids share the unknown-item embedding."""
@@ -100,7 +114,8 @@ class QueryTower(tf_keras.Model):
     """
 
     def __init__(self, user_ids: Sequence[str] | None, items: ItemFeatures, item_embedding, cluster_embedding,
-                 dim: int, history_pooling: str, history_length: int, user_id_buckets: int = 0, **kwargs):
+                 dim: int, history_pooling: str, history_length: int, user_id_buckets: int = 0,
+                 normalize: bool = True, **kwargs):
         """user_ids: the training users (one row each, plus one for unknown users), or None with
         user_id_buckets > 0: ids hashed (FarmHash fingerprint) into that many rows."""
         super().__init__(**kwargs)
@@ -118,6 +133,7 @@ class QueryTower(tf_keras.Model):
             self.position_logits = self.add_weight(name="position_logits", shape=[history_length],
                                                    initializer="zeros")
         self.mlp = _mlp(dim, "query_mlp")
+        self.normalize = normalize
 
     def _weights(self, index: tf.Tensor) -> tf.Tensor:
         """index [B, N] (0 = padding) -> pooling weights [B, N, 1] summing to 1 over filled positions (0 if none)."""
@@ -140,7 +156,7 @@ class QueryTower(tf_keras.Model):
         history = tf.reduce_sum(self.item_embedding(index) * weights, axis=1)
         clusters = tf.reduce_sum(self.cluster_embedding(cluster) * weights, axis=1)
         x = tf.concat([self.user_embedding(self.user_lookup(user_id)), history, clusters], axis=-1)
-        return tf.math.l2_normalize(self.mlp(x), axis=-1)
+        return _output(self.mlp(x), self.normalize)
 
 
 class _Block(tf_keras.layers.Layer):
@@ -183,10 +199,10 @@ class TransformerQueryTower(tf_keras.Model):
     """
 
     def __init__(self, items: ItemFeatures, item_embedding, cluster_embedding, dim: int, history_length: int,
-                 blocks: int, heads: int, dropout: float, **kwargs):
+                 blocks: int, heads: int, dropout: float, normalize: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.items, self.item_embedding, self.cluster_embedding = items, item_embedding, cluster_embedding
-        self.history_length = history_length
+        self.history_length, self.normalize = history_length, normalize
         self.position_embedding = tf_keras.layers.Embedding(history_length, dim, name="position_embedding")
         self.input_norm = tf_keras.layers.LayerNormalization(epsilon=1e-6)
         self.input_dropout = tf_keras.layers.Dropout(dropout)
@@ -221,19 +237,21 @@ class TransformerQueryTower(tf_keras.Model):
         return self.project(self.sequence_states(index, training=training, last_only=True)[:, -1])
 
     def project(self, state: tf.Tensor) -> tf.Tensor:
-        """states [..., d] -> queries [..., d]: the output projection, L2-normalised."""
-        return tf.math.l2_normalize(self.output_projection(state), axis=-1)
+        """states [..., d] -> queries [..., d]: the output projection (L2-normalised for 'cosine')."""
+        return _output(self.output_projection(state), self.normalize)
 
 
 def make_query_tower(config: TrainerConfig, user_ids: Sequence[str] | None, items: ItemFeatures, item_embedding,
                      cluster_embedding) -> tf_keras.Model:
     """The query tower that `config.query_tower` names."""
+    normalize = config.similarity == "cosine"
     if config.query_tower == "transformer":
         return TransformerQueryTower(items, item_embedding, cluster_embedding, config.embedding_dim,
                                      config.history_length, config.transformer_blocks, config.transformer_heads,
-                                     config.transformer_dropout, name="query")
+                                     config.transformer_dropout, normalize=normalize, name="query")
     return QueryTower(user_ids, items, item_embedding, cluster_embedding, config.embedding_dim,
-                      config.history_pooling, config.history_length, config.user_id_buckets, name="query")
+                      config.history_pooling, config.history_length, config.user_id_buckets, normalize=normalize,
+                      name="query")
 
 
 class TwoTowerModel(tf_keras.Model):
@@ -257,7 +275,9 @@ class TwoTowerModel(tf_keras.Model):
         item_embedding = tf_keras.layers.Embedding(self.items.vocabulary_size, dim, name="item_embedding")
         cluster_embedding = tf_keras.layers.Embedding(catalogue.num_clusters + 1, dim, name="cluster_embedding")
         self.query_tower = make_query_tower(config, user_ids, self.items, item_embedding, cluster_embedding)
-        self.candidate_tower = CandidateTower(self.items, item_embedding, cluster_embedding, dim, name="candidate")
+        self.candidate_tower = CandidateTower(self.items, item_embedding, cluster_embedding, dim,
+                                              mlp=config.candidate_tower == "mlp",
+                                              normalize=config.similarity == "cosine", name="candidate")
         self.num_random, self.num_cluster = config.negative_split()
         if config.strategy == "full":
             need = full_softmax_bytes(len(catalogue.item_ids), config.batch_size, dim)

@@ -136,7 +136,8 @@ RESUMABLE_CHANGES = ("epochs", "log_every_steps", "checkpoint_every_steps", "che
 ADDED_FIELDS = {"mask_user_positives": False, "optimizer": "adam", "user_id_buckets": 0,
                 "global_in_batch_negatives": False, "negative_sharing": "per_example", "shared_negatives": 0,
                 "query_tower": "pooled", "transformer_blocks": 2, "transformer_heads": 1, "transformer_dropout": 0.2,
-                "sequence_training": False, "sequence_batch_size": 64}
+                "sequence_training": False, "sequence_batch_size": 64, "candidate_tower": "mlp",
+                "similarity": "cosine"}
 
 
 def config_changes(old: dict, config: TrainerConfig) -> list[str]:
