@@ -69,12 +69,74 @@ def test_unknown_item_is_dropped_counted_and_dead_lettered(tmp_path):
     assert letter["row"]["item_id"] == "999" and "not in the item table" in letter["problem"]
 
 
-def test_item_without_text_is_dropped_with_its_interactions(tmp_path):
-    summary, out = run(tmp_path, movies_extra=("77:: ::Drama",), extra_ratings=("1::77::5::1100",))
-    assert summary["dropped"]["item_without_text"] == 1 and summary["dropped"]["unknown_item"] == 1
-    assert summary["items_out"] == 40
+def test_item_without_text_is_kept_with_a_category_and_dropped_without(tmp_path):
+    summary, out = run(tmp_path, movies_extra=("77:: ::Drama", "78:: ::"),
+                       extra_ratings=("1::77::5::1100", "1::78::5::1101"))
+    assert summary["dropped"]["item_without_text_or_category"] == 1 and summary["dropped"]["unknown_item"] == 1
+    assert summary["items_out"] == 41  # 40 + item 77 (no text, category Drama)
     problems = sorted(letter["problem"] for letter in dead_letters(out))
-    assert problems[0].startswith("item not in the item table") and problems[1].startswith("item without text")
+    assert problems[0].startswith("item not in the item table")
+    assert problems[1].startswith("item with neither text nor category")
+    import pyarrow.parquet as pq
+
+    items = {r["item_id"]: r for r in pq.read_table(os.path.join(out, "items", "items.parquet")).to_pylist()}
+    assert items["77"]["text"] == "" and items["77"]["categories"] == ["Drama"] and "78" not in items
+
+
+def test_catalogue_of_categories_without_text(tmp_path, tiny_bert):
+    """Epinions' case: an item file whose items have a category and no text. They are kept; item_embedder skips
+    them (counted), the category table covers them, an 'llm' run stops naming the fix; when the drops leave no
+    interaction the stop names the counts; a step run alone prints one line without Beam's ERROR traceback."""
+    from components.example_gen.pipeline import DegenerateSplit
+    from components.item_clusterer import ItemClustererConfig, run_item_clusterer
+    from components.item_embedder import ItemEmbedderConfig, run_item_embedder
+    from components.trainer.data import load_catalogue
+
+    log = helpers.synthetic_log(rows=300)
+    with open(tmp_path / "inter.csv", "w") as f:
+        f.write("user_id,item_id,rating,timestamp\n")
+        f.writelines(f"{u},{i},{r},{t}\n" for u, i, r, t in log)
+    items = sorted({i for _, i, _, _ in log})
+    with open(tmp_path / "items.csv", "w") as f:  # the first three items have text, the others a category only
+        f.write("item_id,text,categories\n" + "".join(f"{i},Titled item {i},c0\n" for i in items[:3]))
+        f.writelines(f"{i},,c{n % 3}\n" for n, i in enumerate(items[3:]))
+    config = ExampleGenConfig(source="generic", interactions=str(tmp_path / "inter.csv"),
+                              items=str(tmp_path / "items.csv"), split="leave_last_out", history_length=5)
+    examples = str(tmp_path / "examples")
+    summary = run_example_gen(config, examples)
+    assert summary["items_out"] == len(items) and sum(summary["dropped"].values()) == 0
+    assert summary["train_examples"] + summary["eval_examples"] == len(log)
+    parquet = os.path.join(examples, "items", "*.parquet")
+    embedded = run_item_embedder(ItemEmbedderConfig(model=tiny_bert), parquet, str(tmp_path / "emb"))
+    assert (embedded["items_out"], embedded["items_without_text"]) == (3, len(items) - 3)
+    clusters = str(tmp_path / "clusters")
+    report = run_item_clusterer(ItemClustererConfig(num_clusters=2), str(tmp_path / "emb"), parquet, clusters)
+    assert report["category"]["items_assigned"] == len(items) and report["llm"]["items_assigned"] == 3
+    assert load_catalogue(os.path.join(examples, "items"), os.path.join(clusters, "category")).num_clusters == 3
+    with pytest.raises(ValueError, match=f"{len(items) - 3} of {len(items)} items have no cluster .*cluster_source "
+                                         "category or behavioural"):
+        load_catalogue(os.path.join(examples, "items"), os.path.join(clusters, "llm"))
+
+    with open(tmp_path / "items.csv", "w") as f:  # ids that match no interaction: nothing is left
+        f.write("item_id,text,categories\n" + "".join(f"x{i},,c1\n" for i in items))
+    expected = (f"no interactions left to split: {len(log)} interactions in, {len(log)} dropped as unknown items "
+                f"\\(not in the item table\\), 0 as bad rows; {len(items)} items kept, 0 dropped for having "
+                "neither text nor a category")
+    with pytest.raises(DegenerateSplit, match=expected):
+        run_example_gen(config, examples)
+    import subprocess
+    import sys
+
+    with open(tmp_path / "inter.csv", "a") as f:  # a bad row: the step stops inside a Beam transform
+        f.write("9,x1,five,1000\n")
+    command = [sys.executable, "-m", "components.example_gen", "--output-dir", str(tmp_path / "cli"),
+               "--source", "generic", "--interactions", str(tmp_path / "inter.csv"),
+               "--items", str(tmp_path / "items.csv")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'inter.csv'}:{len(log) + 2}: field 'rating': not a number: 'five' (set "
+        "bad_rows='dead_letter' to drop such rows instead)", "(run with --verbose for the traceback)"]
 
 
 def test_duplicate_item_ids(tmp_path):
@@ -125,7 +187,7 @@ def test_amazon_source(tmp_path):
     summary = run_example_gen(ExampleGenConfig(source="amazon", interactions=str(tmp_path / "reviews.json.gz"),
                                                items=str(tmp_path / "meta.json.gz")), str(tmp_path / "out"))
     assert summary["interactions_in"] == 40 and summary["train_examples"] + summary["eval_examples"] == 40
-    assert summary["items_out"] == 5 and summary["dropped"]["item_without_text"] == 1
+    assert summary["items_out"] == 5 and summary["dropped"]["item_without_text_or_category"] == 1
     import pyarrow.parquet as pq
 
     items = {r["item_id"]: r for r in pq.read_table(tmp_path / "out" / "items" / "items.parquet").to_pylist()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -14,6 +15,18 @@ import components.common.env  # noqa: F401
 
 # Errors that bad input, flags or files cause (a one-line message is enough); anything else is a bug.
 USER_ERRORS = (ValueError, OSError)
+
+
+def user_error(error: BaseException) -> BaseException | None:
+    """The USER_ERRORS exception that `error` is or was raised from (Beam's DirectRunner re-raises a
+    transform's error as a RuntimeError whose context is the original), else None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, USER_ERRORS):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def parse_value(text: str, default: Any) -> Any:
@@ -65,9 +78,9 @@ def step_main(cls: type, paths: Sequence[str], run: Callable, description: str,
     """A step's command line: --<path> for each path argument, the config's flags (or
     --config-json), and --beam-arg=... for Beam steps; calls run(config, *paths[, beam_args]).
 
-    An error of the input, the flags or the files (ValueError and its kin, USER_ERRORS) ends with
-    its one-line message and status 1; --verbose shows its traceback. Other errors are bugs and
-    keep their traceback."""
+    An error of the input, the flags or the files (ValueError and its kin, USER_ERRORS, also when a Beam
+    runner re-raises one from a transform) ends with its one-line message and status 1; --verbose shows its
+    traceback (and Beam's own log of it). Other errors are bugs and keep their traceback."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--verbose", action="store_true", help="show the traceback of input errors too")
     for name in paths:
@@ -78,15 +91,22 @@ def step_main(cls: type, paths: Sequence[str], run: Callable, description: str,
                             help="a Beam option, as --beam-arg=--runner=DataflowRunner; repeatable")
     add_config_flags(parser, cls)
     args = parser.parse_args(argv)
+    beam_log = logging.getLogger("apache_beam")
+    level = beam_log.level
+    if beam and not args.verbose:  # a failing bundle's ERROR log repeats the traceback that --verbose shows
+        beam_log.setLevel(logging.CRITICAL)
     try:
         base = json.loads(args.config_json) if args.config_json else {}
         config = config_from_json(cls, json.dumps({**base, **config_overrides(args, cls)}))
         extra = [args.beam_arg] if beam else []
         run(config, *[getattr(args, name) for name in paths], *extra)
-    except USER_ERRORS as error:
-        if args.verbose:
+    except Exception as error:
+        cause = user_error(error)
+        if args.verbose or cause is None:
             raise
-        message = re.sub(r" \[while running '[^']*'\]", "", str(error))  # Beam's wrapping of a step's error
+        message = re.sub(r" \[while running '[^']*'\]", "", str(cause))  # Beam's wrapping of a step's error
         print(f"error: {message}\n(run with --verbose for the traceback)", file=sys.stderr)
         return 1
+    finally:
+        beam_log.setLevel(level)
     return 0

@@ -1,6 +1,12 @@
 """Process set-up that must happen before TensorFlow or transformers are imported."""
 
+import logging
 import os
+
+
+def _beam_import_noise(record: logging.LogRecord) -> bool:
+    """False for Beam's import-time warning that the optional BigQuery client is absent (we use none)."""
+    return not record.getMessage().startswith("apitools not found, and bigquery client libraries")
 
 
 def configure() -> None:
@@ -13,6 +19,7 @@ def configure() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.getLogger().addFilter(_beam_import_noise)  # Beam logs it on the root logger
 
 
 configure()

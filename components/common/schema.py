@@ -83,7 +83,7 @@ def validate_row(schema: schema_pb2.Schema, row: Mapping[str, Any], source: str,
         required = feature.presence.min_fraction >= 1.0
         value = row.get(feature.name)
         is_list = not (feature.HasField("value_count") and feature.value_count.max == 1)
-        if value is None or (isinstance(value, str) and not value.strip() and required):
+        if value is None or (isinstance(value, str) and not value.strip()):  # blank: absent
             if required:
                 raise SchemaViolation(source, line, feature.name, "missing")
             out[feature.name] = [] if is_list else None

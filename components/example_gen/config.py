@@ -44,8 +44,9 @@ class ExampleGenConfig:
       'fail' stops the step with file, line and field; 'dead_letter' drops the row, counts it
       and writes it with its reason to dead_letter/rows.jsonl. Whatever the policy: an empty
       input file stops the step; duplicate item ids with different text stop the step; an
-      item without text and an interaction whose item is not in the item table are dropped,
-      counted and dead-lettered; users with only negative ratings are kept (counted).
+      item with neither text nor a category and an interaction whose item is not in the item table
+      are dropped, counted and dead-lettered (an item with a category and no text is kept: it gets
+      no LLM embedding); users with only negative ratings are kept (counted).
     """
 
     source: str = "movielens"

@@ -57,21 +57,24 @@ ITEM_TABLE_SCHEMA = pa.schema([
 
 
 DEAD_LETTER = "dead_letter"
-DROP_REASONS = ("bad_interactions_row", "bad_items_row", "unknown_item", "item_without_text", "repeated_item_row")
+DROP_REASONS = ("bad_interactions_row", "bad_items_row", "unknown_item", "item_without_text_or_category",
+                "repeated_item_row")
 
 
 class _Validate(beam.DoFn):
     """A batch of records -> validated rows, or per the policy: stop with the problem, or a dead letter.
 
     Always fatal: an empty input file. Always a counted drop (dead letter), whatever the policy:
-    an item without text (its interactions then drop as unknown items).
+    an item with neither text nor a category (its interactions then drop as unknown items). An item
+    with a category and no text is kept with text '' (no LLM embedding; category and behavioural
+    clusters cover it).
     """
 
     def __init__(self, schema_name: str, policy: str, count_as: str):
         self._schema_name, self._policy = schema_name, policy
         self.rows_in = Metrics.counter(NAMESPACE, count_as)
         self.bad = Metrics.counter(NAMESPACE, f"dropped_bad_{schema_name}_row")
-        self.no_text = Metrics.counter(NAMESPACE, "dropped_item_without_text")
+        self.no_text = Metrics.counter(NAMESPACE, "dropped_item_without_text_or_category")
 
     def _dead(self, record: readers.Record, field: str, problem: str) -> beam.pvalue.TaggedOutput:
         return beam.pvalue.TaggedOutput(DEAD_LETTER, {"input": self._schema_name, "source": record.source,
@@ -82,15 +85,22 @@ class _Validate(beam.DoFn):
         field, problem = record.field, record.problem
         if not problem:
             try:
-                yield validate_row(load_schema(self._schema_name), record.row, record.source, record.line)
-                return
+                row = validate_row(load_schema(self._schema_name), record.row, record.source, record.line)
+                if self._schema_name != "items":
+                    yield row
+                    return
+                row["text"] = (row["text"] or "").strip()
+                if row["text"] or row["categories"]:
+                    yield row
+                    return
+                field, problem = "text", "missing, and no category"
             except SchemaViolation as violation:
                 field, problem = violation.field, violation.problem
         if field == "<file>":
             raise SchemaViolation(record.source, record.line, field, problem)
         if self._schema_name == "items" and field == "text":
             self.no_text.inc()
-            yield self._dead(record, field, f"item without text ({problem})")
+            yield self._dead(record, field, f"item with neither text nor category ({problem})")
         elif self._policy == "fail":
             raise SchemaViolation(record.source, record.line, field,
                                   f"{problem} (set bad_rows='dead_letter' to drop such rows instead)")
@@ -338,7 +348,9 @@ def _timestamps(packed: bytes) -> bytes:
 
 def _cut(packed: list[bytes], train_fraction: float) -> int:
     timestamps = [np.asarray(unpack_batch(p).column(0)) for p in packed]
-    return core.compute_cut(np.concatenate(timestamps) if timestamps else np.zeros(0, np.int64), train_fraction)
+    if not sum(len(t) for t in timestamps):
+        return 0  # nothing left to split: _check_split stops with the counts of why
+    return core.compute_cut(np.concatenate(timestamps), train_fraction)
 
 
 RUNS = "_runs"
@@ -454,6 +466,15 @@ def _check_split(summary: dict, config: ExampleGenConfig) -> None:
     counts = (f"{summary['interactions_in']:,} interactions in, {summary['train_examples']:,} train examples "
               f"({summary['train_positives']:,} positive), {summary['eval_examples']:,} eval examples "
               f"({summary['eval_positives']:,} positive)")
+    if summary["train_examples"] + summary["eval_examples"] == 0:
+        dropped = summary["dropped"]
+        raise DegenerateSplit(
+            f"no interactions left to split: {summary['interactions_in']:,} interactions in, "
+            f"{dropped['unknown_item']:,} dropped as unknown items (not in the item table), "
+            f"{dropped['bad_interactions_row']:,} as bad rows; {summary['items_out']:,} items kept, "
+            f"{dropped['item_without_text_or_category']:,} dropped for having neither text nor a category, "
+            f"{dropped['bad_items_row']:,} as bad rows. Check that the item table's ids match the interactions' "
+            f"and that items have text or categories (rows in {summary['dead_letter_file']})")
     if summary["train_examples"] == 0:
         hint = ("every interaction is at or after the cut (do they share one timestamp?): use "
                 "--example_gen.split leave_last_out or check the timestamps" if config.split == "time" else

@@ -39,7 +39,10 @@ def load_catalogue(items_path: str, clusters_path: str) -> ItemCatalogue:
     clusters = read_cluster_table(clusters_path)
     missing = [i for i in item_ids if i not in clusters]
     if missing:
-        raise ValueError(f"{len(missing)} items have no cluster in {clusters_path}, e.g. {missing[:5]}")
+        hint = (" (items without text get no LLM embedding, so no 'llm' cluster: use --trainer.cluster_source "
+                "category or behavioural)" if os.path.basename(os.path.normpath(clusters_path)) == "llm" else "")
+        raise ValueError(f"{len(missing):,} of {len(item_ids):,} items have no cluster in {clusters_path}, e.g. "
+                         f"{missing[:5]}{hint}")
     cluster_ids = np.asarray([clusters[i] for i in item_ids], dtype=np.int64)
     num_clusters = read_num_clusters(clusters_path)
     if cluster_ids.min() < 0 or cluster_ids.max() >= num_clusters:
