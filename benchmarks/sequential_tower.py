@@ -50,23 +50,26 @@ COLOURS = {"pooled": "tab:blue", "transformer": "tab:orange", "transformer_seq":
 PEER_RESULTS = os.path.join(RESULTS, "peer_rectools_sasrec.json")
 
 
-def example_config(name: str, root: str, history: int) -> ExampleGenConfig:
+def example_config(name: str, root: str, history: int, ties: str = "exclude") -> ExampleGenConfig:
     ml = os.path.join(root, "ml-1m")
+    common = {"split": "leave_last_out", "history_length": history, "sequence_length": history, "history_ties": ties}
     if name == "ml1m_exact":
-        return ExampleGenConfig.movielens(ml, interactions=os.path.join(ml, "ratings.users_0001-2999.dat"),
-                                          split="leave_last_out", history_length=history, sequence_length=history)
+        return ExampleGenConfig.movielens(ml, interactions=os.path.join(ml, "ratings.users_0001-2999.dat"), **common)
     if name == "ml1m":
-        return ExampleGenConfig.movielens(ml, split="leave_last_out", history_length=history,
-                                          sequence_length=history)
+        return ExampleGenConfig.movielens(ml, **common)
     folder = AMAZON[f"amazon_{name}_2014"]
-    return ExampleGenConfig(source="generic", interactions=os.path.join(root, folder, "interactions.csv.gz"),
-                            split="leave_last_out", history_length=history, sequence_length=history)
+    return ExampleGenConfig(source="generic", interactions=os.path.join(root, folder, "interactions.csv.gz"), **common)
 
 
-def cluster_tables(name: str, root: str, history: int, seeds: list[int]) -> tuple[str, dict[int, str], str]:
+def work_name(name: str, history: int, ties: str) -> str:
+    return f"seq_{name}_h{history}" + ("" if ties == "exclude" else f"_{ties}")
+
+
+def cluster_tables(name: str, root: str, history: int, seeds: list[int],
+                   ties: str = "exclude") -> tuple[str, dict[int, str], str]:
     """(examples dir, seed -> cluster dir, cluster source) of a data set."""
-    work = f"seq_{name}_h{history}"
-    examples, clusters = prepare(work, example_config(name, root, history))
+    work = work_name(name, history, ties)
+    examples, clusters = prepare(work, example_config(name, root, history, ties))
     if name.startswith("ml1m"):
         return examples, {seed: clusters for seed in seeds}, "llm"
     tables = {}
@@ -111,6 +114,9 @@ def main() -> None:
     parser.add_argument("--towers", default="pooled,transformer_seq")
     parser.add_argument("--strategies", default="in_batch")
     parser.add_argument("--scorings", default="cosine_mlp", help=f"of {sorted(SCORINGS)}")
+    parser.add_argument("--history-ties", default="exclude", choices=("exclude", "input_order"),
+                        help="example_gen's history_ties: 'input_order' lets a history hold same-timestamp positives "
+                             "that come earlier in the input, as SASRec's and the peer's preparation does")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--epochs", default="2,4,8")
     parser.add_argument("--history", type=int, default=200)
@@ -120,7 +126,8 @@ def main() -> None:
     path = os.path.join(RESULTS, "sequential_tower.json")
     result = json.load(open(path, encoding="utf-8")) if os.path.exists(path) else {"rows": []}
     for name in args.datasets.split(","):
-        examples, tables, source = cluster_tables(name, args.data_root, args.history, seeds)
+        ties = args.history_ties
+        examples, tables, source = cluster_tables(name, args.data_root, args.history, seeds, ties)
         for tower in args.towers.split(","):
             for strategy, scoring in itertools.product(args.strategies.split(","), args.scorings.split(",")):
                 history = TrainerConfig.history_length if tower == "pooled" else args.history
@@ -128,24 +135,26 @@ def main() -> None:
                 for seed in seeds:
                     config = TrainerConfig(strategy=strategy, cluster_source=source, seed=seed, history_length=history,
                                            **TOWERS[tower], **SCORINGS[scoring])
-                    suffix = "" if scoring == "cosine_mlp" else f"-{scoring}"
+                    suffix = ("" if scoring == "cosine_mlp" else f"-{scoring}") + (
+                        "" if ties == "exclude" else f"-{ties}")
                     tag = f"seq-{name}-h{args.history}-{tower}-{strategy}{suffix}-{seed}"
                     runs.append(curve(config, examples, tables[seed], tag, epochs))
                 row = {"dataset": name, "tower": tower, "strategy": strategy, "scoring": scoring, "history": history,
-                       "seeds": seeds,
+                       "history_ties": ties, "seeds": seeds,
                        "epochs": epochs, "curves": runs}
                 last = [r[-1] for r in runs]
                 row.update({f"{m}_{f.__name__}": f([p[m] for p in last]) for m in METRICS
                             for f in (statistics.mean, statistics.pstdev)})
                 row["train_seconds_mean"] = statistics.mean(p["train_seconds"] for p in last)
-                key = (name, tower, strategy, scoring, history)
+                key = (name, tower, strategy, scoring, history, ties)
                 result["rows"] = [r for r in result["rows"] if row_key(r) != key]
                 result["rows"].append(row)
                 write(result)
 
 
 def row_key(row: dict) -> tuple:
-    return (row["dataset"], row["tower"], row["strategy"], row.get("scoring", "cosine_mlp"), row["history"])
+    return (row["dataset"], row["tower"], row["strategy"], row.get("scoring", "cosine_mlp"), row["history"],
+            row.get("history_ties", "exclude"))
 
 
 def write(result: dict) -> None:
@@ -155,16 +164,20 @@ def write(result: dict) -> None:
              "each user's training items excluded; figures after the last epoch count, mean ± std over seeds.", "",
              "Scoring: cosine_mlp (ours: cosine / 0.05, MLP candidate tower), cosine_tied (the candidate is the "
              "item's input embedding), dot_tied (SASRec's: tied, raw dot product).", "",
-             "| data | tower | strategy | scoring | history | epochs | HR@10 | NDCG@10 | HR@50 | train wall (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "History ties: exclude (a history holds strictly earlier timestamps only, the paper's protocol) or "
+             "input_order (also same-timestamp positives earlier in the input, as SASRec's preparation and the peer "
+             "have it).", "",
+             "| data | tower | strategy | scoring | history | ties | epochs | HR@10 | NDCG@10 | HR@50 "
+             "| train wall (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         cells = " | ".join(f"{r[f'{m}_mean']:.4f} ± {r[f'{m}_pstdev']:.4f}" for m in METRICS)
         lines.append(f"| {r['dataset']} | {r['tower']} | {r['strategy']} | {row_key(r)[3]} | {r['history']} | "
-                     f"{r['epochs'][-1]} | "
+                     f"{row_key(r)[5]} | {r['epochs'][-1]} | "
                      f"{cells} | {r['train_seconds_mean']:,.0f} |")
     for p in result["peer"]:
         lines.append(f"| {p['dataset']} | peer: RecTools {p['version']} SASRec ({p['loss']}) | - | dot_tied | "
-                     f"{p['max_len']} | "
+                     f"{p['max_len']} | input_order | "
                      f"{p['epochs']} (early stopping) | {p['hr10']:.4f} | {p['ndcg10']:.4f} | {p['hr50']:.4f} | "
                      f"{p['train_seconds']:,.0f} |")
     lines += ["", "HR@10 against cumulative training wall time: benchmarks/results/sequential_tower.png."]
@@ -185,7 +198,7 @@ def plot(result: dict) -> None:
             for i, points in enumerate(r["curves"]):
                 ax.plot([p["train_seconds"] for p in points], [p["hr10"] for p in points],
                         marker={"cosine_mlp": "o", "cosine_tied": "s", "dot_tied": "^"}[row_key(r)[3]],
-                        label=f"{r['tower']} {r['strategy']} {row_key(r)[3]}" if i == 0 else None,
+                        label=f"{r['tower']} {r['strategy']} {row_key(r)[3]} {row_key(r)[5]}" if i == 0 else None,
                         color=COLOURS[r["tower"]],
                         linestyle={"in_batch": "-", "oob": ":", "cluster_oob": "--"}.get(r["strategy"], "-"))
         for p in (p for p in result["peer"] if p["dataset"] == name):

@@ -104,6 +104,29 @@ def test_history_is_strictly_before_and_most_recent_positives(rows, history_leng
         assert e["history_item_ids"] == [i for _, i in earlier][::-1][:history_length]
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abcdef"), st.integers(1, 5), st.integers(0, 8)), max_size=40),
+       st.integers(1, 4), st.integers(0, 8), st.sampled_from(core.SPLITS), st.randoms(use_true_random=False))
+def test_input_order_ties_history_is_the_positives_before_in_time_then_input_order(rows, history_length, cut, split,
+                                                                                   random):
+    orders = random.sample(range(1000), len(rows))  # input order, independent of the timestamps
+    log = [("u" if n % 3 else "v", i, r, t, o) for n, ((i, r, t), o) in enumerate(zip(rows, orders))]
+    table = interactions_table([(u, i, float(r), t, o) for u, i, r, t, o in log])
+    out = readable(core.user_examples(table, cut, history_length, 3.0, split, history_ties="input_order"))
+    by_key = sorted(log, key=lambda x: (x[0], x[3], x[4]))  # (user, timestamp, input order): the rows' order
+    assert len(out) == len(by_key)
+    for k, ((part, e), (u, i, _, t, _)) in enumerate(zip(out, by_key)):
+        assert (e["user_id"], e["item_id"], e["timestamp"]) == (u, i, t)
+        before = [x for x in by_key[:k] if x[0] == u and x[2] >= 3]  # earlier in (timestamp, input order)
+        assert e["history_item_ids"] == [x[1] for x in before[::-1][:history_length]]
+        if split == "time":
+            assert (part == core.EVAL) == (t >= cut)
+    for user in ("u", "v"):  # leave_last_out: a user's evaluation rows come after all their training rows, so no
+        parts = [part for part, e in out if e["user_id"] == user]  # training history holds an evaluation row
+        if split == "leave_last_out" and core.EVAL in parts:
+            assert core.TRAIN not in parts[parts.index(core.EVAL):]
+
+
 # -- the Beam pipeline ---------------------------------------------------------------------------
 def test_pipeline_outputs_match_oracle(examples_dir, movielens_dir):
     log = helpers.synthetic_log()

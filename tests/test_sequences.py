@@ -40,12 +40,13 @@ def _table(rng, users=6, rows=120):
                      "order": np.arange(rows)})
 
 
-@pytest.mark.parametrize("seed,split", [(0, "leave_last_out"), (1, "time"), (2, "leave_last_out")])
-def test_sequence_records_hold_each_users_training_positives_in_order(seed, split):
+@pytest.mark.parametrize("seed,split,ties", [(0, "leave_last_out", "exclude"), (1, "time", "exclude"),
+                                             (2, "leave_last_out", "exclude"), (3, "leave_last_out", "input_order")])
+def test_sequence_records_hold_each_users_training_positives_in_order(seed, split, ties):
     rng = np.random.default_rng(seed)
     table = _table(rng)
     cut = core.compute_cut(np.asarray(table.column("timestamp")), 0.8) if split == "time" else None
-    examples = core.user_examples(table, cut, 5, 3.0, split)
+    examples = core.user_examples(table, cut, 5, 3.0, split, ties)
     records = list(core.serialized_sequences(examples, 6))
     decoded: dict[str, list] = {}
     for _, record, targets, items in records:
@@ -55,12 +56,14 @@ def test_sequence_records_hold_each_users_training_positives_in_order(seed, spli
         ids = [v.decode() for v in f["item_ids"].bytes_list.value]
         stamps = list(f["timestamps"].int64_list.value)
         assert len(ids) == items == len(stamps) and stamps == sorted(stamps)
+        if ties == "input_order":  # each position later than the one before: a target's query is the position before
+            assert len(set(stamps)) == len(stamps)
         assert targets == len(ids) - f["target_from"].int64_list.value[0]
         decoded.setdefault(f["user_id"].bytes_list.value[0].decode(), []).append((ids, stamps))
     train = (examples.label == 1) & ~examples.in_eval
     for u, user in enumerate(examples.users):  # the oracle: the user's training positives in row order
         rows = np.flatnonzero(train & (examples.user == u))
-        expected = [(examples.items[examples.item[r]], int(examples.timestamp[r])) for r in rows]
+        expected = [(examples.items[examples.item[r]], int(examples.order_key[r])) for r in rows]
         chunks = core.sequence_chunks(len(rows), 6)
         got = decoded.get(user, [])
         assert len(got) == len(chunks)

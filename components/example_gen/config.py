@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from components.example_gen.core import SPLITS
+from components.example_gen.core import HISTORY_TIES, SPLITS
 
 SOURCES = ("movielens", "generic", "amazon", "tfds")
 BAD_ROW_POLICIES = ("fail", "dead_letter")
@@ -29,7 +29,15 @@ class ExampleGenConfig:
       interaction, and anything after it, to evaluation); see core.py.
     train_fraction: share of interactions, in time order, that form the training period ('time').
     positive_threshold: ratings >= this are positives (label 1), others label 0.
-    history_length: the last N positive items strictly before each example's timestamp.
+    history_length: the last N positive items before each example (see `history_ties`).
+    history_ties: which earlier positives a history may hold when timestamps tie. 'exclude' (the
+      paper's protocol, DESIGN.md): strictly earlier timestamps only; same-timestamp interactions never
+      see each other. 'input_order': a user's interactions in (timestamp, input order), the order the
+      leave_last_out split already uses, and a history holds the positives before the row in it (a
+      stable sort by time, as SASRec's and RecBole's data preparation does). It matters where ties are
+      common: in ML-1M half of a user's consecutive positives share their second. Training histories
+      still never hold an evaluation item (an evaluation row comes after every training row of its
+      user in that order, and after every training row under the time cut).
     sequence_length: L > 0 also writes train_sequences/: each user's training positives as sequence
       records of up to L + 1 items (core.sequence_chunks: consecutive chunks overlap by L // 2 + 1,
       each positive but a user's first is a target once), for the trainer's `sequence_training`, which
@@ -56,6 +64,7 @@ class ExampleGenConfig:
     train_fraction: float = 0.8
     positive_threshold: float = 3.0
     history_length: int = 20
+    history_ties: str = "exclude"
     sequence_length: int = 0
     num_train_shards: int = 8
     num_eval_shards: int = 4
@@ -80,6 +89,8 @@ class ExampleGenConfig:
             raise ValueError("the 'interactions' path is required")
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
+        if self.history_ties not in HISTORY_TIES:
+            raise ValueError(f"history_ties must be one of {HISTORY_TIES}, got {self.history_ties!r}")
 
     @classmethod
     def movielens(cls, data_dir: str, **overrides) -> ExampleGenConfig:

@@ -11,7 +11,8 @@ floor(train_fraction * N) rows).
 last positive interaction (by timestamp, ties broken by input order) and anything of theirs after
 it go to evaluation, the rest to training; users without a positive stay in training. It needs
 only each user's order of interactions, so it also fits data whose timestamps are positions.
-In both, an example's history holds only positives strictly before its own timestamp, so no
+In both, an example's history holds only positives strictly before its own timestamp (history_ties
+'exclude'), or before it in the user's (timestamp, input order) ('input_order'); either way no
 evaluation item is in a training history.
 """
 
@@ -27,6 +28,7 @@ import pyarrow.compute as pc
 
 TRAIN, EVAL, SEQUENCES = "train", "eval", "train_sequences"
 SPLITS = ("time", "leave_last_out")
+HISTORY_TIES = ("exclude", "input_order")
 # The columns of a batch of validated interactions; `order` = the row's input position (file rank, line).
 INTERACTIONS = pa.schema([("user_id", pa.string()), ("item_id", pa.string()), ("rating", pa.float64()),
                           ("timestamp", pa.int64()), ("order", pa.int64())])
@@ -68,6 +70,7 @@ class UserExamples:
     in_eval: np.ndarray  # bool
     history_start: np.ndarray  # row i's history = item codes positive_item[history_start[i]:history_end[i]],
     history_end: np.ndarray  # most recent first when reversed
+    order_key: np.ndarray  # "earlier" for histories: a strictly smaller key (timestamp, or rank with input_order)
     positive_item: np.ndarray  # the item codes of the positive rows, in row order
     users_without_positives: int
 
@@ -76,18 +79,22 @@ class UserExamples:
 
 
 def user_examples(table: pa.Table | pa.RecordBatch, cut: int | None, history_length: int,
-                  positive_threshold: float, split: str = "time") -> UserExamples:
+                  positive_threshold: float, split: str = "time", history_ties: str = "exclude") -> UserExamples:
     """Examples of every interaction in `table` (columns as INTERACTIONS; it must hold every row of each of
     its users). The history of an example is the last `history_length` positive item ids with timestamp
-    strictly before its own, most recent first; same-timestamp interactions never see each other. cut: the
-    'time' split's cut timestamp (unused by 'leave_last_out'). O(n log n) array operations."""
+    strictly before its own, most recent first; same-timestamp interactions never see each other. With
+    history_ties 'input_order', the positives before it in the user's (timestamp, input order) instead.
+    cut: the 'time' split's cut timestamp (unused by 'leave_last_out'). O(n log n) array operations."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if history_ties not in HISTORY_TIES:
+        raise ValueError(f"history_ties must be one of {HISTORY_TIES}, got {history_ties!r}")
+    input_order = history_ties == "input_order"
     user, users = _ranks(table.column("user_id"))
     item, items = _ranks(table.column("item_id"))
     timestamp = np.asarray(table.column("timestamp"))
     order = np.asarray(table.column("order"))
-    rows = np.lexsort((order, item, timestamp, user))
+    rows = np.lexsort((item, order, timestamp, user) if input_order else (order, item, timestamp, user))
     user, item, timestamp, order = user[rows], item[rows], timestamp[rows], order[rows]
     rating = np.asarray(table.column("rating"))[rows]
     label = (rating >= positive_threshold).astype(np.int64)
@@ -100,7 +107,8 @@ def user_examples(table: pa.Table | pa.RecordBatch, cut: int | None, history_len
     user_start = np.maximum.accumulate(np.where(new_user, index, 0))
     time_start = np.maximum.accumulate(np.where(new_time, index, 0))
     positives_before = np.concatenate([[0], np.cumsum(label)])  # [j] = positive rows before row j
-    history_end = positives_before[time_start]  # positives strictly before the row's timestamp
+    # positives strictly before the row's timestamp, or before the row in (timestamp, input order)
+    history_end = positives_before[index] if input_order else positives_before[time_start]
     history_start = np.maximum(positives_before[user_start], history_end - history_length)
     positives_per_user = np.bincount(user, weights=label, minlength=len(users))
     if split == "time":
@@ -113,7 +121,7 @@ def user_examples(table: pa.Table | pa.RecordBatch, cut: int | None, history_len
         np.maximum.at(last, user[label == 1], rank[label == 1])
         in_eval = (last[user] >= 0) & (rank >= last[user])
     return UserExamples(users, items, user, item, rating, timestamp, label, in_eval, history_start, history_end,
-                        item[label == 1], int((positives_per_user == 0).sum()))
+                        index if input_order else timestamp, item[label == 1], int((positives_per_user == 0).sum()))
 
 
 # -- tf.train.Example encoding ------------------------------------------------------------------
@@ -227,11 +235,12 @@ def sequence_chunks(positives: int, length: int) -> list[tuple[int, int, int]]:
 def serialized_sequences(examples: UserExamples, length: int) -> Iterator[tuple[bytes, bytes, int, int]]:
     """(key, serialised tf.train.Example, targets, items) of every chunk (`sequence_chunks`) of every user's training
     positives, in user order. Features: user_id; item_ids [T] and timestamps [T] (time order; ties in
-    the rows' order); target_from: the chunk position of the first target (the positives before it are
-    context only). Which earlier positions a target may see (strictly earlier timestamps) is the
+    the rows' order; with history_ties 'input_order' the rows' ranks, so each position is later than the
+    one before); target_from: the chunk position of the first target (the positives before it are
+    context only). Which earlier positions a target may see (strictly smaller timestamps) is the
     trainer's to apply (data.parse_sequences). The key is UTF-8 of f"{user_id}\x1f{chunk:010d}"."""
     rows = np.flatnonzero((examples.label == 1) & ~examples.in_eval)
-    users, items, stamps = examples.user[rows], examples.item[rows], examples.timestamp[rows]
+    users, items, stamps = examples.user[rows], examples.item[rows], examples.order_key[rows]
     starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(rows) else np.zeros([0], np.int64)
     ends = np.r_[starts[1:], len(rows)].astype(np.int64)
     values = [_value(item) for item in examples.items]

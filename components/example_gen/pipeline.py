@@ -269,7 +269,8 @@ class _ShardExamples(beam.DoFn):
         shard, batches = element
         config = self._config
         table = pa.Table.from_batches([unpack_batch(b) for b in batches])
-        examples = core.user_examples(table, cut, config.history_length, config.positive_threshold, config.split)
+        examples = core.user_examples(table, cut, config.history_length, config.positive_threshold, config.split,
+                                      config.history_ties)
         train = ~examples.in_eval
         for split, rows in ((core.TRAIN, train), (core.EVAL, examples.in_eval)):
             self.counters[split].inc(int(rows.sum()))
