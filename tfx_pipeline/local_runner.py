@@ -21,7 +21,10 @@ import sys
 import time
 from collections.abc import Sequence
 
+import numpy as np
+
 import components.common.env  # noqa: F401  (before TensorFlow)
+from components.common.tables import read_item_table
 from tfx_pipeline.config import parse
 from tfx_pipeline.pipeline import create_pipeline
 
@@ -63,6 +66,16 @@ def _report(run_dir: str, total_seconds: float) -> None:
     _next_steps(artifacts)
 
 
+def _example_history(examples_dir: str) -> list[str]:
+    """A history to show a query with: the run's two most trained items (MovieLens' '1193', '661' without one)."""
+    try:
+        table = read_item_table(os.path.join(examples_dir, "items"), ("item_id", "train_count"))
+    except (OSError, ValueError):
+        return ["1193", "661"]
+    top = np.argsort(-table["train_count"], kind="stable")[:2]
+    return [str(table["item_id"][i]) for i in top]
+
+
 def _next_steps(artifacts: dict[str, str]) -> None:
     """Where to look next: training curves, the serving model with a query, the cluster report."""
     lines = []
@@ -71,8 +84,9 @@ def _next_steps(artifacts: dict[str, str]) -> None:
     if "exporter" in artifacts:
         model = os.path.join(artifacts["exporter"], "serving_model")
         lines.append(f"serving model:    {model}")
+        history = _example_history(artifacts.get("example-gen", ""))
         lines.append("  query it:       .venv/bin/python -c \"import tensorflow as tf; m = tf.saved_model.load("
-                     f"'{model}'); print(m(tf.constant(['1']), tf.constant([['1193', '661']]))['item_ids'][0, :10])\"")
+                     f"'{model}'); print(m(tf.constant(['1']), tf.constant([{history!r}]))['item_ids'][0, :10])\"")
     if "item-clusterer" in artifacts:
         lines.append(f"cluster report:   {os.path.join(artifacts['item-clusterer'], 'cluster_sizes.png')}")
     if lines:
