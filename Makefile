@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ML1M_DIR ?= ../shared/data/ml-1m
+EPINIONS_DIR ?= ../shared/data/epinions-2012
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run test lint clean
+.PHONY: install run run-epinions test lint clean
 
 $(INSTALLED): setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +18,12 @@ install: $(INSTALLED)
 
 run: $(INSTALLED)
 	$(PY) -m tfx_pipeline.local_runner --data-dir $(ML1M_DIR) $(ARGS)
+
+# Epinions (296k items with a category and no text): category clusters; add ARGS="--example_gen.split leave_last_out"
+run-epinions: $(INSTALLED)
+	$(PY) -m tfx_pipeline.local_runner --example_gen.source generic \
+		--example_gen.interactions $(EPINIONS_DIR)/interactions.csv.gz --example_gen.items $(EPINIONS_DIR)/items.csv.gz \
+		--trainer.cluster_source category $(ARGS)
 
 lint: $(INSTALLED)
 	$(PY) -m ruff check .
