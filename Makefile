@@ -30,7 +30,7 @@ lint: $(INSTALLED)
 
 test: $(INSTALLED)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist worksteal tests
 
 clean:
 	rm -rf runs
