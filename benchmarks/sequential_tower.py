@@ -200,6 +200,7 @@ def plot(result: dict) -> None:
                         marker={"cosine_mlp": "o", "cosine_tied": "s", "dot_tied": "^"}[row_key(r)[3]],
                         label=f"{r['tower']} {r['strategy']} {row_key(r)[3]} {row_key(r)[5]}" if i == 0 else None,
                         color=COLOURS[r["tower"]],
+                        markerfacecolor="none" if row_key(r)[5] == "exclude" else None,  # hollow: strict ties
                         linestyle={"in_batch": "-", "oob": ":", "cluster_oob": "--"}.get(r["strategy"], "-"))
         for p in (p for p in result["peer"] if p["dataset"] == name):
             ax.scatter([p["train_seconds"]], [p["hr10"]], marker="*", s=150, color="black",
