@@ -28,7 +28,7 @@ INSTALL_REQUIRES = [
 VERTEX_PIPELINE = ["google-cloud-pipeline-components>=2.19,<3"]
 EXTRAS_REQUIRE = {
     # the pipeline-compile tests check the custom job's worker pools, so the tests need the compiler's components
-    "test": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6", "ruff>=0.6", *VERTEX_PIPELINE],
+    "test": ["pytest>=8", "pytest-xdist>=3.2", "hypothesis>=6", "ruff>=0.6", *VERTEX_PIPELINE],
     # Vertex AI Pipelines submission and Dataflow/GCS I/O for the Beam steps
     "vertex": ["google-cloud-aiplatform>=1.60", "apache-beam[gcp]==2.77.*", *VERTEX_PIPELINE],
 }
