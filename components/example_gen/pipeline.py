@@ -86,16 +86,15 @@ class _Validate(beam.DoFn):
         if not problem:
             try:
                 row = validate_row(load_schema(self._schema_name), record.row, record.source, record.line)
-                if self._schema_name != "items":
-                    yield row
-                    return
-                row["text"] = (row["text"] or "").strip()
-                if row["text"] or row["categories"]:
+            except SchemaViolation as violation:
+                field, problem = violation.field, violation.problem
+            else:
+                if self._schema_name == "items":  # blank text is None: kept as '' when the item has a category
+                    row["text"] = row["text"] or ""
+                if self._schema_name != "items" or row["text"] or row["categories"]:
                     yield row
                     return
                 field, problem = "text", "missing, and no category"
-            except SchemaViolation as violation:
-                field, problem = violation.field, violation.problem
         if field == "<file>":
             raise SchemaViolation(record.source, record.line, field, problem)
         if self._schema_name == "items" and field == "text":
