@@ -2,15 +2,23 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.trainer.losses import MASKED_LOGIT, SOURCES, expected_counts, log_count, mixed_negatives_loss
+from components.trainer.losses import (
+    MASKED_LOGIT,
+    MASS_ROWS,
+    SOURCES,
+    expected_counts,
+    log_count,
+    mixed_negatives_loss,
+)
 
 
-def numpy_loss(q, p, pid, t, lc=None, n=None, nid=None, nvalid=None, nlc=None, sources=(), w=None):
-    """Hand computation of the loss and the per-source mass shares, one example at a time."""
+def numpy_loss(q, p, pid, t, lc=None, n=None, nid=None, nvalid=None, nlc=None, sources=(), w=None, rows=None):
+    """Hand computation of the loss and the per-source mass shares, one example at a time (the first `rows`
+    queries only, every one by default; the in-batch columns stay the whole batch's)."""
     total, b = 0.0, len(q)
     w = np.ones(b) if w is None else w
     shares = np.zeros(len(SOURCES))
-    for i in range(b):
+    for i in range(b if rows is None else rows):
         logits = []  # (logit, is positive, source)
         for j in range(b):
             if j != i and pid[j] == pid[i]:
@@ -29,7 +37,7 @@ def numpy_loss(q, p, pid, t, lc=None, n=None, nid=None, nvalid=None, nlc=None, s
                          for name in SOURCES])
         if mass.sum() > 0:
             shares += w[i] * mass / mass.sum()
-    return total / b, shares / max(w.sum(), 1e-12)
+    return total / b, shares / max(w[:rows].sum(), 1e-12)
 
 
 def _unit(x):
@@ -243,6 +251,41 @@ def test_shared_negatives_match_the_oracle_of_every_query_drawing_them(seed, wit
         np.testing.assert_allclose(float(stats[f"mass_{name}"]), shares[SOURCES.index(name)], rtol=1e-4, atol=1e-6)
     keep = nvalid & (nid[None, :] != pid[:, None])
     np.testing.assert_allclose(float(stats["negative_masked_rate"]), 1 - keep.mean(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_draws_valid_for_every_query_and_mass_over_the_first_rows(seed):
+    """Shared draws whose validity is per column ([K], as the trainer passes them without per-query masks:
+    masked through the correction row), in a batch larger than MASS_ROWS: the loss over every row, the
+    mass shares over the first MASS_ROWS rows, the masked and hit rates over every (query, draw)."""
+    rng = np.random.default_rng(seed)
+    b, k, d, t = MASS_ROWS + 44, 8, 4, 0.2
+    q, p = _unit(rng.normal(size=(b, d))), _unit(rng.normal(size=(b, d)))
+    pid = rng.integers(0, 60, size=b)
+    n, nid = _unit(rng.normal(size=(k, d))), rng.integers(0, 60, size=k)
+    nid[2] = pid[0]  # an accidental hit for query 0 at least
+    nvalid = np.array([True, True, True, False, True, True, False, True])
+    lc, nlc = np.log(rng.uniform(0.01, 3.0, size=(1, b))), np.log(rng.uniform(0.05, 2, size=(1, k)))
+    source = np.array([1, 1, 2, 2, 2, 2, 2, 2])
+    w = rng.integers(0, 3, size=b).astype(np.float32)
+    w[0] = 1.0
+    loss, stats = mixed_negatives_loss(
+        tf.constant(q, tf.float32), tf.constant(p, tf.float32), tf.constant(pid), t,
+        in_batch_log_count=tf.constant(lc, tf.float32), negatives=tf.constant(n, tf.float32),
+        negative_ids=tf.constant(nid), negative_valid=tf.constant(nvalid),
+        negative_log_count=tf.constant(nlc, tf.float32), negative_sources=tf.constant(source),
+        sample_weight=tf.constant(w))
+    args = dict(n=np.broadcast_to(n, (b, k, d)), nid=np.broadcast_to(nid, (b, k)),
+                nvalid=np.broadcast_to(nvalid, (b, k)), nlc=np.repeat(nlc, b, 0), sources=[SOURCES[s] for s in source])
+    expected, _ = numpy_loss(q, p, pid, t, np.repeat(lc, b, 0), w=w, **args)
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-4, atol=1e-5)
+    r = MASS_ROWS  # the oracle of the first rows alone: the in-batch columns stay the whole batch's
+    _, shares = numpy_loss(q, p, pid, t, np.repeat(lc, b, 0), w=w, **args, rows=r)
+    for name in ("in_batch", "random", "cluster"):
+        np.testing.assert_allclose(float(stats[f"mass_{name}"]), shares[SOURCES.index(name)], rtol=1e-4, atol=1e-6)
+    hit = nvalid[None, :] & (nid[None, :] == pid[:, None])
+    np.testing.assert_allclose(float(stats["negative_hit_rate"]), hit.mean(), rtol=1e-6)
+    np.testing.assert_allclose(float(stats["negative_masked_rate"]), 1 - (nvalid[None, :] & ~hit).mean(), rtol=1e-6)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -56,6 +56,9 @@ import tensorflow as tf
 MASKED_LOGIT = -1e9
 SOURCES = ("in_batch", "random", "cluster", "edis")  # where a negative column comes from
 _MIN_COUNT = 1e-30
+# the softmax-mass shares (a diagnostic) are averaged over the batch's first MASS_ROWS rows: the rows are
+# shuffled, so this estimates the batch's mean without bias at a fraction of a pass over [B, M + K]
+MASS_ROWS = 256
 
 
 def expected_counts(in_batch_draws: tf.Tensor, item_probability: tf.Tensor, in_pool: tf.Tensor,
@@ -120,22 +123,23 @@ def mixed_negatives_loss(
     this replica's share of the global batch's mean, so that the replicas' gradients sum to the
     global batch's (as tf.nn.compute_average_loss, but with G all-reduced, since replica batches
     may be uneven). stats has `mass_<source>`, the share of the negatives' softmax mass each source
-    carries (mean over the rows, weighted by w), and with negatives `negative_masked_rate` and
+    carries (mean over the first MASS_ROWS rows, weighted by w), and with negatives `negative_masked_rate` and
     `negative_hit_rate` (share of draws equal to the positive).
     """
     batch, num_candidates = tf.shape(query)[0], tf.shape(candidates)[0]
     rows = first_row + tf.range(batch)
     positive_ids = tf.gather(candidate_ids, rows)
+    query = query / temperature  # [B, d]: 1/T once on the queries, not on the [B, M + K] logits
     # the positive's logit apart; then every column equal to the positive (its own included) is masked, so
     # one pass masks accidental hits, empty draws and false negatives alike
-    positive = tf.reduce_sum(query * tf.gather(candidates, rows), axis=1) / temperature  # [B]
+    positive = tf.reduce_sum(query * tf.gather(candidates, rows), axis=1)  # [B]
     if in_batch_log_count is not None:
         own_row = tf.minimum(tf.range(batch), tf.shape(in_batch_log_count)[0] - 1)  # [1, M] or [B, M]
         positive -= tf.gather_nd(in_batch_log_count, tf.stack([own_row, rows], axis=1))
     stats, sources = {}, ["in_batch"]
     column_source = tf.zeros([0], tf.int32)
     if negatives is None:
-        logits = tf.matmul(query, candidates, transpose_b=True) / temperature  # [B, M]
+        logits = tf.matmul(query, candidates, transpose_b=True)  # [B, M]
         if in_batch_log_count is not None:
             logits -= in_batch_log_count
         masked = tf.equal(candidate_ids[None, :], positive_ids[:, None])
@@ -152,32 +156,40 @@ def mixed_negatives_loss(
                                  f"{negatives.shape[-2]} negatives, got {list(negative_sources)}")
             column_source = tf.constant([SOURCES.index(s) for s in negative_sources], tf.int32)
             sources += [s for s in SOURCES[1:] if s in negative_sources]
-        if negatives.shape.rank == 2:  # shared by every query: one matmul over all columns
-            logits = tf.matmul(query, tf.concat([candidates, negatives], 0), transpose_b=True) / temperature
-            hit = tf.equal(negative_ids[None, :], positive_ids[:, None])  # [B, K]
-            column_ids = tf.concat([candidate_ids, negative_ids], 0)
-            masked = tf.equal(column_ids[None, :], positive_ids[:, None])
+        num_negatives = tf.shape(negatives)[-2]
+        correction = _columns(in_batch_log_count, negative_log_count, num_candidates, num_negatives, batch)
+        shared = negatives.shape.rank == 2
+        if shared and negative_valid.shape.rank == 1:  # draws valid for every query: masked in the one
+            # correction row (+1e9 on an empty draw's column), so no [B, M + K] mask pass is needed for them
+            correction = tf.zeros([1, num_candidates + num_negatives]) if correction is None else correction
+            empty = tf.concat([tf.zeros([num_candidates], tf.bool), tf.logical_not(negative_valid)], axis=0)
+            correction = tf.where(empty[None, :], -MASKED_LOGIT, correction)
+        if shared:  # scored by every query: one matmul over all columns
+            logits = tf.matmul(query, tf.concat([candidates, negatives], 0), transpose_b=True)
+            masked = tf.equal(tf.concat([candidate_ids, negative_ids], 0)[None, :], positive_ids[:, None])
+            hit = masked[:, num_candidates:]  # [B, K]
         else:
             logits = tf.concat([tf.matmul(query, candidates, transpose_b=True),
-                                tf.einsum("bd,bkd->bk", query, negatives)], axis=1) / temperature
+                                tf.einsum("bd,bkd->bk", query, negatives)], axis=1)
             hit = tf.equal(negative_ids, positive_ids[:, None])  # [B, K]
             masked = tf.concat([tf.equal(candidate_ids[None, :], positive_ids[:, None]), hit], axis=1)
-        correction = _columns(in_batch_log_count, negative_log_count, num_candidates, tf.shape(negatives)[-2], batch)
         if correction is not None:
             logits -= correction
         valid = tf.broadcast_to(negative_valid, tf.shape(hit))
-        invalid = tf.logical_not(valid)
-        masked = tf.logical_or(masked, tf.concat([tf.zeros([tf.shape(invalid)[0], num_candidates], tf.bool),
-                                                  invalid], axis=1))
-        stats["negative_masked_rate"] = tf.reduce_mean(tf.cast(tf.logical_or(hit, invalid), tf.float32))
-        stats["negative_hit_rate"] = tf.reduce_mean(tf.cast(tf.logical_and(hit, valid), tf.float32))
+        if negative_valid.shape.rank == 2:  # per query: into the mask
+            masked = tf.logical_or(masked, tf.concat([tf.zeros([batch, num_candidates], tf.bool),
+                                                      tf.logical_not(negative_valid)], axis=1))
+        draws = tf.cast(tf.size(hit), tf.float32)
+        hits = tf.cast(tf.math.count_nonzero(tf.logical_and(hit, valid)), tf.float32)
+        stats["negative_masked_rate"] = 1.0 - (tf.cast(tf.math.count_nonzero(valid), tf.float32) - hits) / draws
+        stats["negative_hit_rate"] = hits / draws
     logits = tf.where(masked, tf.constant(MASKED_LOGIT, logits.dtype), logits)  # [B, M + K], positive masked
     negative_lse = tf.reduce_logsumexp(logits, axis=1)
     top = tf.maximum(positive, negative_lse)
     total = top + tf.math.log(tf.exp(positive - top) + tf.exp(negative_lse - top))  # log-sum-exp of every column
     per_example = total - positive
     weight = tf.ones_like(per_example) if sample_weight is None else tf.cast(sample_weight, per_example.dtype)
-    stats.update(_mass_shares(logits, total, column_source, sources, weight))
+    stats.update(_mass_shares(logits[:MASS_ROWS], total[:MASS_ROWS], column_source, sources, weight[:MASS_ROWS]))
     loss = tf.nn.compute_average_loss(per_example, sample_weight=weight, global_batch_size=global_rows(batch))
     return loss, stats
 
