@@ -29,6 +29,35 @@ def test_hit_rate_matches_numpy_oracle(seed):
     np.testing.assert_array_equal(result["appearances"], np.bincount(top50.ravel(), minlength=300))
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("edges", [(1, 5), (2,)])
+def test_hit_rate_by_target_frequency_matches_numpy_oracle(seed, edges):
+    rng = np.random.default_rng(seed)
+    candidates = rng.normal(size=(200, 5)).astype(np.float32)
+    queries = rng.normal(size=(180, 5)).astype(np.float32)
+    targets = rng.integers(-1, 200, size=180)  # -1: not in the corpus, frequency 0
+    train_counts = rng.choice([0, 1, 2, 4, 5, 30], size=200)
+    config = EvaluatorConfig(ks=(10, 40), batch_size=50, frequency_buckets=edges)
+    result = evaluate([(queries[i:i + 50], targets[i:i + 50]) for i in range(0, 180, 50)], candidates, config,
+                      train_counts)
+    groups = result["metrics"]["by_target_frequency"]
+    assert list(groups) == (["0", "1-4", "5+"] if edges == (1, 5) else ["0-1", "2+"])
+    frequency = np.where(targets >= 0, train_counts[np.maximum(targets, 0)], 0)
+    rank = np.argsort(np.argsort(-(queries @ candidates.T), axis=1), axis=1)[np.arange(180), np.maximum(targets, 0)]
+    rank = np.where(targets >= 0, rank, 10**9)
+    low = [0, *edges]
+    for g, name in enumerate(groups):
+        rows = (frequency >= low[g]) & (frequency < (low[g + 1] if g + 1 < len(low) else np.inf))
+        assert groups[name]["queries"] == int(rows.sum())
+        for k in (10, 40):
+            assert groups[name][f"hit_rate@{k}"] == pytest.approx((rank[rows] < k).mean() if rows.any() else 0.0)
+            dcg = np.where(rank[rows] < k, 1 / np.log2(np.minimum(rank[rows], k) + 2), 0.0)
+            assert groups[name][f"ndcg@{k}"] == pytest.approx(dcg.mean() if rows.any() else 0.0)
+    assert sum(g["queries"] for g in groups.values()) == 180
+    with pytest.raises(ValueError, match="frequency_buckets"):
+        EvaluatorConfig(frequency_buckets=(5, 1))
+
+
 def test_popularity_figures():
     appearances = np.array([10, 0, 5, 5, 0])
     train_counts = np.array([100, 90, 1, 0, 0])
@@ -58,7 +87,13 @@ def test_run_evaluator(examples_dir, clusters_dir, tmp_path):
                           str(tmp_path / "eval2"), 5)
     assert small.keys() == metrics.keys()
     for key, value in metrics.items():  # sums in another order: equal to rounding
-        assert small[key] == (pytest.approx(value, rel=1e-12) if isinstance(value, float) else value), key
+        if key == "by_target_frequency":
+            assert value.keys() == small[key].keys() == {"0", "1-4", "5+"}
+            for name, group in value.items():
+                assert small[key][name] == pytest.approx(group, rel=1e-12), name
+            assert sum(g["queries"] for g in value.values()) == metrics["num_queries"]
+        else:
+            assert small[key] == (pytest.approx(value, rel=1e-12) if isinstance(value, float) else value), key
 
 
 def test_query_batch_bounds_memory_by_the_budget():

@@ -27,7 +27,10 @@ class EvaluatorConfig:
       removed from the ranking and the top-K lists before HR and NDCG. A target that is itself one of
       the user's training items is then a miss, counted as `targets_seen_in_training`. Off: every
       catalogue item is ranked (the paper's protocol). The trainer's user -> items lists are held in
-      memory (16 bytes per training interaction)."""
+      memory (16 bytes per training interaction).
+    frequency_buckets: edges of the target-frequency groups that HR and NDCG are also reported for
+      (`by_target_frequency`): a target's frequency is its item's training examples, and edges (1, 5)
+      give the groups '0' (never trained on), '1-4' and '5+', where the long tail's figures live."""
 
     ks: tuple[int, ...] = (50, 100)
     batch_size: int = 4096
@@ -37,15 +40,25 @@ class EvaluatorConfig:
     search: str = "exact"
     recall_sample: int = 1000
     exclude_seen: bool = False
+    frequency_buckets: tuple[int, ...] = (1, 5)
 
     def __post_init__(self):
         if self.search not in ("exact", "scann"):
             raise ValueError(f"search must be 'exact' or 'scann', got {self.search!r}")
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"ks must be positive, got {self.ks}")
+        edges = self.frequency_buckets
+        if any(e < 1 for e in edges) or list(edges) != sorted(set(edges)):
+            raise ValueError(f"frequency_buckets must be increasing edges >= 1, got {edges}")
         if self.batch_size < 1 or self.memory_budget_mb < 1:
             raise ValueError(f"batch_size and memory_budget_mb must be >= 1, got {self.batch_size}, "
                              f"{self.memory_budget_mb}")
+
+    def frequency_groups(self) -> list[str]:
+        """The groups' names, e.g. ['0', '1-4', '5+'] for edges (1, 5)."""
+        edges = [0, *self.frequency_buckets]
+        names = [f"{lo}" if hi - lo == 1 else f"{lo}-{hi - 1}" for lo, hi in zip(edges, edges[1:])]
+        return [*names, f"{edges[-1]}+"]
 
     def query_batch(self, num_items: int) -> int:
         """Queries per batch for a catalogue of num_items: the score matrix, the comparison with the
@@ -111,9 +124,12 @@ def fingerprints(user_ids: np.ndarray) -> np.ndarray:
     return tf.strings.to_hash_bucket_fast(tf.constant(user_ids.astype(str).tolist()), 2**63 - 1).numpy()
 
 
-def evaluate(query_batches: Iterable[tuple], candidates: np.ndarray, config: EvaluatorConfig) -> dict:
+def evaluate(query_batches: Iterable[tuple], candidates: np.ndarray, config: EvaluatorConfig,
+             train_counts: np.ndarray | None = None) -> dict:
     """query_batches: (query embeddings [B, d], target item index [B], -1 = not in the corpus) or with a
     third element, the [E, 2] (row, item index) pairs to leave out of the ranking (`SeenItems.pairs`).
+    train_counts: [V] training examples per item; with it, `by_target_frequency` holds the queries, HR
+    and NDCG of each of config.frequency_groups() (a target outside the corpus counts as frequency 0).
 
     Returns hit rates and NDCG at every K (one relevant item per query: 1 / log2(rank + 2) when
     rank < K; ties count against the target), counts and per-item top-K appearance counts [V].
@@ -127,6 +143,8 @@ def evaluate(query_batches: Iterable[tuple], candidates: np.ndarray, config: Eva
     total = unknown = 0
     searcher = _scann_searcher(candidates, k_max) if config.search == "scann" else None
     overlap, sampled, seen_targets = 0, 0, 0
+    groups = config.frequency_groups()
+    by_group = {g: [0, {k: 0 for k in config.ks}, {k: 0.0 for k in config.ks}] for g in groups}  # queries, hits, DCG
     for queries, targets, *rest in query_batches:
         excluded = rest[0] if rest else NO_EXCLUSION
         known = targets >= 0
@@ -154,9 +172,19 @@ def evaluate(query_batches: Iterable[tuple], candidates: np.ndarray, config: Eva
             sampled += need
             found = top == np.where(known, targets, -1)[:, None]
             rank = np.where(found.any(axis=1), found.argmax(axis=1), k_max)
-        for k, (hit, gain) in rank_metrics(np.where(known, rank, np.iinfo(np.int32).max), config.ks).items():
+        rank = np.where(known, rank, np.iinfo(np.int32).max)
+        for k, (hit, gain) in rank_metrics(rank, config.ks).items():
             hits[k] += hit
             gains[k] += gain
+        if train_counts is not None:
+            frequency = np.where(known, train_counts[np.where(known, targets, 0)], 0)
+            group = np.searchsorted(np.asarray(config.frequency_buckets), frequency, side="right")
+            for g, name in enumerate(groups):
+                acc = by_group[name]
+                acc[0] += int((group == g).sum())
+                for k, (hit, gain) in rank_metrics(rank[group == g], config.ks).items():
+                    acc[1][k] += hit
+                    acc[2][k] += gain
         appearances += np.bincount(top.ravel(), minlength=len(candidates))
     if total == 0:
         raise ValueError("no positive evaluation examples to score")
@@ -164,6 +192,10 @@ def evaluate(query_batches: Iterable[tuple], candidates: np.ndarray, config: Eva
     metrics.update({f"ndcg@{k}": gains[k] / total for k in config.ks})
     metrics.update(num_queries=total, targets_not_in_corpus=unknown, corpus_size=len(candidates), search=config.search,
                    exclude_seen=config.exclude_seen, targets_seen_in_training=seen_targets)
+    if train_counts is not None:
+        metrics["by_target_frequency"] = {
+            name: {"queries": n, **{f"hit_rate@{k}": h[k] / max(1, n) for k in config.ks},
+                   **{f"ndcg@{k}": g[k] / max(1, n) for k in config.ks}} for name, (n, h, g) in by_group.items()}
     if searcher is not None:
         metrics[f"recall@{k_max}"] = overlap / max(1, sampled * k_max)
         metrics["recall_queries"] = sampled

@@ -52,11 +52,11 @@ def run_evaluator(config: EvaluatorConfig, model_dir: str, examples_dir: str, ou
             else:
                 yield queries, targets, seen.pairs(batch["user_id"].numpy())
 
-    result = evaluate(batches(), candidates, config)
+    train_counts = table["train_count"].astype(np.int64)
+    result = evaluate(batches(), candidates, config, train_counts)
     progress.report(final=True)
     metrics = dict(result["metrics"])
-    metrics["popularity"] = popularity_figures(result["appearances"], table["train_count"].astype(np.int64),
-                                               result["k"], config)
+    metrics["popularity"] = popularity_figures(result["appearances"], train_counts, result["k"], config)
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "metrics.json"), "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=2)
@@ -74,4 +74,8 @@ def run_evaluator(config: EvaluatorConfig, model_dir: str, examples_dir: str, ou
     print(f"[evaluator] {metrics['num_queries']:,} positive eval examples in{negatives} -> {hr} over "
           f"{len(item_ids):,} items; {metrics['targets_not_in_corpus']} targets not in the corpus (counted as "
           f"misses); dropped 0", flush=True)
+    k = max(config.ks)
+    groups = "; ".join(f"{name}: {g['queries']:,} queries, HR@{k} {g[f'hit_rate@{k}']:.4f}"
+                       for name, g in metrics["by_target_frequency"].items())
+    print(f"[evaluator] by the target's training examples: {groups}", flush=True)
     return metrics
