@@ -166,10 +166,12 @@ def measure_size(size: str, variants: list[str], rounds: int, steps: int = 10) -
 
 
 def quality(name: str, root: str, seeds: list[int], variants=tuple(QUALITY), written=lambda partial: None,
-            full_seeds: list[int] | None = None) -> dict:
+            full_seeds: list[int] | None = None, previous: dict | None = None) -> dict:
     """Every QUALITY variant over seeds on one data set; the headroom and the share each sampler closes.
     `full_seeds`: the seeds of the `full` row alone (the costliest: 0.06x of in_batch's speed at 35k items),
-    by default `seeds`. `written(partial)` is called after every variant with the table so far."""
+    by default `seeds`. `previous`: rows of an earlier results table of this data set to keep instead of
+    training them again (same code for that variant; marked `kept_from_previous_results`). `written(partial)`
+    is called after every variant with the table so far."""
     dataset, folder = DATASETS[name]
     if name == "ml1m":
         examples, clusters = prepare(dataset, ExampleGenConfig.movielens(os.path.join(root, folder)))
@@ -189,25 +191,37 @@ def quality(name: str, root: str, seeds: list[int], variants=tuple(QUALITY), wri
     for variant in variants:
         strategy, overrides = QUALITY[variant]
         row_seeds = full_seeds if variant == "full" and full_seeds else seeds
-        runs = [train_and_evaluate(TrainerConfig(strategy=strategy, cluster_source=source, seed=seed, **overrides),
-                                   examples, tables[seed], f"sharing-{name}-{variant.replace(' ', '_')}-{seed}", KS)
-                for seed in row_seeds]
-        rows[variant] = {"seeds": row_seeds,
-                         **{f"{m}_{f.__name__}": f([r[m] for r in runs]) for m in METRICS
-                            for f in (statistics.mean, statistics.pstdev)},
-                         "per_seed": {m: [r[m] for r in runs] for m in METRICS},
-                         "examples_per_second": statistics.mean(r["examples_per_second"] for r in runs
-                                                                if r["examples_per_second"]),
-                         "mass": {s: statistics.mean(r["mass"].get(s, 0.0) for r in runs) for s in runs[0]["mass"]}}
-        base, ceiling = rows["in_batch"], rows.get("full")
-        for row in rows.values():
-            row["vs_in_batch_speed"] = row["examples_per_second"] / base["examples_per_second"]
-            for m in METRICS:
-                headroom = ceiling[f"{m}_mean"] - base[f"{m}_mean"] if ceiling else 0.0
-                closed = (row[f"{m}_mean"] - base[f"{m}_mean"]) / headroom if headroom > 0 else None
-                row[f"{m}_headroom_closed"] = closed  # None: full is not above in_batch
+        if variant in (previous or {}):
+            rows[variant] = {**previous[variant], "kept_from_previous_results": True}
+            print(f"[negative_sharing] {name}: {variant} kept from the previous results", flush=True)
+        else:
+            runs = [train_and_evaluate(TrainerConfig(strategy=strategy, cluster_source=source, seed=seed,
+                                                     **overrides),
+                                       examples, tables[seed], f"sharing-{name}-{variant.replace(' ', '_')}-{seed}",
+                                       KS)
+                    for seed in row_seeds]
+            rows[variant] = {"seeds": row_seeds,
+                             **{f"{m}_{f.__name__}": f([r[m] for r in runs]) for m in METRICS
+                                for f in (statistics.mean, statistics.pstdev)},
+                             "per_seed": {m: [r[m] for r in runs] for m in METRICS},
+                             "examples_per_second": statistics.mean(r["examples_per_second"] for r in runs
+                                                                    if r["examples_per_second"]),
+                             "mass": {s: statistics.mean(r["mass"].get(s, 0.0) for r in runs)
+                                      for s in runs[0]["mass"]}}
+        _relative(rows)
         written(table)
     return table
+
+
+def _relative(rows: dict) -> None:
+    """Each row's speed against in_batch, and the share of the headroom (full - in_batch) it closes."""
+    base, ceiling = rows["in_batch"], rows.get("full")
+    for row in rows.values():
+        row["vs_in_batch_speed"] = row["examples_per_second"] / base["examples_per_second"]
+        for m in METRICS:
+            headroom = ceiling[f"{m}_mean"] - base[f"{m}_mean"] if ceiling else 0.0
+            closed = (row[f"{m}_mean"] - base[f"{m}_mean"]) / headroom if headroom > 0 else None
+            row[f"{m}_headroom_closed"] = closed  # None: full is not above in_batch
 
 
 def markdown(result: dict) -> str:
@@ -239,6 +253,8 @@ def markdown(result: dict) -> str:
             if r.get("seeds", q["seeds"]) != q["seeds"]:
                 name = f"{name} (seeds {r['seeds']})"
             closed = " / ".join(_closed(q["rows"], r, m) for m in ("hr10", "hr50"))
+            if r.get("kept_from_previous_results"):
+                name = f"{name} (kept from an earlier run)"
             lines.append(f"| {name} | {cells} | {closed} | {r['examples_per_second']:,.0f} | "
                          f"{r['vs_in_batch_speed']:.2f}x | {mass_cell(r['mass'])} |")
         lines.append("")
@@ -306,6 +322,8 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(SPEED), help=argparse.SUPPRESS)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--full-seeds", default="", help="quality: the seeds of the `full` row (default: --seeds)")
+    parser.add_argument("--keep-previous", default="", help="quality: variants whose rows in the existing results "
+                        "file are kept instead of trained again (e.g. 'full', when its code has not changed)")
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--data-root", default=os.environ.get("DATA_ROOT", os.path.join("..", "shared", "data")))
     args = parser.parse_args()
@@ -325,6 +343,9 @@ def main() -> None:
         if part == "speed":
             result.update(speed=speed(args.sizes.split(","), args.rounds), rounds=args.rounds)
         elif part == "quality":
+            keep = set(args.keep_previous.split(",")) - {""}
+            previous = {q["dataset"]: {v: {"seeds": q["seeds"], **r} for v, r in q["rows"].items() if v in keep}
+                        for q in result.get("quality", [])}
             kept = [q for q in result.get("quality", []) if q["dataset"] not in args.datasets.split(",")]
             result["quality"] = kept
             for name in args.datasets.split(","):
@@ -335,7 +356,7 @@ def main() -> None:
 
                 quality(name, os.path.abspath(args.data_root), [int(s) for s in args.seeds.split(",")],
                         args.quality_variants.split(","), written,
-                        [int(s) for s in args.full_seeds.split(",") if s])
+                        [int(s) for s in args.full_seeds.split(",") if s], previous.get(name))
         elif part != "render":  # render: the Markdown and plot again from the JSON
             raise SystemExit(f"unknown part {part!r}: use speed, quality, render")
         result["wall_seconds"] = time.monotonic() - started

@@ -90,7 +90,7 @@ def train_and_evaluate(config: TrainerConfig, examples: str, clusters: str, tag:
     if summary is not None and os.path.exists(metrics_path):
         with open(metrics_path, encoding="utf-8") as f:
             metrics = json.load(f)
-        if all(f"ndcg@{k}" in metrics for k in ks):
+        if all(f"ndcg@{k}" in metrics for k in ks) and "by_target_frequency" in metrics:
             print(f"[benchmark] {tag}: reusing the finished run in {out}", flush=True)
         else:
             metrics = run_evaluator(EvaluatorConfig(ks=ks), out, examples, os.path.join(out, "eval"),
@@ -102,7 +102,8 @@ def train_and_evaluate(config: TrainerConfig, examples: str, clusters: str, tag:
     final = summary["final_metrics"]
     speeds = summary["examples_per_second"]  # empty when a resumed run had no epoch left to train
     return {**{f"hr{k}": metrics[f"hit_rate@{k}"] for k in ks}, **{f"ndcg{k}": metrics[f"ndcg@{k}"] for k in ks},
-            "model_dir": out, "popularity": metrics["popularity"],
+            "model_dir": out, "popularity": metrics["popularity"], "corpus_size": metrics["corpus_size"],
+            "by_frequency": metrics.get("by_target_frequency"),
             "examples_per_second": statistics.mean(speeds) if speeds else None,
             "negative_masked_rate": final.get("negative_masked_rate"),
             "mass": {k[len("mass_"):]: v for k, v in final.items() if k.startswith("mass_") and v}}
