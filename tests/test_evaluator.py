@@ -87,7 +87,9 @@ def test_run_evaluator(examples_dir, clusters_dir, tmp_path):
                           str(tmp_path / "eval2"), 5)
     assert small.keys() == metrics.keys()
     for key, value in metrics.items():  # sums in another order: equal to rounding
-        if key == "by_target_frequency":
+        if key == "distinct_queries":  # examples sharing a (user, history) are scored once per read batch
+            assert value <= small[key] <= metrics["num_queries"]
+        elif key == "by_target_frequency":
             assert value.keys() == small[key].keys() == {"0", "1-4", "5+"}
             for name, group in value.items():
                 assert small[key][name] == pytest.approx(group, rel=1e-12), name
@@ -186,6 +188,41 @@ def test_exclude_seen_matches_numpy_oracle(seed):
     assert result["metrics"]["targets_seen_in_training"] == seen_targets and result["metrics"]["exclude_seen"]
     plain = evaluate([(q, t) for q, t, _ in batches], candidates, EvaluatorConfig(ks=(5, 20)))["metrics"]
     assert plain["hit_rate@5"] < result["metrics"]["hit_rate@5"]  # excluding outranking items lifts targets
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("search", ["exact", "scann"])
+def test_shared_queries_give_the_figures_of_one_query_per_target(seed, search):
+    """Targets sharing a query (QueryBatch.rows), with exclusions and tied scores: the same figures as the same
+    queries repeated for every target; exact ranks count the candidates scoring strictly higher (ties too)."""
+    from components.evaluator.core import QueryBatch
+
+    rng = np.random.default_rng(seed)
+    candidates = rng.normal(size=(150, 5)).astype(np.float32)
+    candidates[100:110] = candidates[:10]  # tied scores for every query
+    queries = rng.normal(size=(30, 5)).astype(np.float32)
+    rows = rng.integers(0, 30, size=110)
+    targets = rng.integers(-1, 150, size=110)
+    excluded = np.unique(np.stack([rng.integers(0, 30, size=200), rng.integers(0, 150, size=200)], 1), axis=0)
+    config = EvaluatorConfig(ks=(5, 20), exclude_seen=True, search=search, recall_sample=30)
+    shared = evaluate([QueryBatch(queries, targets, excluded, rows)], candidates, config)
+    per_target = np.array([(i, item) for i, row in enumerate(rows) for r, item in excluded if r == row], np.int64)
+    repeated = evaluate([(queries[rows], targets, per_target)], candidates, config)
+    for key, value in repeated["metrics"].items():
+        if key not in ("distinct_queries", "recall@20", "recall_queries"):
+            assert shared["metrics"][key] == pytest.approx(value), key
+    assert shared["metrics"]["distinct_queries"] == 30 and repeated["metrics"]["distinct_queries"] == 110
+    np.testing.assert_array_equal(shared["appearances"], repeated["appearances"])
+    if search == "exact":
+        scores = queries @ candidates.T
+        scores[excluded[:, 0], excluded[:, 1]] = -np.inf
+        known = targets >= 0
+        target_scores = scores[rows, np.maximum(targets, 0)]
+        rank = np.where(known & np.isfinite(target_scores), (scores[rows] > target_scores[:, None]).sum(1), 10**9)
+        for k in (5, 20):
+            assert shared["metrics"][f"hit_rate@{k}"] == pytest.approx((rank < k).mean())
+            dcg = np.where(rank < k, 1 / np.log2(np.minimum(rank, k) + 2), 0.0)
+            assert shared["metrics"][f"ndcg@{k}"] == pytest.approx(dcg.mean())
 
 
 def test_seen_items_give_every_pair_of_each_batch_user():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -68,26 +69,32 @@ class EvaluatorConfig:
         return exact_queries_per_batch(self, num_items)
 
 
+NO_EXCLUSION = np.zeros([0, 2], np.int64)
+
+
 # One trace for every batch size and K (a smaller last batch used to retrace and warn).
 @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None, None], tf.float32),
-                              tf.TensorSpec([None], tf.int64), tf.TensorSpec([], tf.int32),
-                              tf.TensorSpec([None, 2], tf.int64)])
-def _batch_top_k(queries: tf.Tensor, candidates: tf.Tensor, targets: tf.Tensor, k: tf.Tensor, excluded: tf.Tensor):
-    """queries [B, d], candidates [V, d], targets [B] index, excluded [E, 2] (query row, item index) pairs
-    left out of the ranking -> (rank of target [B], top-k indices [B, k]).
+                              tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int64),
+                              tf.TensorSpec([], tf.int32), tf.TensorSpec([None, 2], tf.int64)])
+def _batch_top_k(queries: tf.Tensor, candidates: tf.Tensor, rows: tf.Tensor, targets: tf.Tensor, k: tf.Tensor,
+                 excluded: tf.Tensor):
+    """queries [U, d] (distinct), candidates [V, d], rows [B] the query of each target, targets [B] index,
+    excluded [E, 2] (query, item index) pairs left out of the ranking -> (rank of each target [B], top-k
+    indices of each query [U, k]).
 
-    The rank is the number of ranked candidates scoring strictly higher than the target (0 = first).
-    An excluded target has rank int32 max (a miss at every K).
+    The rank is the number of ranked candidates scoring strictly higher than the target (0 = first), read off
+    the query's top-k: every candidate above a target that scores at least the k-th value is in it, and a
+    target below the k-th value has rank k (a miss at every K <= k). An excluded target has rank int32 max.
     """
-    scores = tf.matmul(queries, candidates, transpose_b=True)  # [B, V]
+    scores = tf.matmul(queries, candidates, transpose_b=True)  # [U, V]
     scores = tf.tensor_scatter_nd_update(scores, excluded, tf.fill(tf.shape(excluded)[:1], -np.inf))
-    target_scores = tf.gather(scores, targets, batch_dims=1)[:, None]
-    rank = tf.reduce_sum(tf.cast(scores > target_scores, tf.int32), axis=1)
+    values, indices = tf.math.top_k(scores, k=k)  # [U, k]
+    target_scores = tf.gather_nd(scores, tf.stack([rows, tf.cast(targets, tf.int32)], axis=1))[:, None]  # [B, 1]
+    above = tf.gather(values, rows)  # [B, k]
+    rank = tf.where(target_scores[:, 0] >= above[:, -1], tf.reduce_sum(tf.cast(above > target_scores, tf.int32), 1),
+                    k)
     rank = tf.where(tf.math.is_inf(target_scores[:, 0]), tf.int32.max, rank)  # a miss at every K
-    return rank, tf.math.top_k(scores, k=k).indices
-
-
-NO_EXCLUSION = np.zeros([0, 2], np.int64)
+    return rank, indices
 
 
 class SeenItems:
@@ -124,10 +131,22 @@ def fingerprints(user_ids: np.ndarray) -> np.ndarray:
     return tf.strings.to_hash_bucket_fast(tf.constant(user_ids.astype(str).tolist()), 2**63 - 1).numpy()
 
 
+class QueryBatch(NamedTuple):
+    """Evaluation examples that share queries. queries: [U, d] distinct query embeddings; targets: [B] target
+    item index (-1 = not in the corpus); excluded: [E, 2] (query row, item index) pairs left out of the
+    ranking (`SeenItems.pairs`); rows: [B] the query row of each target (None: one query per target, U = B).
+    A plain (queries, targets[, excluded]) tuple is read as one."""
+
+    queries: np.ndarray
+    targets: np.ndarray
+    excluded: np.ndarray = NO_EXCLUSION
+    rows: np.ndarray | None = None
+
+
 def evaluate(query_batches: Iterable[tuple], candidates: np.ndarray, config: EvaluatorConfig,
              train_counts: np.ndarray | None = None) -> dict:
-    """query_batches: (query embeddings [B, d], target item index [B], -1 = not in the corpus) or with a
-    third element, the [E, 2] (row, item index) pairs to leave out of the ranking (`SeenItems.pairs`).
+    """query_batches: QueryBatch tuples (examples with the same query are scored once: in a time split many
+    examples of a user share a history).
     train_counts: [V] training examples per item; with it, `by_target_frequency` holds the queries, HR
     and NDCG of each of config.frequency_groups() (a target outside the corpus counts as frequency 0).
 
@@ -140,21 +159,23 @@ def evaluate(query_batches: Iterable[tuple], candidates: np.ndarray, config: Eva
     hits = {k: 0 for k in config.ks}
     gains = {k: 0.0 for k in config.ks}
     appearances = np.zeros(len(candidates), np.int64)
-    total = unknown = 0
+    total = unknown = distinct = 0
     searcher = _scann_searcher(candidates, k_max) if config.search == "scann" else None
     overlap, sampled, seen_targets = 0, 0, 0
     groups = config.frequency_groups()
     by_group = {g: [0, {k: 0 for k in config.ks}, {k: 0.0 for k in config.ks}] for g in groups}  # queries, hits, DCG
-    for queries, targets, *rest in query_batches:
-        excluded = rest[0] if rest else NO_EXCLUSION
+    for batch in query_batches:
+        queries, targets, excluded, rows = QueryBatch(*batch)
+        rows = np.arange(len(targets)) if rows is None else np.asarray(rows)
         known = targets >= 0
         total += len(targets)
+        distinct += len(queries)
         unknown += int((~known).sum())
         if len(excluded):
-            target_keys = _pair_keys(np.arange(len(targets)), targets, len(candidates))
+            target_keys = _pair_keys(rows, targets, len(candidates))
             seen_targets += int(np.isin(target_keys[known], _pair_keys(*excluded.T, len(candidates))).sum())
         if searcher is None:
-            rank, top = _batch_top_k(tf.constant(queries, tf.float32), candidates_t,
+            rank, top = _batch_top_k(tf.constant(queries, tf.float32), candidates_t, tf.constant(rows, tf.int32),
                                      tf.constant(np.where(known, targets, 0), tf.int64), tf.constant(k_max, tf.int32),
                                      tf.constant(excluded, tf.int64))
             rank, top = rank.numpy(), top.numpy()
@@ -164,13 +185,13 @@ def evaluate(query_batches: Iterable[tuple], candidates: np.ndarray, config: Eva
             step = exact_queries_per_batch(config, len(candidates))
             for start in range(0, need, step):
                 part = slice(start, min(need, start + step))
-                rows = (excluded[:, 0] >= part.start) & (excluded[:, 0] < part.stop)
+                inside = (excluded[:, 0] >= part.start) & (excluded[:, 0] < part.stop)
                 _, exact = _batch_top_k(tf.constant(queries[part], tf.float32), candidates_t,
-                                        tf.zeros([part.stop - start], tf.int64), tf.constant(k_max, tf.int32),
-                                        tf.constant(excluded[rows] - [part.start, 0], tf.int64))
+                                        tf.zeros([0], tf.int32), tf.zeros([0], tf.int64), tf.constant(k_max, tf.int32),
+                                        tf.constant(excluded[inside] - [part.start, 0], tf.int64))
                 overlap += sum(len(set(a) & set(b)) for a, b in zip(exact.numpy(), top[part]))
             sampled += need
-            found = top == np.where(known, targets, -1)[:, None]
+            found = top[rows] == np.where(known, targets, -1)[:, None]
             rank = np.where(found.any(axis=1), found.argmax(axis=1), k_max)
         rank = np.where(known, rank, np.iinfo(np.int32).max)
         for k, (hit, gain) in rank_metrics(rank, config.ks).items():
@@ -185,12 +206,13 @@ def evaluate(query_batches: Iterable[tuple], candidates: np.ndarray, config: Eva
                 for k, (hit, gain) in rank_metrics(rank[group == g], config.ks).items():
                     acc[1][k] += hit
                     acc[2][k] += gain
-        appearances += np.bincount(top.ravel(), minlength=len(candidates))
+        appearances += np.bincount(top[rows].ravel(), minlength=len(candidates))  # every example's list
     if total == 0:
         raise ValueError("no positive evaluation examples to score")
     metrics = {f"hit_rate@{k}": hits[k] / total for k in config.ks}
     metrics.update({f"ndcg@{k}": gains[k] / total for k in config.ks})
-    metrics.update(num_queries=total, targets_not_in_corpus=unknown, corpus_size=len(candidates), search=config.search,
+    metrics.update(num_queries=total, distinct_queries=distinct, targets_not_in_corpus=unknown,
+                   corpus_size=len(candidates), search=config.search,
                    exclude_seen=config.exclude_seen, targets_seen_in_training=seen_targets)
     if train_counts is not None:
         metrics["by_target_frequency"] = {

@@ -11,7 +11,15 @@ import tensorflow as tf
 from components.common.models import embed_items, load_towers
 from components.common.progress import Progress
 from components.common.tables import read_item_table
-from components.evaluator.core import EvaluatorConfig, SeenItems, evaluate, fingerprints, popularity_figures
+from components.evaluator.core import (
+    NO_EXCLUSION,
+    EvaluatorConfig,
+    QueryBatch,
+    SeenItems,
+    evaluate,
+    fingerprints,
+    popularity_figures,
+)
 from components.trainer.data import example_files, make_dataset
 
 
@@ -32,27 +40,37 @@ def run_evaluator(config: EvaluatorConfig, model_dir: str, examples_dir: str, ou
     """Writes metrics.json (hit rates, popularity figures) to output_dir and returns it."""
     query_model, candidate_model = load_towers(model_dir)
     table = read_item_table(os.path.join(examples_dir, "items"))
+    train_counts = table["train_count"].astype(np.int64)
     item_ids = table["item_id"]
     candidates = embed_items(candidate_model, item_ids)
     index_of = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(tf.constant(item_ids.tolist()), tf.range(len(item_ids), dtype=tf.int64)),
         default_value=-1)
-    dataset = make_dataset(example_files(examples_dir, "eval"), config.query_batch(len(item_ids)), history_length,
+    dataset = make_dataset(example_files(examples_dir, "eval"), config.batch_size, history_length,
                            positives_only=True)
     seen = seen_items(examples_dir, index_of) if config.exclude_seen else None
     progress = Progress("evaluator", "queries", every_s=15)
+    scored_at_once = config.query_batch(len(item_ids))
 
     def batches():
+        """Per read batch: the examples' distinct (user, history) queries, embedded once, in chunks that
+        the memory budget allows, each with the targets that share them."""
         for batch in dataset:
-            queries = query_model(batch["user_id"], batch["history_item_ids"])["embedding"].numpy()
-            progress.update(len(queries))
+            users = batch["user_id"].numpy()
+            history = batch["history_item_ids"]  # padding '' and an item outside the catalogue keyed apart
+            history_keys = tf.where(tf.equal(history, ""), tf.constant(-2, tf.int64), index_of.lookup(history))
+            keys = np.concatenate([fingerprints(users)[:, None], history_keys.numpy()], axis=1)
+            _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+            inverse = inverse.reshape(-1)
+            queries = query_model(tf.gather(batch["user_id"], first), tf.gather(history, first))["embedding"].numpy()
             targets = index_of.lookup(batch["item_id"]).numpy()
-            if seen is None:
-                yield queries, targets
-            else:
-                yield queries, targets, seen.pairs(batch["user_id"].numpy())
+            for start in range(0, len(first), scored_at_once):
+                stop = min(len(first), start + scored_at_once)
+                mine = (inverse >= start) & (inverse < stop)
+                excluded = seen.pairs(users[first[start:stop]]) if seen is not None else NO_EXCLUSION
+                yield QueryBatch(queries[start:stop], targets[mine], excluded, inverse[mine] - start)
+            progress.update(len(targets))
 
-    train_counts = table["train_count"].astype(np.int64)
     result = evaluate(batches(), candidates, config, train_counts)
     progress.report(final=True)
     metrics = dict(result["metrics"])
