@@ -27,6 +27,7 @@ import time
 
 import components  # noqa: F401
 from benchmarks.paper_tables import (
+    RECORDED_SHARING,
     RESULTS,
     WORK,
     false_negative_rate,
@@ -70,16 +71,19 @@ def strategy_table(name: str, examples: str, base_clusters: str, first_source: s
     cluster_oob on the behavioural table; `extra`: (strategy, source) rows on base_clusters (ML-1M: genre, LLM)."""
     rows: dict[tuple[str, str], list[dict]] = {}
     for seed in seeds:
-        first = TrainerConfig(strategy="in_batch", cluster_source=first_source, seed=seed, **overrides)
+        first = TrainerConfig(strategy="in_batch", cluster_source=first_source, seed=seed, **RECORDED_SHARING,
+                              **overrides)
         result = train_and_evaluate(first, examples, base_clusters, f"{name}-in_batch-{first_source}-{seed}", KS)
         rows.setdefault(("in_batch", first_source), []).append(result)
         clusters = behavioural(result["model_dir"], examples, name, seed)
         for strategy in ("in_batch", "oob", "cluster_oob"):
-            config = TrainerConfig(strategy=strategy, cluster_source="behavioural", seed=seed, **overrides)
+            config = TrainerConfig(strategy=strategy, cluster_source="behavioural", seed=seed, **RECORDED_SHARING,
+                                   **overrides)
             rows.setdefault((strategy, "behavioural"), []).append(
                 train_and_evaluate(config, examples, clusters, f"{name}-{strategy}-behavioural-{seed}", KS))
         for strategy, source in extra:
-            config = TrainerConfig(strategy=strategy, cluster_source=source, seed=seed, **overrides)
+            config = TrainerConfig(strategy=strategy, cluster_source=source, seed=seed, **RECORDED_SHARING,
+                                   **overrides)
             rows.setdefault((strategy, source), []).append(
                 train_and_evaluate(config, examples, base_clusters, f"{name}-{strategy}-{source}-{seed}", KS))
     table = [{"dataset": name, "strategy": s, "clusters": c, "seeds": seeds, **aggregate(runs)}
@@ -93,7 +97,7 @@ def strategy_table(name: str, examples: str, base_clusters: str, first_source: s
 
 def regimes(name: str, examples: str, base_clusters: str, seed: int, overrides: dict) -> list[dict]:
     """One change per row on the larger set, first seed; behavioural clusters of that seed's first pass."""
-    first = TrainerConfig(strategy="in_batch", cluster_source="category", seed=seed, **overrides)
+    first = TrainerConfig(strategy="in_batch", cluster_source="category", seed=seed, **RECORDED_SHARING, **overrides)
     model = train_and_evaluate(first, examples, base_clusters, f"{name}-in_batch-category-{seed}", KS)["model_dir"]
     clusters = behavioural(model, examples, name, seed)
     items = json.load(open(os.path.join(examples, "summary.json"), encoding="utf-8"))["items_out"]
@@ -116,7 +120,7 @@ def regimes(name: str, examples: str, base_clusters: str, seed: int, overrides: 
         row = {"regime": label, "overrides": change, "clusters": count or auto}
         for strategy in strategies:
             config = TrainerConfig(strategy=strategy, cluster_source="behavioural", seed=seed,
-                                   **{**overrides, **change})
+                                   **{**RECORDED_SHARING, **overrides, **change})
             tag = (f"{name}-regime-{strategy}-{'-'.join(f'{k}{v}' for k, v in change.items())}-c{count}"
                    if change or count else f"{name}-{strategy}-behavioural-{seed}")  # the defaults: the main table's
             result = train_and_evaluate(config, examples, table, tag, KS)

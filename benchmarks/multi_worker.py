@@ -23,7 +23,7 @@ import subprocess
 import sys
 
 import components  # noqa: F401
-from benchmarks.paper_tables import WORK, prepare, write_results
+from benchmarks.paper_tables import RECORDED_SHARING, WORK, prepare, write_results
 from components.evaluator import EvaluatorConfig, run_evaluator
 from components.example_gen import ExampleGenConfig
 from components.trainer import TrainerConfig
@@ -123,8 +123,9 @@ def main() -> None:
     examples, clusters = prepare("ml1m_reconstructed", ExampleGenConfig.movielens(os.path.abspath(args.ml1m_dir)))
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
-        single = train(TrainerConfig(seed=seed), examples, clusters, f"mw-single-{seed}", workers=1)
-        two = train(TrainerConfig(seed=seed, distribute="multi_worker"), examples, clusters, f"mw-two-{seed}",
+        single = train(TrainerConfig(seed=seed, **RECORDED_SHARING), examples, clusters, f"mw-single-{seed}", workers=1)
+        two = train(TrainerConfig(seed=seed, distribute="multi_worker", **RECORDED_SHARING), examples, clusters,
+                    f"mw-two-{seed}",
                     workers=2)
         rows.append({"seed": seed, "one_process": single, "two_workers": two})
     gather = probe_all_gather(args.batch_size, args.steps)

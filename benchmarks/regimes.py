@@ -19,7 +19,7 @@ import os
 import statistics
 
 import components  # noqa: F401
-from benchmarks.paper_tables import mass_cell, prepare, train_and_evaluate, write_results
+from benchmarks.paper_tables import RECORDED_SHARING, mass_cell, prepare, train_and_evaluate, write_results
 from components.example_gen import ExampleGenConfig
 from components.trainer import TrainerConfig
 
@@ -75,7 +75,7 @@ def main() -> None:
         for strategy in strategies:
             changes = "-".join(f"{k}{v}" for k, v in overrides.items()) or "defaults"
             row[strategy] = _summary([train_and_evaluate(
-                TrainerConfig(strategy=strategy, cluster_source="llm", seed=seed, **trainer),
+                TrainerConfig(strategy=strategy, cluster_source="llm", seed=seed, **RECORDED_SHARING, **trainer),
                 examples, clusters, f"regime-{strategy}-{changes}-s{seed}") for seed in seeds])
         row["cluster_vs_oob_hr50"] = row["cluster_oob"]["hr50_mean"] / row["oob"]["hr50_mean"] - 1
         if "in_batch" in row:

@@ -17,7 +17,7 @@ import os
 import statistics
 
 import components  # noqa: F401
-from benchmarks.paper_tables import prepare, train_and_evaluate, write_results
+from benchmarks.paper_tables import RECORDED_SHARING, prepare, train_and_evaluate, write_results
 from components.example_gen import ExampleGenConfig
 from components.trainer import TrainerConfig
 
@@ -36,7 +36,7 @@ def main() -> None:
         runs = []
         for seed in seeds:
             config = TrainerConfig(strategy="cluster_oob", cluster_source="llm", seed=seed, optimizer=optimizer,
-                                   user_id_buckets=buckets)
+                                   user_id_buckets=buckets, **RECORDED_SHARING)
             suffix = ("" if optimizer == "adam" else f"-{optimizer}") + (f"-users{buckets}" if buckets else "")
             runs.append(train_and_evaluate(config, examples, clusters,  # adam: Table 1's runs
                                            f"ml1m_reconstructed-cluster_oob-llm{suffix}-{seed}"))

@@ -106,12 +106,13 @@ def test_corrected_shared_draws_estimate_the_full_denominator_without_bias(seed,
     assert values.std() > 0  # the draws do vary
 
 
-@pytest.mark.parametrize("sharing", ["per_example", "shared"])
+@pytest.mark.parametrize("sharing", ["per_example", "per_cluster", "shared"])
 def test_deduplicated_embedding_gives_the_same_step(sharing, examples_dir, clusters_dir):
     batch = next(iter(make_dataset(example_files(examples_dir, "train"), 32, 5)))
     results = {}
     for dedup in (False, True):
-        config = tiny_config(negative_sharing=sharing, deduplicate_candidates=dedup, num_negatives=8)
+        config = tiny_config(negative_sharing=sharing, deduplicate_candidates=dedup, num_negatives=8,
+                             shared_negatives=0)
         model, _ = _model(config, examples_dir, clusters_dir)
         logs = model.make_train_function()(iter(tf.data.Dataset.from_tensors(batch)))
         weights = [w.numpy() for w in model.query_tower.weights + model.candidate_tower.weights]
@@ -120,10 +121,33 @@ def test_deduplicated_embedding_gives_the_same_step(sharing, examples_dir, clust
     np.testing.assert_allclose(dedup["loss"], plain["loss"], rtol=1e-5)
     for a, b in zip(plain_weights, dedup_weights):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
-    draws = 32 * 8 if sharing == "per_example" else 32
+    draws = 32 if sharing == "shared" else 32 * 8
     assert plain["embedded_rows"] == 32 + draws
     assert dedup["embedded_rows"] <= 40  # the tiny catalogue: 40 distinct items at most
     assert plain["pool_draws"] == dedup["pool_draws"] == draws
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_per_cluster_draws_are_taken_by_every_example_of_the_cluster(seed, examples_dir, clusters_dir):
+    """'per_cluster': the examples of a cluster share one set of K draws, random ones from the pool and cluster
+    ones from that cluster's segment; the tower embeds at most B + (distinct clusters) x K rows."""
+    config = tiny_config(negative_sharing="per_cluster", num_negatives=6, random_ratio=1, cluster_ratio=5, seed=seed)
+    model, _ = _model(config, examples_dir, clusters_dir)
+    batch = next(iter(make_dataset(example_files(examples_dir, "train"), 32, 5, 1000, seed)))
+    index, cluster = model.items(batch["item_id"])
+    drawn = model._draw(batch, cluster)
+    ids, valid, cluster = drawn["item_index"].numpy(), drawn["valid"].numpy(), cluster.numpy()
+    assert ids.shape == valid.shape == (32, 6)
+    cluster_of = model.items.cluster_of_index.numpy()
+    for c in np.unique(cluster):
+        rows = np.flatnonzero(cluster == c)
+        assert (ids[rows] == ids[rows[0]]).all() and (valid[rows] == valid[rows[0]]).all()
+        drawn_clusters = cluster_of[ids[rows[0], 1:]][valid[rows[0], 1:]]
+        assert (drawn_clusters == c).all()  # the cluster share from the cluster's own segment
+    assert len({tuple(r) for r in ids}) <= len(np.unique(cluster))
+    logs = model.make_train_function()(iter(tf.data.Dataset.from_tensors(batch)))
+    assert float(logs["embedded_rows"]) <= len(np.unique(index.numpy())) + 6 * len(np.unique(cluster))
+    assert np.isfinite(float(logs["loss"])) and float(logs["pool_draws"]) == 32 * 6
 
 
 def test_full_softmax_step_is_the_softmax_over_the_catalogue(examples_dir, clusters_dir):
@@ -153,7 +177,8 @@ def test_full_softmax_is_refused_beyond_its_memory(examples_dir, clusters_dir):
                clusters_dir)
 
 
-@pytest.mark.parametrize("strategy,sharing", [("cluster_oob", "shared"), ("oob", "shared"), ("full", "per_example")])
+@pytest.mark.parametrize("strategy,sharing", [("cluster_oob", "shared"), ("oob", "shared"), ("full", "per_example"),
+                                              ("cluster_oob", "per_cluster")])
 def test_train_shared_and_full(strategy, sharing, examples_dir, clusters_dir, tmp_path):
     config = tiny_config(strategy=strategy, negative_sharing=sharing, shared_negatives=24)
     summary = run_trainer(config, examples_dir, clusters_dir, str(tmp_path))
@@ -162,8 +187,8 @@ def test_train_shared_and_full(strategy, sharing, examples_dir, clusters_dir, tm
     if strategy == "full":
         assert summary["pool"] is None and metrics["embedded_rows"] == 40
         return
-    # 4 clusters <= the cluster share: every step draws exactly the budget
-    assert metrics["pool_draws"] == pytest.approx(24)
+    # 4 clusters <= the cluster share: every step draws exactly the budget (per cluster: K per example)
+    assert metrics["pool_draws"] == pytest.approx(24 if sharing == "shared" else config.num_negatives * 32, rel=0.1)
     shares = [metrics[f"mass_{s}"] for s in ("in_batch", "random", "cluster")]
     assert sum(shares) == pytest.approx(1.0, abs=1e-4) and metrics["mass_random"] > 0
     assert (metrics["mass_cluster"] > 0) == (strategy == "cluster_oob")
@@ -178,14 +203,15 @@ def test_shared_masks_history_items_per_query(examples_dir, clusters_dir, tmp_pa
 
 
 def test_sharing_config_is_checked():
-    assert TrainerConfig(negative_sharing="shared").negative_split() == (64, 960)  # batch 1024, 1:15
+    assert TrainerConfig().negative_split() == (16, 240)  # the default: 256 shared draws, 1:15
+    assert TrainerConfig(shared_negatives=0).negative_split() == (64, 960)  # 0: the batch, 1024
     assert TrainerConfig(negative_sharing="shared", shared_negatives=32, strategy="oob").negative_split() == (32, 0)
     assert TrainerConfig(strategy="full").negative_split() == (0, 0) and not TrainerConfig(strategy="full").uses_pool
     with pytest.raises(ValueError, match="negative_sharing must be one of .* got 'batch'"):
         TrainerConfig(negative_sharing="batch")
     with pytest.raises(ValueError, match="shared_negatives must be >= 0 .* got -1"):
         TrainerConfig(shared_negatives=-1)
-    with pytest.raises(ValueError, match="edis_negatives .* negative_sharing 'per_example'"):
+    with pytest.raises(ValueError, match="edis_negatives .* negative_sharing 'per_example' or 'per_cluster'"):
         TrainerConfig(negative_sharing="shared", edis_negatives=2)
     with pytest.raises(ValueError, match="strategy 'full' has none"):
         TrainerConfig(strategy="full", mask_history_negatives=True)

@@ -18,10 +18,12 @@ def tiny_config(**overrides):
 
 
 def test_negative_split_and_slots():
-    assert TrainerConfig().negative_split() == (1, 15)
-    assert TrainerConfig(strategy="oob").negative_split() == (16, 0)
+    assert TrainerConfig(negative_sharing="per_example").negative_split() == (1, 15)
+    assert TrainerConfig(strategy="oob", negative_sharing="per_example").negative_split() == (16, 0)
+    assert TrainerConfig().negative_split() == (16, 240)  # 256 shared draws a step
     assert TrainerConfig(strategy="in_batch").negative_split() == (0, 0)
-    assert TrainerConfig(num_negatives=32, random_ratio=1, cluster_ratio=31).negative_split() == (1, 31)
+    assert TrainerConfig(negative_sharing="per_example", num_negatives=32, random_ratio=1,
+                         cluster_ratio=31).negative_split() == (1, 31)
     assert TrainerConfig().slots_for(3883, 62) == 128
     with pytest.raises(ValueError, match="strategy must be one of"):
         TrainerConfig(strategy="hard")
@@ -120,7 +122,7 @@ def test_in_history_matches_numpy(seed):
 def test_edis_virtual_negatives_lie_between_negative_and_positive(examples_dir, clusters_dir):
     from components.trainer.model import TwoTowerModel
 
-    config = tiny_config(edis_negatives=3, edis_max_weight=0.5)
+    config = tiny_config(edis_negatives=3, edis_max_weight=0.5, negative_sharing="per_example")
     catalogue = load_catalogue(os.path.join(examples_dir, "items"), os.path.join(clusters_dir, "llm"))
     model = TwoTowerModel(config, catalogue, ["1", "2"])
     rng = np.random.default_rng(0)
@@ -205,7 +207,8 @@ def test_history_mask_and_edis_train(examples_dir, clusters_dir, tmp_path):
                           str(tmp_path / "mask"))["final_metrics"]
     # draws in the user's history are a subset of the masked draws
     assert 0.0 < metrics["negative_history_rate"] <= metrics["negative_masked_rate"] <= 1.0
-    both = run_trainer(tiny_config(mask_history_negatives=True, edis_negatives=2), examples_dir, clusters_dir,
+    both = run_trainer(tiny_config(mask_history_negatives=True, edis_negatives=2, negative_sharing="per_example"),
+                       examples_dir, clusters_dir,
                        str(tmp_path / "both"))
     assert np.isfinite(both["final_metrics"]["loss"])
     shares = {k: v for k, v in both["final_metrics"].items() if k.startswith("mass_")}
@@ -280,7 +283,7 @@ print(json.dumps({"replicas": len(copies), "same_valid": bool((copies[0] == copi
 """
 
 
-@pytest.mark.parametrize("sharing", ["shared"])  # per_example (the default) under mirrored: test_multi_worker
+@pytest.mark.parametrize("sharing", ["per_example"])  # shared (the default) under mirrored: test_multi_worker
 def test_mirrored_strategy_keeps_replica_pools_identical(sharing, examples_dir, clusters_dir, tmp_path):
     import subprocess
     import sys
@@ -310,6 +313,13 @@ def test_config_changes_know_which_added_fields_keep_old_behaviour():
     del old["negative_sharing"]  # added later; per_example is what older runs did
     assert config_changes(old, TrainerConfig(negative_sharing="shared")) == \
         ["logq_correction: None -> 'mixture'", "negative_sharing: 'per_example' -> 'shared'"]
+    # pool settings do not change a run without a pool
+    in_batch = config_record(TrainerConfig(strategy="in_batch", negative_sharing="per_example", num_negatives=4))
+    assert config_changes(in_batch, TrainerConfig(strategy="in_batch")) == []
+    assert config_changes(in_batch, TrainerConfig(strategy="in_batch", temperature=0.1)) == \
+        ["temperature: 0.05 -> 0.1"]
+    assert config_changes(in_batch, TrainerConfig(num_negatives=4)) == \
+        ["negative_sharing: 'per_example' -> 'shared'", "strategy: 'in_batch' -> 'cluster_oob'"]
 
 
 GLOBAL_NEGATIVES = """

@@ -137,7 +137,7 @@ def test_tied_candidates_and_dot_similarity_match_numpy():
     with pytest.raises(ValueError, match="'nope'"):
         TrainerConfig(candidate_tower="nope")
     with pytest.raises(ValueError, match="similarity 'cosine', got 'dot'"):
-        TrainerConfig(strategy="oob", edis_negatives=2, similarity="dot")
+        TrainerConfig(strategy="oob", negative_sharing="per_example", edis_negatives=2, similarity="dot")
 
 
 def test_transformer_config_errors_name_the_value():

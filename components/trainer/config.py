@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 STRATEGIES = ("in_batch", "oob", "cluster_oob", "full")
-NEGATIVE_SHARING = ("per_example", "shared")  # see model.TwoTowerModel and losses.py
+NEGATIVE_SHARING = ("per_example", "per_cluster", "shared")  # see model.TwoTowerModel and losses.py
 HISTORY_POOLING = ("mean", "position")
 QUERY_TOWERS = ("pooled", "transformer")  # see model.QueryTower and model.TransformerQueryTower
 CANDIDATE_TOWERS = ("mlp", "embedding")  # see model.CandidateTower
@@ -26,12 +26,18 @@ class TrainerConfig:
       positive's cluster segment) or 'full' (the exact softmax over every catalogue item each step:
       the ceiling every sampler estimates; its step cost grows with the catalogue, so it is refused
       above `full_softmax_memory_mb`).
-    negative_sharing: 'per_example' (each example draws its own `num_negatives` from the pool, B x K
-      draws a step) or 'shared' (the step draws `shared_negatives` pool items once for the whole
-      batch, the cluster share split among the distinct clusters of the batch's positives, and every
-      query is scored against all of them; see losses.py for the correction).
-    shared_negatives: M, the pool draws of a step with 'shared' (0 = the batch size, so the candidate
-      tower embeds at most twice the batch whatever the catalogue).
+    negative_sharing: how the pool draws of a step are made. 'per_example': each example draws its own
+      `num_negatives` (B x K draws a step, each embedded by the candidate tower). 'per_cluster': each
+      distinct cluster of the batch draws K (random:cluster as per example, the cluster share from its
+      segment) and every example of that cluster takes them, so each example's negatives follow the
+      per-example distribution (the same correction) while the tower embeds at most U x K draws, U the
+      batch's distinct clusters. 'shared': the step draws `shared_negatives` pool items once for the
+      whole batch, the cluster share split among the distinct clusters of the batch's positives, and
+      every query is scored against all of them (see losses.py for the correction).
+    num_negatives: K, the pool draws of each example with 'per_example' and 'per_cluster'.
+    shared_negatives: M, the pool draws of a step with 'shared' (0 = the batch size). The default, 256,
+      a quarter of the default batch, keeps the step at in_batch's cost on CPU (the [B, B + M] logits
+      cost as much as the extra tower rows); scale it with the batch.
     deduplicate_candidates: embed each distinct item of a step (positives and pool draws) once and
       gather its rows (same loss to float tolerance; less work when items repeat).
     full_softmax_memory_mb: the memory 'full' may take for its [batch, items] logits and the tower
@@ -106,8 +112,8 @@ class TrainerConfig:
     learning_rate: float = 1e-3
     optimizer: str = "lazy_adam"
     num_negatives: int = 16
-    negative_sharing: str = "per_example"
-    shared_negatives: int = 0
+    negative_sharing: str = "shared"
+    shared_negatives: int = 256
     deduplicate_candidates: bool = True
     full_softmax_memory_mb: int = 8192
     random_ratio: int = 1
@@ -164,7 +170,7 @@ class TrainerConfig:
                              "has none (every catalogue item is a column once)")
         if self.edis_negatives and self.negative_sharing == "shared":
             raise ValueError("edis_negatives interpolates each example's own pool negatives: use negative_sharing "
-                             "'per_example'")
+                             "'per_example' or 'per_cluster'")
         if self.logq_correction not in LOGQ_CORRECTIONS:
             raise ValueError(f"logq_correction must be one of {LOGQ_CORRECTIONS}, got {self.logq_correction!r}")
         if self.query_tower not in QUERY_TOWERS:

@@ -259,7 +259,8 @@ class TwoTowerModel(tf_keras.Model):
 
     A training batch is the dict of `data.parse_batch`. Per step: pool draws for the batch's
     positives (before the batch is written, so a positive is never drawn from its own update):
-    K per example, or with `negative_sharing='shared'` M for the whole batch, scored by every query;
+    K per example (with `negative_sharing='per_cluster'` the same K for the examples of a cluster), or with
+    'shared' M for the whole batch, scored by every query;
     the candidate tower over the step's distinct items (positives and draws), loss and gradients,
     then the batch's items are written into the pool. Strategy 'full' scores every query against
     the whole catalogue instead (no pool).
@@ -428,11 +429,19 @@ class TwoTowerModel(tf_keras.Model):
                                                                                                           tf.float32)
 
     def _draw(self, batch: dict[str, tf.Tensor], cluster: tf.Tensor) -> dict[str, tf.Tensor] | None:
-        """The step's pool draws: per example ([B, K]) or shared by the batch ([N]); None without a pool."""
+        """The step's pool draws: per example ([B, K]; 'per_cluster': equal rows for the examples of a cluster) or
+        shared by the batch ([N]); None without a pool."""
         if self.pool is None:
             return None
         if self.config.shares_negatives:
             return self.pool.sample_shared(cluster, batch["label"], self.num_random, self.num_cluster)
+        if self.config.negative_sharing == "per_cluster":
+            # one set of K draws per distinct cluster of the batch, taken by every example of that cluster: each
+            # example's negatives keep the per-example distribution (and correction), and the candidate tower
+            # embeds at most (distinct clusters) x K draws instead of B x K
+            distinct, group = tf.unique(cluster)
+            drawn = self.pool(distinct, self.num_random, self.num_cluster)
+            return {name: tf.gather(value, group) for name, value in drawn.items()}
         return self.pool(cluster, self.num_random, self.num_cluster)
 
     def _pool_negatives(self, batch: dict[str, tf.Tensor], samples: dict[str, tf.Tensor], negatives: tf.Tensor,

@@ -140,11 +140,25 @@ ADDED_FIELDS = {"mask_user_positives": False, "optimizer": "adam", "user_id_buck
                 "similarity": "cosine"}
 
 
+SHARING_WORDS = {"shared": "shared by each step", "per_cluster": "per example, shared by the examples of a cluster",
+                 "per_example": "per example"}
+
+
+# fields that only the out-of-batch pool reads: between two configs without a pool they change nothing
+POOL_FIELDS = ("num_negatives", "negative_sharing", "shared_negatives", "random_ratio", "cluster_ratio",
+               "slots_per_cluster", "pool_sampling", "mask_history_negatives", "mask_user_positives", "edis_negatives",
+               "edis_max_weight")
+
+
 def config_changes(old: dict, config: TrainerConfig) -> list[str]:
-    """How `config` differs from a recorded config ('field: old -> new'), ignoring RESUMABLE_CHANGES."""
+    """How `config` differs from a recorded config ('field: old -> new'), ignoring RESUMABLE_CHANGES, and
+    POOL_FIELDS when neither uses the pool (an in_batch run is the same run whatever its pool settings)."""
     old, new = {**ADDED_FIELDS, **old}, config_record(config)
+    ignored = set(RESUMABLE_CHANGES)
+    if not config.uses_pool and old.get("strategy") not in ("oob", "cluster_oob"):
+        ignored |= set(POOL_FIELDS)
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-            if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)]
+            if k not in ignored and old.get(k) != new.get(k)]
 
 
 def checkpoint_config_changes(output_dir: str, config: TrainerConfig) -> list[str] | None:
@@ -232,7 +246,7 @@ def _train(config: TrainerConfig, strategy: tf.distribute.Strategy, examples_dir
     if model.pool is not None:
         print(f"[trainer] pool: {model.pool.num_clusters} clusters x {model.pool.slots_per_cluster} slots, "
               f"{float(model.pool.fill_rate()):.1%} filled; negatives "
-              f"{'shared by each step' if config.shares_negatives else 'per example'}: "
+              f"{SHARING_WORDS[config.negative_sharing]}: "
               f"{model.num_random} random + {model.num_cluster} cluster", flush=True)
 
     unit = "sequence chunks" if config.sequence_training else "examples"
