@@ -318,6 +318,8 @@ def test_config_changes_know_which_added_fields_keep_old_behaviour():
     assert config_changes(in_batch, TrainerConfig(strategy="in_batch")) == []
     assert config_changes(in_batch, TrainerConfig(strategy="in_batch", temperature=0.1)) == \
         ["temperature: 0.05 -> 0.1"]
+    per_example = config_record(TrainerConfig(negative_sharing="per_example", shared_negatives=0))
+    assert config_changes(per_example, TrainerConfig(negative_sharing="per_example")) == []
     assert config_changes(in_batch, TrainerConfig(num_negatives=4)) == \
         ["negative_sharing: 'per_example' -> 'shared'", "strategy: 'in_batch' -> 'cluster_oob'"]
 

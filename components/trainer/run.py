@@ -151,12 +151,17 @@ POOL_FIELDS = ("num_negatives", "negative_sharing", "shared_negatives", "random_
 
 
 def config_changes(old: dict, config: TrainerConfig) -> list[str]:
-    """How `config` differs from a recorded config ('field: old -> new'), ignoring RESUMABLE_CHANGES, and
-    POOL_FIELDS when neither uses the pool (an in_batch run is the same run whatever its pool settings)."""
+    """How `config` differs from a recorded config ('field: old -> new'), ignoring RESUMABLE_CHANGES, and the
+    settings neither reads: POOL_FIELDS when neither uses the pool (an in_batch run is the same run whatever
+    its pool settings), M or K when neither draws shared or per-example negatives."""
     old, new = {**ADDED_FIELDS, **old}, config_record(config)
     ignored = set(RESUMABLE_CHANGES)
     if not config.uses_pool and old.get("strategy") not in ("oob", "cluster_oob"):
         ignored |= set(POOL_FIELDS)
+    if "shared" not in (old.get("negative_sharing"), config.negative_sharing):  # M: read by shared draws alone
+        ignored.add("shared_negatives")
+    if old.get("negative_sharing") == config.negative_sharing == "shared":  # K: read by the other two alone
+        ignored.add("num_negatives")
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
             if k not in ignored and old.get(k) != new.get(k)]
 
