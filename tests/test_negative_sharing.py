@@ -203,8 +203,8 @@ def test_shared_masks_history_items_per_query(examples_dir, clusters_dir, tmp_pa
 
 
 def test_sharing_config_is_checked():
-    assert TrainerConfig().negative_split() == (16, 240)  # the default: 256 shared draws, 1:15
-    assert TrainerConfig(shared_negatives=0).negative_split() == (64, 960)  # 0: the batch, 1024
+    assert TrainerConfig(negative_sharing="shared").negative_split() == (16, 240)  # M = 256 by default, 1:15
+    assert TrainerConfig(negative_sharing="shared", shared_negatives=0).negative_split() == (64, 960)  # the batch
     assert TrainerConfig(negative_sharing="shared", shared_negatives=32, strategy="oob").negative_split() == (32, 0)
     assert TrainerConfig(strategy="full").negative_split() == (0, 0) and not TrainerConfig(strategy="full").uses_pool
     with pytest.raises(ValueError, match="negative_sharing must be one of .* got 'batch'"):

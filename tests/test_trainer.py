@@ -20,7 +20,7 @@ def tiny_config(**overrides):
 def test_negative_split_and_slots():
     assert TrainerConfig(negative_sharing="per_example").negative_split() == (1, 15)
     assert TrainerConfig(strategy="oob", negative_sharing="per_example").negative_split() == (16, 0)
-    assert TrainerConfig().negative_split() == (16, 240)  # 256 shared draws a step
+    assert TrainerConfig(negative_sharing="shared").negative_split() == (16, 240)  # 256 shared draws a step
     assert TrainerConfig(strategy="in_batch").negative_split() == (0, 0)
     assert TrainerConfig(negative_sharing="per_example", num_negatives=32, random_ratio=1,
                          cluster_ratio=31).negative_split() == (1, 31)
@@ -283,7 +283,7 @@ print(json.dumps({"replicas": len(copies), "same_valid": bool((copies[0] == copi
 """
 
 
-@pytest.mark.parametrize("sharing", ["per_example"])  # shared (the default) under mirrored: test_multi_worker
+@pytest.mark.parametrize("sharing", ["shared"])  # per_example (the default) under mirrored: test_multi_worker
 def test_mirrored_strategy_keeps_replica_pools_identical(sharing, examples_dir, clusters_dir, tmp_path):
     import subprocess
     import sys
@@ -320,7 +320,7 @@ def test_config_changes_know_which_added_fields_keep_old_behaviour():
         ["temperature: 0.05 -> 0.1"]
     per_example = config_record(TrainerConfig(negative_sharing="per_example", shared_negatives=0))
     assert config_changes(per_example, TrainerConfig(negative_sharing="per_example")) == []
-    assert config_changes(in_batch, TrainerConfig(num_negatives=4)) == \
+    assert config_changes(in_batch, TrainerConfig(num_negatives=4, negative_sharing="shared")) == \
         ["negative_sharing: 'per_example' -> 'shared'", "strategy: 'in_batch' -> 'cluster_oob'"]
 
 

@@ -26,8 +26,9 @@ class TrainerConfig:
       positive's cluster segment) or 'full' (the exact softmax over every catalogue item each step:
       the ceiling every sampler estimates; its step cost grows with the catalogue, so it is refused
       above `full_softmax_memory_mb`).
-    negative_sharing: how the pool draws of a step are made. 'per_example': each example draws its own
-      `num_negatives` (B x K draws a step, each embedded by the candidate tower). 'per_cluster': each
+    negative_sharing: how the pool draws of a step are made (cost and quality of each: README "Hard
+      negatives at in-batch cost"). 'per_example' (default): each example draws its own `num_negatives`
+      (B x K draws a step, each distinct one embedded by the candidate tower). 'per_cluster': each
       distinct cluster of the batch draws K (random:cluster as per example, the cluster share from its
       segment) and every example of that cluster takes them, so each example's negatives follow the
       per-example distribution (the same correction) while the tower embeds at most U x K draws, U the
@@ -37,7 +38,7 @@ class TrainerConfig:
     num_negatives: K, the pool draws of each example with 'per_example' and 'per_cluster'.
     shared_negatives: M, the pool draws of a step with 'shared' (0 = the batch size). The default, 256,
       a quarter of the default batch, keeps the step at in_batch's cost on CPU (the [B, B + M] logits
-      cost as much as the extra tower rows); scale it with the batch.
+      cost as much as the extra tower rows) at the HR of M = 1,024; scale it with the batch.
     deduplicate_candidates: embed each distinct item of a step (positives and pool draws) once and
       gather its rows (same loss to float tolerance; less work when items repeat).
     full_softmax_memory_mb: the memory 'full' may take for its [batch, items] logits and the tower
@@ -112,7 +113,7 @@ class TrainerConfig:
     learning_rate: float = 1e-3
     optimizer: str = "lazy_adam"
     num_negatives: int = 16
-    negative_sharing: str = "shared"
+    negative_sharing: str = "per_example"
     shared_negatives: int = 256
     deduplicate_candidates: bool = True
     full_softmax_memory_mb: int = 8192
