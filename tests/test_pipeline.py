@@ -19,6 +19,44 @@ def test_flags_override_typed_sections(tmp_path):
     assert section_from_json("evaluator", config.section_json("evaluator")) == config.evaluator
 
 
+def test_every_flag_has_a_one_line_help_and_its_default():
+    """--help groups the flags by step, each with the first sentence of its field's docstring entry."""
+    import argparse
+    import dataclasses
+
+    from components.common.cli import field_docs
+    from tfx_pipeline.config import SECTIONS, TrainerJobConfig, add_flags
+
+    parser = argparse.ArgumentParser()
+    add_flags(parser)
+    groups = {g.title: {a.dest: a.help for a in g._group_actions} for g in parser._action_groups}
+    for section, cls in [*SECTIONS.items(), ("trainer_job", TrainerJobConfig)]:
+        docs = field_docs(cls)
+        for field in dataclasses.fields(cls):
+            assert field.name in docs, f"{cls.__name__}.{field.name} has no docstring entry"
+            text = groups[section][f"{section}.{field.name}"]
+            assert "\n" not in docs[field.name] and len(docs[field.name]) <= 110
+            assert text == f"{docs[field.name]} (default: {field.default!r})".replace("%", "%%")
+    assert groups["trainer"]["trainer.negative_sharing"].startswith("how the pool draws of a step are made")
+
+    @dataclasses.dataclass(frozen=True)
+    class Toy:
+        """What a toy is.
+
+        alpha: the first. Never read further.
+        beta, gamma: two at once,
+          on two lines.
+        """
+
+        alpha: int = 1
+        beta: str = ""
+        gamma: float = 0.5
+        delta: bool = False
+
+    assert field_docs(Toy) == {"alpha": "the first", "beta": "two at once, on two lines",
+                               "gamma": "two at once, on two lines"}
+
+
 def test_bad_flag_value_names_flag(tmp_path):
     with pytest.raises(SystemExit, match="trainer.mask_history_negatives"):
         parse(["--data-dir", str(tmp_path), "--trainer.mask_history_negatives", "maybe"])

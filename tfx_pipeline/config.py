@@ -38,7 +38,12 @@ class TrainerJobConfig:
     the same image and entry point); Vertex sets TF_CONFIG on every replica, and the trainer needs
     `--trainer.distribute multi_worker` to use them. spot: preemptible VMs; the job restarts when a
     worker does, and the trainer resumes from its last checkpoint (--trainer.checkpoint_every_steps).
-    On Kubeflow without Vertex, deploy/tfjob-trainer.yaml runs the same entry point as a TFJob."""
+    On Kubeflow without Vertex, deploy/tfjob-trainer.yaml runs the same entry point as a TFJob.
+
+    replicas: trainer processes (a chief and replicas - 1 workers).
+    machine_type, accelerator_type, accelerator_count: each replica's Vertex AI machine ('' = a pipeline step).
+    spot: run the replicas on preemptible (spot) VMs.
+    """
 
     replicas: int = 1
     machine_type: str = ""

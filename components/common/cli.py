@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import logging
 import re
@@ -42,13 +43,34 @@ def parse_value(text: str, default: Any) -> Any:
     return type(default)(text) if default is not None else text
 
 
+def field_docs(cls: type, width: int = 110) -> dict[str, str]:
+    """Each field's entry in the class docstring ('name: text' or 'a, b: text' at the start of a line), as
+    its first sentence on one line (cut at `width` characters); fields without an entry are left out."""
+    entries = re.split(r"\n(?=\S)", inspect.getdoc(cls) or "")  # an entry starts unindented, goes on indented
+    docs = {}
+    for entry in entries:
+        match = re.match(r"([a-z_][a-z0-9_]*(?:, [a-z_][a-z0-9_]*)*): (.*)", entry, re.S)
+        if not match:
+            continue
+        text = " ".join(match.group(2).split())
+        sentence = re.split(r"(?<=[a-z0-9)'`])\. ", text, maxsplit=1)[0].rstrip(".")
+        line = sentence if len(sentence) <= width else sentence[:width - 3].rsplit(" ", 1)[0] + " ..."
+        for name in match.group(1).split(", "):
+            docs[name] = line
+    return docs
+
+
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
-    """Adds --<prefix><field> for every field of the dataclass `cls`."""
+    """Adds --<prefix><field> for every field of the dataclass `cls`, with the first sentence of the field's
+    docstring entry and its default as help."""
     group = parser.add_argument_group(prefix.rstrip(".") or cls.__name__)
+    docs = field_docs(cls)
     for field in dataclasses.fields(cls):
         default = field.default if field.default is not dataclasses.MISSING else None
+        text = f"{docs[field.name]} " if field.name in docs else ""
         group.add_argument(f"--{prefix}{field.name}", dest=f"{prefix}{field.name}", default=None,
-                           metavar=type(default).__name__.upper(), help=f"default: {default!r}")
+                           metavar=type(default).__name__.upper(),
+                           help=f"{text}(default: {default!r})".replace("%", "%%"))
 
 
 def config_overrides(args: argparse.Namespace, cls: type, prefix: str = "") -> dict[str, Any]:

@@ -19,6 +19,8 @@ class EvaluatorConfig:
     batch_size: queries scored at once, at most; memory_budget_mb caps it so that the [queries,
       items] score matrix and its top-K work stay within the budget whatever the catalogue size
       (HR stays exact: every query is still scored against every item).
+    memory_budget_mb: the memory the exact search's [queries, items] scores may take.
+    recall_sample: with search 'scann', queries whose top-K is also searched exactly to report recall.
     search: 'exact' (every query against every item) or 'scann' (the exporter's ScaNN index, for
       catalogues where exact scoring is too slow, e.g. 10^7 items: HR and NDCG then count what the
       index retrieves, and `recall@K` against exact search on the first `recall_sample` queries is

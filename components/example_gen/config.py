@@ -47,6 +47,8 @@ class ExampleGenConfig:
       memory (about 100 bytes per interaction): raise it when interactions / user_shards passes ~10^7, or
       to spread a large input over more workers. Each output shard is the concatenation of one sorted
       run per user shard. Outputs do not depend on it.
+    num_train_shards, num_eval_shards: TFRecord files written for the training and evaluation examples.
+    tfds_data_dir: with source 'tfds', the prepared TensorFlow Datasets directory (never downloads).
     bad_rows: what a row that breaks the schema does (malformed line, wrong field count,
       non-numeric or out-of-range value, bytes not valid in the file's encoding):
       'fail' stops the step with file, line and field; 'dead_letter' drops the row, counts it

@@ -18,6 +18,7 @@ class ExporterConfig:
     (searching `leaves_to_search_fraction` of them), asymmetric hashing and exact re-ordering of
     `reorder` candidates; below `brute_force_below` items the index is exact brute force.
     Defaults from benchmarks/scann_vs_bruteforce.py: recall@100 0.9999 at 12.9x brute force (1M items).
+    leaves_to_search_fraction, reorder, brute_force_below: the ScaNN settings above.
     exclude_history: leave the request's own history items out of the returned top-K (both models
     retrieve K + N for a history of N and drop those items)."""
 

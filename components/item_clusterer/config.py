@@ -19,6 +19,7 @@ class ItemClustererConfig:
       then every item is assigned to its nearest centroid.
     n_init, iterations: k-means restarts (the lowest-inertia one is kept) and Lloyd iterations of
       each; the fit costs O(n_init * iterations * sample * C * d).
+    seed: the k-means++ seeding and faiss' k-means (restart r uses seed + r).
     embedding_kind: the name of the table made from the embeddings: 'llm' (item_embedder's text
       embeddings) or 'behavioural' (a trained candidate tower's item embeddings, e.g. the
       exporter's candidates.parquet: clusters refreshed from the previous model).

@@ -83,6 +83,17 @@ class TrainerConfig:
       and dropout rate (on the inputs, attention and block outputs; training only).
     history_pooling: 'position' (a learned weight per history position, most recent first) or 'mean'
       (every history item alike), see QueryTower; the pooled tower only.
+    embedding_dim: d, the width of the embeddings and of both towers' outputs.
+    temperature: logits are similarity / temperature (0.05 for cosine; use 1 with 'dot').
+    batch_size: examples per step (the global batch under a distribution strategy); B - 1 in-batch negatives.
+    epochs, learning_rate: passes over the training examples, and the optimizer's step size.
+    random_ratio, cluster_ratio: how the pool draws split into random and cluster ones (1:15, the paper's
+      MovieLens ratio; 1:31 its Amazon one).
+    edis_max_weight: the largest weight of the positive in an EDIS virtual negative.
+    history_length: history items the query tower reads (at most example_gen's `history_length`).
+    shuffle_buffer: training examples shuffled together (held in memory).
+    seed: every random choice of the run (initialisation, shuffling, pool draws, dropout).
+    log_every_steps: steps between progress lines (and TensorBoard points).
     optimizer: 'lazy_adam' (Adam; embedding rows change only in steps that look them up, so a step
       costs the same whatever the table sizes; see optimizer.py) or 'adam' (tf_keras' Adam, which
       updates every row of every table each step: the earlier default).
