@@ -26,8 +26,8 @@ class TrainerConfig:
       positive's cluster segment) or 'full' (the exact softmax over every catalogue item each step:
       the ceiling every sampler estimates; its step cost grows with the catalogue, so it is refused
       above `full_softmax_memory_mb`).
-    negative_sharing: how the pool draws of a step are made (cost and quality of each: README "Hard
-      negatives at in-batch cost"). 'per_example' (default): each example draws its own `num_negatives`
+    negative_sharing: how the pool draws of a step are made (cost and quality of each:
+      docs/negatives.md and docs/results.md). 'per_example' (default): each example draws its own `num_negatives`
       (B x K draws a step, each distinct one embedded by the candidate tower). 'per_cluster': each
       distinct cluster of the batch draws K (random:cluster as per example, the cluster share from its
       segment) and every example of that cluster takes them, so each example's negatives follow the

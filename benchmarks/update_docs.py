@@ -1,6 +1,6 @@
-"""Copies benchmarks/results/*.md into README.md's Results section (between the results markers).
+"""Copies benchmarks/results/*.md into docs/results.md (between the results markers).
 
-    python -m benchmarks.update_readme
+    python -m benchmarks.update_docs
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ SECTIONS = (("Query towers and sequence training (`benchmarks.sequential_tower`,
             ("What the scale options cost in quality (`benchmarks.scale_quality`)", "scale_quality.md"),
             ("Two workers against one process (`benchmarks.multi_worker`)", "multi_worker.md"))
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+DOC = os.path.join("docs", "results.md")
 
 
 def main() -> None:
@@ -30,15 +31,15 @@ def main() -> None:
         path = os.path.join("benchmarks", "results", name)
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
-                parts.append((f"### {title}\n\n" if title else "") + f"{f.read().strip()}\n")
-    with open("README.md", encoding="utf-8") as f:
+                parts.append((f"## {title}\n\n" if title else "") + f"{f.read().strip()}\n")
+    with open(DOC, encoding="utf-8") as f:
         readme = f.read()
     block = f"{START}\n" + "\n".join(parts) + f"{END}"
     if START in readme:
         readme = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, readme, flags=re.S)
     else:
         readme = readme.replace("RESULTS_PLACEHOLDER", block)
-    with open("README.md", "w", encoding="utf-8") as f:
+    with open(DOC, "w", encoding="utf-8") as f:
         f.write(readme)
 
 
