@@ -12,7 +12,7 @@ catalogue, the paper's Table 3 popularity figures, and HR by the target's traini
 the long tail, where the paper's claim lives.
 
 main, per seed: in_batch, oob and cluster_oob with the category clusters (27, the catalogue's own), cluster_oob
-with per-example and with shared draws, then behavioural clusters (k-means, sqrt(items) clusters, of the item
+with per-example, per-cluster and shared draws, then behavioural clusters (k-means, sqrt(items) clusters, of the item
 embeddings of that seed's in_batch model, as benchmarks.larger_catalogues does) for in_batch and cluster_oob.
 regimes (first seed, category clusters): random:cluster 1:31 (the paper's Amazon ratio) and no logQ correction
 (the paper's baseline corrects in-batch negatives only; `in_batch` here is the mixture's in-batch case).
@@ -44,6 +44,7 @@ MAIN = {  # name: (strategy, cluster source, overrides), in the order they are t
     "cluster_oob category shared": ("cluster_oob", "category", SHARED),
     "oob": ("oob", "category", PER_EXAMPLE),
     "cluster_oob category per-example": ("cluster_oob", "category", PER_EXAMPLE),
+    "cluster_oob category per-cluster": ("cluster_oob", "category", {"negative_sharing": "per_cluster"}),
     "in_batch behavioural": ("in_batch", "behavioural", {}),
     "cluster_oob behavioural shared": ("cluster_oob", "behavioural", SHARED),
 }
