@@ -115,7 +115,10 @@ class SeenItems:
 
     def pairs(self, user_ids: np.ndarray) -> np.ndarray:
         """user_ids [B] str -> [E, 2] int64 (row in the batch, item index) of every training item of each user."""
-        keys = fingerprints(np.asarray(user_ids))
+        return self.pairs_of_keys(fingerprints(np.asarray(user_ids)))
+
+    def pairs_of_keys(self, keys: np.ndarray) -> np.ndarray:
+        """`pairs` of users given by their `fingerprints` [B] int64 (already hashed by the caller)."""
         at = np.minimum(np.searchsorted(self.users, keys), max(0, len(self.users) - 1))
         known = (self.users[at] == keys) if len(self.users) else np.zeros(len(keys), bool)
         starts = np.where(known, self.offsets[at], 0)
@@ -153,7 +156,8 @@ def evaluate(query_batches: Iterable[tuple], candidates: np.ndarray, config: Eva
     and NDCG of each of config.frequency_groups() (a target outside the corpus counts as frequency 0).
 
     Returns hit rates and NDCG at every K (one relevant item per query: 1 / log2(rank + 2) when
-    rank < K; ties count against the target), counts and per-item top-K appearance counts [V].
+    rank < K; the rank counts the candidates scoring strictly higher, so a tie does not count against the
+    target), counts and per-item top-K appearance counts [V].
     A target outside the corpus is a miss (it cannot be retrieved) and is counted apart.
     """
     k_max = min(max(config.ks), len(candidates))

@@ -56,10 +56,10 @@ def run_evaluator(config: EvaluatorConfig, model_dir: str, examples_dir: str, ou
         """Per read batch: the examples' distinct (user, history) queries, embedded once, in chunks that
         the memory budget allows, each with the targets that share them."""
         for batch in dataset:
-            users = batch["user_id"].numpy()
+            user_keys = fingerprints(batch["user_id"].numpy())  # hashed once: the query key and the seen items
             history = batch["history_item_ids"]  # padding '' and an item outside the catalogue keyed apart
             history_keys = tf.where(tf.equal(history, ""), tf.constant(-2, tf.int64), index_of.lookup(history))
-            keys = np.concatenate([fingerprints(users)[:, None], history_keys.numpy()], axis=1)
+            keys = np.concatenate([user_keys[:, None], history_keys.numpy()], axis=1)
             _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
             inverse = inverse.reshape(-1)
             queries = query_model(tf.gather(batch["user_id"], first), tf.gather(history, first))["embedding"].numpy()
@@ -67,7 +67,7 @@ def run_evaluator(config: EvaluatorConfig, model_dir: str, examples_dir: str, ou
             for start in range(0, len(first), scored_at_once):
                 stop = min(len(first), start + scored_at_once)
                 mine = (inverse >= start) & (inverse < stop)
-                excluded = seen.pairs(users[first[start:stop]]) if seen is not None else NO_EXCLUSION
+                excluded = seen.pairs_of_keys(user_keys[first[start:stop]]) if seen is not None else NO_EXCLUSION
                 yield QueryBatch(queries[start:stop], targets[mine], excluded, inverse[mine] - start)
             progress.update(len(targets))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 STRATEGIES = ("in_batch", "oob", "cluster_oob", "full")
+POOL_STRATEGIES = ("oob", "cluster_oob")  # the strategies that draw from the out-of-batch pool
 NEGATIVE_SHARING = ("per_example", "per_cluster", "shared")  # see model.TwoTowerModel and losses.py
 HISTORY_POOLING = ("mean", "position")
 QUERY_TOWERS = ("pooled", "transformer")  # see model.QueryTower and model.TransformerQueryTower
@@ -232,7 +233,7 @@ class TrainerConfig:
 
     @property
     def uses_pool(self) -> bool:
-        return self.strategy in ("oob", "cluster_oob")
+        return self.strategy in POOL_STRATEGIES
 
     @property
     def shares_negatives(self) -> bool:

@@ -18,7 +18,7 @@ import time
 import tensorflow as tf
 import tf_keras
 
-from components.trainer.config import TrainerConfig
+from components.trainer.config import POOL_STRATEGIES, TrainerConfig
 from components.trainer.data import example_files, load_catalogue, user_positive_keys
 from components.trainer.distribute import epoch_batches, is_chief, make_strategy, replica_values, write_location
 from components.trainer.model import CandidateTower, TwoTowerModel
@@ -156,7 +156,7 @@ def config_changes(old: dict, config: TrainerConfig) -> list[str]:
     its pool settings), M or K when neither draws shared or per-example negatives."""
     old, new = {**ADDED_FIELDS, **old}, config_record(config)
     ignored = set(RESUMABLE_CHANGES)
-    if not config.uses_pool and old.get("strategy") not in ("oob", "cluster_oob"):
+    if not config.uses_pool and old.get("strategy") not in POOL_STRATEGIES:
         ignored |= set(POOL_FIELDS)
     if "shared" not in (old.get("negative_sharing"), config.negative_sharing):  # M: read by shared draws alone
         ignored.add("shared_negatives")
