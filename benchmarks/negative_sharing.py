@@ -41,6 +41,7 @@ from components.trainer import TrainerConfig
 # default is M = 256 (the "M=256" variants)
 PER_EXAMPLE, SHARED = {"negative_sharing": "per_example"}, {"negative_sharing": "shared", "shared_negatives": 0}
 PER_CLUSTER = {"negative_sharing": "per_cluster"}
+CACHED = {"negative_embeddings": "cached"}
 NO_DEDUP = {"deduplicate_candidates": False}
 SPEED = {  # name: (strategy, overrides)
     "in_batch (no dedup)": ("in_batch", NO_DEDUP),
@@ -55,13 +56,17 @@ SPEED = {  # name: (strategy, overrides)
     "cluster_oob shared M=256": ("cluster_oob", {**SHARED, "shared_negatives": 256}),
     "cluster_oob shared M=128": ("cluster_oob", {**SHARED, "shared_negatives": 128}),
     "full": ("full", {}),
+    "cluster_oob per-example cached": ("cluster_oob", {**PER_EXAMPLE, **CACHED}),
+    "cluster_oob shared M=256 cached": ("cluster_oob", {**SHARED, "shared_negatives": 256, **CACHED}),
 }
 # measured in two processes per size (five [10^6, 64] towers with Adam moments at most in one), each with in_batch
 SPEED_GROUPS = (("in_batch", "in_batch (no dedup)", "oob per-example (no dedup)", "oob per-example dedup",
                  "cluster_oob per-example (no dedup)", "full"),
                 ("in_batch", "cluster_oob per-example dedup", "cluster_oob per-cluster", "cluster_oob shared",
                  "cluster_oob shared M=256", "cluster_oob shared M=128"),
-                ("in_batch", "oob shared"))
+                ("in_batch", "oob shared"),
+                ("in_batch", "cluster_oob per-example dedup", "cluster_oob per-example cached",
+                 "cluster_oob shared M=256 cached"))
 QUALITY = {  # deduplication changes no figure (tests/test_negative_sharing.py), so it is on throughout
     "in_batch": ("in_batch", {}),  # in the order they are trained: the most telling first
     "full": ("full", {}),
@@ -70,6 +75,7 @@ QUALITY = {  # deduplication changes no figure (tests/test_negative_sharing.py),
     "cluster_oob shared": ("cluster_oob", SHARED),
     "cluster_oob shared M=256": ("cluster_oob", {**SHARED, "shared_negatives": 256}),
     "oob": ("oob", PER_EXAMPLE),
+    "cluster_oob per-example cached": ("cluster_oob", {**PER_EXAMPLE, **CACHED}),
 }
 METRICS = ("hr10", "hr50", "hr100")
 KS = (10, 50, 100)

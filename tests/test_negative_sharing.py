@@ -1,5 +1,6 @@
 """Shared pool draws, deduplicated candidate embedding and the full-softmax strategy of the trainer."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -229,3 +230,63 @@ def test_shared_draws_that_find_no_item_are_masked(examples_dir, clusters_dir):
     logs = model.make_train_function()(iter(tf.data.Dataset.from_tensors(batch)))
     assert float(logs["negative_masked_rate"]) == 1.0 and np.isfinite(float(logs["loss"]))
     assert float(logs["mass_in_batch"]) == pytest.approx(1.0) and float(logs["pool_fill"]) > 0
+
+
+@pytest.mark.parametrize("sharing", ["per_example", "shared"])
+def test_cached_negative_embeddings_give_the_recomputed_step_with_a_fresh_cache(sharing, examples_dir, clusters_dir):
+    """Right after preloading the cache holds the tower's current output: the cached step's loss and its
+    query tower update equal the recomputed step's, while only positives go through the candidate tower
+    (an item drawn, but neither a positive nor in a history, keeps its embedding row). After the step the
+    cache holds the positives' embeddings of the step's start and the swept rows' of its end."""
+    batch = next(iter(make_dataset(example_files(examples_dir, "train"), 32, 5)))
+    logs, models = {}, {}
+    for mode in ("recompute", "cached"):
+        config = tiny_config(negative_sharing=sharing, negative_embeddings=mode, shared_negatives=24,
+                             cache_refresh_rows=10)
+        model, _ = _model(config, examples_dir, clusters_dir)  # (the cache's preload builds the candidate tower
+        rows = tf.range(model.items.vocabulary_size, dtype=tf.int64)  # first: so here for both, for equal weights)
+        model.candidate_tower(rows)
+        if mode == "cached":
+            np.testing.assert_allclose(model.cache.table.numpy(), model.candidate_tower(rows).numpy(), rtol=1e-6)
+            index, _ = model.items(batch["item_id"])
+            before = model.candidate_tower(index).numpy()
+            item_rows_before = model.candidate_tower.item_embedding.embeddings.numpy().copy()
+        logs[mode] = {k: float(v) for k, v in model.make_train_function()(iter(tf.data.Dataset.from_tensors(batch)))
+                      .items()}
+        models[mode] = model
+    np.testing.assert_allclose(logs["cached"]["loss"], logs["recompute"]["loss"], rtol=1e-5)
+    for a, b in zip(models["recompute"].query_tower.trainable_weights, models["cached"].query_tower.trainable_weights):
+        if "embedding" not in a.name:  # the item and cluster tables are shared with the candidate tower
+            np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-6)
+    positives = np.unique(index.numpy())
+    assert logs["cached"]["embedded_rows"] == len(positives) < logs["recompute"]["embedded_rows"]
+    cached = models["cached"]
+    item_rows_after = cached.candidate_tower.item_embedding.embeddings.numpy()
+    history, _ = cached.items(batch["history_item_ids"])  # the query tower reads the same item table
+    untouched = np.setdiff1d(np.arange(2, cached.items.vocabulary_size), np.union1d(positives, history.numpy()))
+    assert len(untouched) > 0
+    np.testing.assert_array_equal(item_rows_after[untouched], item_rows_before[untouched])  # no gradient via cache
+    table = cached.cache.table.numpy()
+    swept = np.arange(10)
+    np.testing.assert_allclose(table[swept], cached.candidate_tower(tf.constant(swept, tf.int64)).numpy(),
+                               rtol=1e-5, atol=1e-6)
+    rest = np.setdiff1d(positives, swept)
+    last = {i: r for r, i in enumerate(index.numpy())}
+    np.testing.assert_allclose(table[rest], before[[last[i] for i in rest]], rtol=1e-6)
+    assert int(cached.cache.sweep_at.numpy()) == 10
+
+
+def test_train_and_resume_with_cached_negative_embeddings(examples_dir, clusters_dir, tmp_path):
+    config = tiny_config(negative_embeddings="cached", cache_refresh_rows=16, epochs=1, checkpoint_every_steps=2)
+    summary = run_trainer(config, examples_dir, clusters_dir, str(tmp_path))
+    metrics = summary["final_metrics"]
+    assert np.isfinite(metrics["loss"]) and metrics["mass_cluster"] > 0 and metrics["embedded_rows"] <= 32
+    resumed = run_trainer(dataclasses.replace(config, epochs=2), examples_dir, clusters_dir, str(tmp_path))
+    assert np.isfinite(resumed["final_metrics"]["loss"])
+    with pytest.raises(ValueError, match="negative_embeddings: 'cached' -> 'recompute'"):
+        run_trainer(dataclasses.replace(config, negative_embeddings="recompute"), examples_dir, clusters_dir,
+                    str(tmp_path))
+    with pytest.raises(ValueError, match="negative_embeddings must be one of .* got 'stale'"):
+        TrainerConfig(negative_embeddings="stale")
+    with pytest.raises(ValueError, match="cache_refresh_rows must be >= 0 .* got -1"):
+        TrainerConfig(cache_refresh_rows=-1)

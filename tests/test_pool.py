@@ -6,7 +6,7 @@ import tensorflow as tf
 import tf_keras
 from scipy import stats
 
-from components.trainer.pool import ClusterPool
+from components.trainer.pool import ClusterPool, EmbeddingCache
 
 SPEC = {"item_index": ((), "int64"), "dense": ((3,), "float32")}
 
@@ -312,3 +312,30 @@ def test_shared_draws_come_from_their_allocated_segments(sampling):
             assert item in cluster_of
     if sampling == "filled":
         assert valid.all()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_embedding_cache_matches_numpy_oracle(seed):
+    """Writes land in their rows, the last of a repeated row wins, reads carry no gradient; the sweep goes
+    round-robin over every row and wraps."""
+    rng = np.random.default_rng(seed)
+    cache = EmbeddingCache(7, 3)
+    want = np.zeros((7, 3), np.float32)
+    for _ in range(4):
+        index = rng.integers(0, 7, size=5)
+        values = rng.normal(size=(5, 3)).astype(np.float32)
+        cache.write(tf.constant(index, tf.int64), tf.constant(values))
+        for i, v in zip(index, values):  # in order: the last occurrence of a row stays
+            want[i] = v
+        np.testing.assert_array_equal(cache.table.numpy(), want)
+    index = tf.constant([[6, 0], [2, 2]], tf.int64)
+    with tf.GradientTape() as tape:
+        tape.watch(cache.table)
+        read = cache.read(index)
+    np.testing.assert_array_equal(read.numpy(), want[[[6, 0], [2, 2]]])
+    assert tape.gradient(read, cache.table) is None
+    swept = [cache.next_rows(3).numpy().tolist() for _ in range(3)]
+    assert swept == [[0, 1, 2], [3, 4, 5], [6, 0, 1]] and int(cache.sweep_at.numpy()) == 2
+    assert cache.next_rows(100).numpy().tolist() == [2, 3, 4, 5, 6, 0, 1]  # at most every row once a call
+    with pytest.raises(ValueError, match="rows and dim must be >= 1, got 0 and 3"):
+        EmbeddingCache(0, 3)

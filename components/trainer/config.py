@@ -7,6 +7,7 @@ import dataclasses
 STRATEGIES = ("in_batch", "oob", "cluster_oob", "full")
 POOL_STRATEGIES = ("oob", "cluster_oob")  # the strategies that draw from the out-of-batch pool
 NEGATIVE_SHARING = ("per_example", "per_cluster", "shared")  # see model.TwoTowerModel and losses.py
+NEGATIVE_EMBEDDINGS = ("recompute", "cached")  # see model.TwoTowerModel and pool.EmbeddingCache
 HISTORY_POOLING = ("mean", "position")
 QUERY_TOWERS = ("pooled", "transformer")  # see model.QueryTower and model.TransformerQueryTower
 CANDIDATE_TOWERS = ("mlp", "embedding")  # see model.CandidateTower
@@ -36,6 +37,15 @@ class TrainerConfig:
       batch's distinct clusters. 'shared': the step draws `shared_negatives` pool items once for the
       whole batch, the cluster share split among the distinct clusters of the batch's positives, and
       every query is scored against all of them (see losses.py for the correction).
+    negative_embeddings: how pool draws are embedded. 'recompute' (default): the candidate tower embeds every
+      distinct draw each step, with gradients (its cost: B x K tower rows forward, backward and optimizer
+      update). 'cached': a draw takes its item's row of an embedding cache ([items + 2, d] float32, written
+      with each positive's fresh embedding every step and by a sweep of `cache_refresh_rows` rows a step
+      through the catalogue, forward only); no gradient flows into a cached row, the queries' gradients are
+      exact (cross-batch negatives, Wang et al. SIGIR 2021). Step cost: a [B, K, d] gather instead of the
+      tower over the draws; memory: 4 x d bytes per item (plus the same in checkpoints).
+    cache_refresh_rows: R, the catalogue rows the cache re-embeds each step with 'cached' (round-robin,
+      forward only; every item is at most items / R steps stale besides its own appearances as a positive).
     num_negatives: K, the pool draws of each example with 'per_example' and 'per_cluster'.
     shared_negatives: M, the pool draws of a step with 'shared' (0 = the batch size). The default, 256,
       a quarter of the default batch, keeps the step at in_batch's cost on CPU (the [B, B + M] logits
@@ -126,6 +136,8 @@ class TrainerConfig:
     optimizer: str = "lazy_adam"
     num_negatives: int = 16
     negative_sharing: str = "per_example"
+    negative_embeddings: str = "recompute"
+    cache_refresh_rows: int = 1024
     shared_negatives: int = 256
     deduplicate_candidates: bool = True
     full_softmax_memory_mb: int = 8192
@@ -174,6 +186,11 @@ class TrainerConfig:
             raise ValueError(f"strategy {self.strategy!r} needs num_negatives >= 1, got {self.num_negatives}")
         if self.negative_sharing not in NEGATIVE_SHARING:
             raise ValueError(f"negative_sharing must be one of {NEGATIVE_SHARING}, got {self.negative_sharing!r}")
+        if self.negative_embeddings not in NEGATIVE_EMBEDDINGS:
+            raise ValueError(f"negative_embeddings must be one of {NEGATIVE_EMBEDDINGS}, got "
+                             f"{self.negative_embeddings!r}")
+        if self.cache_refresh_rows < 0:
+            raise ValueError(f"cache_refresh_rows must be >= 0 (0 = positives only), got {self.cache_refresh_rows}")
         if self.shared_negatives < 0:
             raise ValueError(f"shared_negatives must be >= 0 (0 = the batch size), got {self.shared_negatives}")
         if self.full_softmax_memory_mb < 1:
@@ -234,6 +251,10 @@ class TrainerConfig:
     @property
     def uses_pool(self) -> bool:
         return self.strategy in POOL_STRATEGIES
+
+    @property
+    def caches_negatives(self) -> bool:
+        return self.uses_pool and self.negative_embeddings == "cached"
 
     @property
     def shares_negatives(self) -> bool:

@@ -143,6 +143,7 @@ def mixed_negatives_loss(
         if in_batch_log_count is not None:
             logits -= in_batch_log_count
         masked = tf.equal(candidate_ids[None, :], positive_ids[:, None])
+        parts = [(logits, masked)]
     else:
         if negative_ids is None or negative_valid is None:
             raise ValueError("negatives need negative_ids and negative_valid")
@@ -157,39 +158,47 @@ def mixed_negatives_loss(
             column_source = tf.constant([SOURCES.index(s) for s in negative_sources], tf.int32)
             sources += [s for s in SOURCES[1:] if s in negative_sources]
         num_negatives = tf.shape(negatives)[-2]
-        correction = _columns(in_batch_log_count, negative_log_count, num_candidates, num_negatives, batch)
-        shared = negatives.shape.rank == 2
-        if shared and negative_valid.shape.rank == 1:  # draws valid for every query: masked in the one
-            # correction row (+1e9 on an empty draw's column), so no [B, M + K] mask pass is needed for them
-            correction = tf.zeros([1, num_candidates + num_negatives]) if correction is None else correction
-            empty = tf.concat([tf.zeros([num_candidates], tf.bool), tf.logical_not(negative_valid)], axis=0)
-            correction = tf.where(empty[None, :], -MASKED_LOGIT, correction)
-        if shared:  # scored by every query: one matmul over all columns
+        if negatives.shape.rank == 2:  # shared: scored by every query, one matmul over all columns
+            correction = _columns(in_batch_log_count, negative_log_count, num_candidates, num_negatives, batch)
+            if negative_valid.shape.rank == 1:  # draws valid for every query: masked in the one correction row
+                # (+1e9 on an empty draw's column), so no [B, M + K] mask pass is needed for them
+                correction = tf.zeros([1, num_candidates + num_negatives]) if correction is None else correction
+                empty = tf.concat([tf.zeros([num_candidates], tf.bool), tf.logical_not(negative_valid)], axis=0)
+                correction = tf.where(empty[None, :], -MASKED_LOGIT, correction)
             logits = tf.matmul(query, tf.concat([candidates, negatives], 0), transpose_b=True)
+            if correction is not None:
+                logits -= correction
             masked = tf.equal(tf.concat([candidate_ids, negative_ids], 0)[None, :], positive_ids[:, None])
             hit = masked[:, num_candidates:]  # [B, K]
-        else:
-            logits = tf.concat([tf.matmul(query, candidates, transpose_b=True),
-                                tf.einsum("bd,bkd->bk", query, negatives)], axis=1)
+            if negative_valid.shape.rank == 2:  # per query: into the mask
+                masked = tf.logical_or(masked, tf.concat([tf.zeros([batch, num_candidates], tf.bool),
+                                                          tf.logical_not(negative_valid)], axis=1))
+            parts = [(logits, masked)]
+        else:  # per example: the in-batch [B, M] and pool [B, K] columns apart (no [B, M + K] concatenations)
+            in_batch = tf.matmul(query, candidates, transpose_b=True)
+            pool = tf.einsum("bd,bkd->bk", query, negatives)
+            if in_batch_log_count is not None:
+                in_batch -= in_batch_log_count
+            if negative_log_count is not None:
+                pool -= negative_log_count
             hit = tf.equal(negative_ids, positive_ids[:, None])  # [B, K]
-            masked = tf.concat([tf.equal(candidate_ids[None, :], positive_ids[:, None]), hit], axis=1)
-        if correction is not None:
-            logits -= correction
+            parts = [(in_batch, tf.equal(candidate_ids[None, :], positive_ids[:, None])),
+                     (pool, tf.logical_or(hit, tf.logical_not(negative_valid)))]
         valid = tf.broadcast_to(negative_valid, tf.shape(hit))
-        if negative_valid.shape.rank == 2:  # per query: into the mask
-            masked = tf.logical_or(masked, tf.concat([tf.zeros([batch, num_candidates], tf.bool),
-                                                      tf.logical_not(negative_valid)], axis=1))
         draws = tf.cast(tf.size(hit), tf.float32)
         hits = tf.cast(tf.math.count_nonzero(tf.logical_and(hit, valid)), tf.float32)
         stats["negative_masked_rate"] = 1.0 - (tf.cast(tf.math.count_nonzero(valid), tf.float32) - hits) / draws
         stats["negative_hit_rate"] = hits / draws
-    logits = tf.where(masked, tf.constant(MASKED_LOGIT, logits.dtype), logits)  # [B, M + K], positive masked
-    negative_lse = tf.reduce_logsumexp(logits, axis=1)
+    # masked columns (the positive's among them) get MASKED_LOGIT; each part's log-sum-exp, then theirs
+    parts = [tf.where(masked, tf.constant(MASKED_LOGIT, logits.dtype), logits) for logits, masked in parts]
+    lse = [tf.reduce_logsumexp(p, axis=1) for p in parts]
+    negative_lse = lse[0] if len(lse) == 1 else tf.reduce_logsumexp(tf.stack(lse, axis=1), axis=1)
     top = tf.maximum(positive, negative_lse)
     total = top + tf.math.log(tf.exp(positive - top) + tf.exp(negative_lse - top))  # log-sum-exp of every column
     per_example = total - positive
     weight = tf.ones_like(per_example) if sample_weight is None else tf.cast(sample_weight, per_example.dtype)
-    stats.update(_mass_shares(logits[:MASS_ROWS], total[:MASS_ROWS], column_source, sources, weight[:MASS_ROWS]))
+    logits = tf.concat([p[:MASS_ROWS] for p in parts], axis=1)  # [MASS_ROWS, M + K]
+    stats.update(_mass_shares(logits, total[:MASS_ROWS], column_source, sources, weight[:MASS_ROWS]))
     loss = tf.nn.compute_average_loss(per_example, sample_weight=weight, global_batch_size=global_rows(batch))
     return loss, stats
 

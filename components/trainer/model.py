@@ -11,7 +11,7 @@ import tf_keras
 from components.trainer.config import TrainerConfig
 from components.trainer.data import ItemCatalogue, pair_keys
 from components.trainer.losses import expected_counts, full_softmax_loss, log_count, mixed_negatives_loss
-from components.trainer.pool import ClusterPool
+from components.trainer.pool import ClusterPool, EmbeddingCache
 
 
 def in_history(ids: tf.Tensor, history: tf.Tensor) -> tf.Tensor:
@@ -261,9 +261,10 @@ class TwoTowerModel(tf_keras.Model):
     positives (before the batch is written, so a positive is never drawn from its own update):
     K per example (with `negative_sharing='per_cluster'` the same K for the examples of a cluster), or with
     'shared' M for the whole batch, scored by every query;
-    the candidate tower over the step's distinct items (positives and draws), loss and gradients,
-    then the batch's items are written into the pool. Strategy 'full' scores every query against
-    the whole catalogue instead (no pool).
+    the candidate tower over the step's distinct items (positives and draws; with
+    `negative_embeddings='cached'` the positives alone, the draws' rows read from the EmbeddingCache), loss
+    and gradients, then the batch's items are written into the pool (and their embeddings into the cache).
+    Strategy 'full' scores every query against the whole catalogue instead (no pool).
     """
 
     def __init__(self, config: TrainerConfig, catalogue: ItemCatalogue, user_ids: Sequence[str] | None,
@@ -294,6 +295,9 @@ class TwoTowerModel(tf_keras.Model):
             self.pool = ClusterPool(catalogue.num_clusters, slots, {"item_index": ((), "int64")},
                                     sampling=config.pool_sampling, seed=config.seed, key_feature="item_index",
                                     name="pool")
+        # negative_embeddings 'cached': pool draws read their rows here instead of through the tower
+        self.cache = EmbeddingCache(self.items.vocabulary_size, dim, name="negative_cache") \
+            if config.caches_negatives else None
         self.user_positives = None
         if config.mask_user_positives:
             if user_positive_keys is None:
@@ -315,12 +319,17 @@ class TwoTowerModel(tf_keras.Model):
         return list(self.trackers.values())
 
     def preload_pool(self, catalogue: ItemCatalogue, chunk: int = 65536) -> None:
-        """Fills the pool from the item table before step 1 (paper: pre-loading)."""
+        """Fills the pool from the item table before step 1 (paper: pre-loading), and with 'cached' negative
+        embeddings the cache with the initial tower's output for every vocabulary row (O(items), once)."""
         if self.pool is None:
             return
         for start in range(0, len(catalogue.item_ids), chunk):
             index, cluster = self.items(tf.constant(catalogue.item_ids[start:start + chunk].tolist()))
             self.pool.update(index, cluster, {"item_index": index})
+        if self.cache is not None:
+            for start in range(0, self.cache.rows, chunk):
+                rows = tf.range(start, min(start + chunk, self.cache.rows), dtype=tf.int64)
+                self.cache.write(rows, self.candidate_tower(rows))
 
     def is_user_positive(self, user_id: tf.Tensor, item_index: tf.Tensor) -> tf.Tensor:
         """user_id [B] string, item_index [B, K] vocabulary indices -> [B, K] bool: is the item a
@@ -374,11 +383,20 @@ class TwoTowerModel(tf_keras.Model):
             return log_count(in_batch), log_count(pool)
         q_random, q_cluster = self.pool.draw_probabilities(cluster)
         random_rate, cluster_rate = (self.num_random * q_random)[:, None], (self.num_cluster * q_cluster)[:, None]
-        in_batch = expected_counts(in_batch_draws, tf.gather(probability, column_index)[None, :], in_pool,
-                                   tf.equal(cluster[:, None], column_cluster[None, :]), random_rate, cluster_rate)
+        # a query's cluster draws reach column j only when j is of the query's cluster, and then at the rate of
+        # j's own segment: c_i(j) is one of two [M] rows, chosen per query by the cluster (two [B, M] passes,
+        # equal and where, instead of building c_i(j) over [B, M])
+        column_random, column_cluster_rate = self.pool.draw_probabilities(column_cluster)
+        column_probability = tf.gather(probability, column_index)
+        other = expected_counts(in_batch_draws, column_probability, in_pool[0], False, self.num_random * column_random,
+                                0.0)
+        own = expected_counts(in_batch_draws, column_probability, in_pool[0], True, self.num_random * column_random,
+                              self.num_cluster * column_cluster_rate)
+        in_batch = tf.where(tf.equal(cluster[:, None], column_cluster[None, :]), log_count(own)[None, :],
+                            log_count(other)[None, :])
         pool = expected_counts(in_batch_draws, tf.gather(probability, drawn), True,
                                tf.equal(drawn_cluster, cluster[:, None]), random_rate, cluster_rate)
-        return log_count(in_batch), log_count(pool)
+        return in_batch, log_count(pool)
 
     @staticmethod
     def _allocated(samples: dict[str, tf.Tensor], item_cluster: tf.Tensor) -> tf.Tensor:
@@ -539,6 +557,10 @@ class TwoTowerModel(tf_keras.Model):
             kwargs, stats = {}, dict(sequence_stats)
             if samples is None:
                 (positive,), stats["embedded_rows"] = self._embed(index)
+            elif self.cache is not None:  # the draws' rows from the cache: only the positives go through the tower
+                (positive,), stats["embedded_rows"] = self._embed(index)
+                kwargs = self._pool_negatives(batch, samples, self.cache.read(samples["item_index"]), positive,
+                                              pool_log_count, stats)
             else:
                 (positive, negatives), stats["embedded_rows"] = self._embed(index, samples["item_index"])
                 kwargs = self._pool_negatives(batch, samples, negatives, positive, pool_log_count, stats)
@@ -551,11 +573,12 @@ class TwoTowerModel(tf_keras.Model):
                                                     in_batch_log_count=in_batch_log_count,
                                                     sample_weight=batch["label"], first_row=first_row, **kwargs)
             stats.update(loss_stats)
-        return self._apply(tape, loss, stats, index, cluster, columns)
+        return self._apply(tape, loss, stats, index, cluster, columns, positive)
 
     def _apply(self, tape: tf.GradientTape, loss: tf.Tensor, stats: dict, index: tf.Tensor, cluster: tf.Tensor,
-               columns: tuple[tf.Tensor, tf.Tensor] | None) -> dict:
-        """Gradients, the pool update with the batch's items, the step's figures into the trackers."""
+               columns: tuple[tf.Tensor, tf.Tensor] | None, positive: tf.Tensor | None = None) -> dict:
+        """Gradients, the pool update with the batch's items (and the cache's with their embeddings
+        `positive` [B, d] and its sweep), the step's figures into the trackers."""
         gradients = tape.gradient(loss, self.trainable_variables)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
         if self.pool is not None:
@@ -564,6 +587,11 @@ class TwoTowerModel(tf_keras.Model):
             else:
                 self.pool.update(index, cluster, {"item_index": index})
             stats["pool_fill"] = self.pool.fill_rate()
+        if self.cache is not None:
+            self.cache.write(index, positive)
+            if self.config.cache_refresh_rows:  # the same rows on every replica, embedded with the updated towers
+                rows = self.cache.next_rows(self.config.cache_refresh_rows)
+                self.cache.write(rows, self.candidate_tower(rows), gathered=True)
         stats["loss"] = loss
         stats = self._across_replicas(stats)
         for name, value in stats.items():

@@ -309,3 +309,59 @@ class ClusterPool(tf_keras.layers.Layer):
                       feature_specs={k: [list(s), d] for k, (s, d) in self.feature_specs.items()},
                       sampling=self.sampling, seed=self.seed, key_feature=self.key_feature)
         return config
+
+
+class EmbeddingCache(tf_keras.layers.Layer):
+    """The candidate tower's output for every vocabulary row as of its last computation: pool draws read
+    their embeddings here instead of being re-embedded (`negative_embeddings='cached'`).
+
+    Cross-batch negatives (Wang et al., SIGIR 2021) keep a FIFO of recent batches' embeddings; this keeps
+    one row per item instead, so a draw of any pooled item finds its embedding, and the pool's sampling
+    distributions (and their logQ correction) are unchanged. A row is written with the item's fresh
+    embedding whenever it is a positive, and `sweep` re-embeds the next rows of the vocabulary round-robin,
+    so no row is older than rows / (swept rows a step) steps. Nothing flows back into a row: a cached
+    negative's gradient reaches the queries only (tf_keras and TFRS have no such table; XBM-style memories
+    in the literature are written by hand as well).
+
+    State (non-trainable, checkpointed, not served): `table` [rows, d] float32, `sweep_at` [] int64, the next
+    row of the sweep. Per step: a gather of the draws' rows, a scatter of B + swept rows: O((B x K + R) d)
+    whatever the catalogue; memory 4 x d bytes a row. Under a strategy every replica holds a copy; writes of
+    positives are all-gathered (as the pool's) and the sweep is the same rows on every replica.
+    """
+
+    def __init__(self, rows: int, dim: int, **kwargs):
+        kwargs.pop("trainable", None)
+        super().__init__(trainable=False, **kwargs)
+        if rows < 1 or dim < 1:
+            raise ValueError(f"rows and dim must be >= 1, got {rows} and {dim}")
+        self.rows, self.dim = int(rows), int(dim)
+        state = dict(initializer="zeros", trainable=False, synchronization=tf.VariableSynchronization.ON_WRITE,
+                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.table = self.add_weight(name="table", shape=(self.rows, self.dim), dtype=tf.float32, **state)
+        self.sweep_at = self.add_weight(name="sweep_at", shape=(), dtype=tf.int64, **state)
+
+    def read(self, index: tf.Tensor) -> tf.Tensor:
+        """index [...] int64 rows -> [..., d] (no gradient)."""
+        return tf.stop_gradient(tf.gather(self.table, index))
+
+    def write(self, index: tf.Tensor, embeddings: tf.Tensor, gathered: bool = False) -> None:
+        """Writes embeddings [B, d] into rows index [B]; a row repeated in the batch takes its last value.
+        gathered: the rows are already every replica's (or the same on every replica), so they are not
+        gathered again."""
+        index, embeddings = tf.cast(index, tf.int64), tf.stop_gradient(tf.cast(embeddings, tf.float32))
+        replica = tf.distribute.get_replica_context()
+        if not gathered and replica is not None and replica.num_replicas_in_sync > 1:
+            index, embeddings = replica.all_gather(index, 0), replica.all_gather(embeddings, 0)
+        unique, position = tf.unique(index)
+        last = tf.math.unsorted_segment_max(tf.range(tf.size(index)), position, tf.size(unique))
+        self.table.scatter_update(tf.IndexedSlices(tf.gather(embeddings, last), unique))
+
+    def next_rows(self, count: int) -> tf.Tensor:
+        """The next `count` rows of the round-robin sweep ([min(count, rows)] int64), and advances it."""
+        count = min(int(count), self.rows)
+        rows = tf.math.floormod(self.sweep_at + tf.range(count, dtype=tf.int64), self.rows)
+        self.sweep_at.assign(tf.math.floormod(self.sweep_at + count, self.rows))
+        return rows
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "rows": self.rows, "dim": self.dim}

@@ -137,7 +137,7 @@ ADDED_FIELDS = {"mask_user_positives": False, "optimizer": "adam", "user_id_buck
                 "global_in_batch_negatives": False, "negative_sharing": "per_example", "shared_negatives": 0,
                 "query_tower": "pooled", "transformer_blocks": 2, "transformer_heads": 1, "transformer_dropout": 0.2,
                 "sequence_training": False, "sequence_batch_size": 64, "candidate_tower": "mlp",
-                "similarity": "cosine"}
+                "similarity": "cosine", "negative_embeddings": "recompute", "cache_refresh_rows": 1024}
 
 
 SHARING_WORDS = {"shared": "shared by each step", "per_cluster": "per example, shared by the examples of a cluster",
@@ -145,7 +145,8 @@ SHARING_WORDS = {"shared": "shared by each step", "per_cluster": "per example, s
 
 
 # fields that only the out-of-batch pool reads: between two configs without a pool they change nothing
-POOL_FIELDS = ("num_negatives", "negative_sharing", "shared_negatives", "random_ratio", "cluster_ratio",
+POOL_FIELDS = ("num_negatives", "negative_sharing", "negative_embeddings", "cache_refresh_rows", "shared_negatives",
+               "random_ratio", "cluster_ratio",
                "slots_per_cluster", "pool_sampling", "mask_history_negatives", "mask_user_positives", "edis_negatives",
                "edis_max_weight")
 
@@ -162,6 +163,8 @@ def config_changes(old: dict, config: TrainerConfig) -> list[str]:
         ignored.add("shared_negatives")
     if old.get("negative_sharing") == config.negative_sharing == "shared":  # K: read by the other two alone
         ignored.add("num_negatives")
+    if "cached" not in (old.get("negative_embeddings"), config.negative_embeddings):  # R: read by the cache alone
+        ignored.add("cache_refresh_rows")
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
             if k not in ignored and old.get(k) != new.get(k)]
 
@@ -224,7 +227,8 @@ def _train(config: TrainerConfig, strategy: tf.distribute.Strategy, examples_dir
     # trackers are left out (they restart each epoch), so adding a metric never invalidates earlier checkpoints.
     checkpoint = tf.train.Checkpoint(query_tower=model.query_tower, candidate_tower=model.candidate_tower,
                                      optimizer=model.optimizer, epoch=epoch, step_in_epoch=step,
-                                     **({"pool": model.pool} if model.pool is not None else {}))
+                                     **({"pool": model.pool} if model.pool is not None else {}),
+                                     **({"negative_cache": model.cache} if model.cache is not None else {}))
     # every worker resumes from the chief's checkpoints; only the chief's are kept
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(write_dir, "checkpoints"), max_to_keep=2)
     changes = checkpoint_config_changes(output_dir, config)
@@ -252,7 +256,9 @@ def _train(config: TrainerConfig, strategy: tf.distribute.Strategy, examples_dir
         print(f"[trainer] pool: {model.pool.num_clusters} clusters x {model.pool.slots_per_cluster} slots, "
               f"{float(model.pool.fill_rate()):.1%} filled; negatives "
               f"{SHARING_WORDS[config.negative_sharing]}: "
-              f"{model.num_random} random + {model.num_cluster} cluster", flush=True)
+              f"{model.num_random} random + {model.num_cluster} cluster"
+              + (f", embeddings cached ({model.cache.rows:,} rows, {config.cache_refresh_rows} re-embedded a step)"
+                 if model.cache is not None else ""), flush=True)
 
     unit = "sequence chunks" if config.sequence_training else "examples"
     progress = _Progress(config.log_every_steps, batch_size, steps_per_epoch, config.epochs, unit)
