@@ -265,9 +265,10 @@ from components.trainer import TrainerConfig, run_trainer
 from components.trainer.data import example_files, load_catalogue, make_dataset
 from components.trainer.model import TwoTowerModel
 import tf_keras, os
-examples, clusters, out, sharing = sys.argv[1:5]
+examples, clusters, out, sharing, embeddings = sys.argv[1:6]
 config = TrainerConfig(batch_size=32, epochs=1, embedding_dim=8, num_negatives=4, random_ratio=1, cluster_ratio=3,
-                       history_length=5, distribute="mirrored", slots_per_cluster=64, negative_sharing=sharing)
+                       history_length=5, distribute="mirrored", slots_per_cluster=64, negative_sharing=sharing,
+                       negative_embeddings=embeddings, cache_refresh_rows=7)
 strategy = tf.distribute.MirroredStrategy()
 catalogue = load_catalogue(os.path.join(examples, "items"), os.path.join(clusters, "llm"))
 with strategy.scope():
@@ -276,23 +277,28 @@ with strategy.scope():
 history = model.fit(make_dataset(example_files(examples, "train"), 32, 5, 1000, 0), epochs=1, verbose=0)
 copies = [v.numpy() for v in model.pool.valid.values]
 items = [v.numpy() for v in model.pool.stored["item_index"].values]
+cache = [v.numpy() for v in model.cache.table.values] if model.cache is not None else [np.zeros(1)] * 2
 summary = run_trainer(config, examples, clusters, out)
 print(json.dumps({"replicas": len(copies), "same_valid": bool((copies[0] == copies[1]).all()),
                   "same_items": bool((items[0] == items[1]).all()), "fill": float(copies[0].mean()),
+                  "same_cache": bool(np.allclose(cache[0], cache[1], atol=1e-6)),
+                  "cache_norm": float(abs(cache[0]).sum()),
                   "loss": history.history["loss"][-1], "run_loss": summary["final_metrics"]["loss"]}))
 """
 
 
-@pytest.mark.parametrize("sharing", ["shared"])  # per_example (the default) under mirrored: test_multi_worker
-def test_mirrored_strategy_keeps_replica_pools_identical(sharing, examples_dir, clusters_dir, tmp_path):
+# per_example recomputed (the default) under mirrored: test_multi_worker
+@pytest.mark.parametrize("sharing,embeddings", [("shared", "recompute"), ("per_example", "cached")])
+def test_mirrored_strategy_keeps_replica_pools_identical(sharing, embeddings, examples_dir, clusters_dir, tmp_path):
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-c", MIRRORED, examples_dir, clusters_dir, str(tmp_path), sharing],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", MIRRORED, examples_dir, clusters_dir, str(tmp_path), sharing,
+                             embeddings], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["replicas"] == 2 and report["same_valid"] and report["same_items"]
+    assert report["replicas"] == 2 and report["same_valid"] and report["same_items"] and report["same_cache"]
+    assert (report["cache_norm"] > 0) == (embeddings == "cached")  # the copies hold (the same) embeddings
     assert report["fill"] > 0.05  # the batches' items were written (4 clusters x 64 slots, 40 items)
     assert np.isfinite(report["loss"]) and np.isfinite(report["run_loss"])
 
@@ -322,6 +328,12 @@ def test_config_changes_know_which_added_fields_keep_old_behaviour():
     assert config_changes(per_example, TrainerConfig(negative_sharing="per_example")) == []
     assert config_changes(in_batch, TrainerConfig(num_negatives=4, negative_sharing="shared")) == \
         ["negative_sharing: 'per_example' -> 'shared'", "strategy: 'in_batch' -> 'cluster_oob'"]
+    # R is read by the cache alone; older runs recomputed their draws
+    assert config_changes(per_example, TrainerConfig(negative_sharing="per_example", cache_refresh_rows=5)) == []
+    assert config_changes({k: v for k, v in per_example.items() if k != "negative_embeddings"},
+                          TrainerConfig(negative_sharing="per_example", negative_embeddings="cached",
+                                        cache_refresh_rows=5)) == \
+        ["cache_refresh_rows: 1024 -> 5", "negative_embeddings: 'recompute' -> 'cached'"]
 
 
 GLOBAL_NEGATIVES = """

@@ -247,7 +247,8 @@ def _train(config: TrainerConfig, strategy: tf.distribute.Strategy, examples_dir
                                                  if int(step.numpy()) else "")
         print(f"[trainer] resumed from {latest} ({where})", flush=True)
     else:
-        model.preload_pool(catalogue)
+        with strategy.scope():  # the cache's preload builds the candidate tower: its variables are the strategy's
+            model.preload_pool(catalogue)
         if chief:
             os.makedirs(manager.directory, exist_ok=True)
             with open(os.path.join(manager.directory, "config.json"), "w", encoding="utf-8") as f:
