@@ -229,7 +229,8 @@ def _relative(rows: dict) -> None:
     """Each row's speed against in_batch, and the share of the headroom (full - in_batch) it closes."""
     base, ceiling = rows["in_batch"], rows.get("full")
     for row in rows.values():
-        row["vs_in_batch_speed"] = row["examples_per_second"] / base["examples_per_second"]
+        if not (row.get("kept_from_previous_results") and "vs_in_batch_speed" in row):  # a kept row keeps the
+            row["vs_in_batch_speed"] = row["examples_per_second"] / base["examples_per_second"]  # ratio of its run
         for m in METRICS:
             headroom = ceiling[f"{m}_mean"] - base[f"{m}_mean"] if ceiling else 0.0
             closed = (row[f"{m}_mean"] - base[f"{m}_mean"]) / headroom if headroom > 0 else None
@@ -267,7 +268,7 @@ def markdown(result: dict) -> str:
                 name = f"{name} (seeds {r['seeds']})"
             closed = " / ".join(_closed(q["rows"], r, m) for m in ("hr10", "hr50"))
             if r.get("kept_from_previous_results"):
-                name = f"{name} (kept from an earlier run)"
+                name = f"{name} (kept from an earlier run; its speed against that run's in_batch)"
             lines.append(f"| {name} | {cells} | {closed} | {r['examples_per_second']:,.0f} | "
                          f"{r['vs_in_batch_speed']:.2f}x | {mass_cell(r['mass'])} |")
         lines.append("")
