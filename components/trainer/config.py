@@ -119,6 +119,11 @@ class TrainerConfig:
       are the whole global batch (candidate embeddings, ids and corrections all-gathered across
       replicas, gradients flowing back to the replica that embedded each) instead of its replica's
       slice of it.
+    warm_start_from: '' (train from scratch) or a previous trainer output directory whose towers this run
+      starts from (see warm_start.py): item and user rows carried by id, new items at their cluster's mean
+      row, new users at the mean user row, other weights as they are, the optimizer reset. Its towers must
+      have this run's shape (embedding_dim, tower kinds, history, clusters), or the run stops naming the
+      mismatch. Ignored when the output directory holds checkpoints (the run resumes from those).
     checkpoint_every_steps, checkpoint_every_minutes: also write a checkpoint inside an epoch every
       N steps and/or M minutes (0 = at epoch ends only). A restarted run resumes at the step of the
       last checkpoint (model, optimizer, pool, random state, input position): a preempted worker
@@ -166,6 +171,7 @@ class TrainerConfig:
     shuffle_buffer: int = 1_000_000
     seed: int = 0
     log_every_steps: int = 100
+    warm_start_from: str = ""
     checkpoint_every_steps: int = 0
     checkpoint_every_minutes: float = 0.0
 

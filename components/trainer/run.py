@@ -5,6 +5,7 @@ Outputs under output_dir:
   logs/             TensorBoard scalars: loss, pool fill, masked-sample and hit rates
   query_model/      SavedModel: (user_id [B], history_item_ids [B, N]) -> embedding [B, d]
   candidate_model/  SavedModel: item_id [B] -> embedding [B, d]
+  vocabulary/       items.txt (the item of each item row from row 2), users.txt (each user row's from row 1)
   train_summary.json
 """
 
@@ -23,6 +24,7 @@ from components.trainer.data import example_files, load_catalogue, user_positive
 from components.trainer.distribute import epoch_batches, is_chief, make_strategy, replica_values, write_location
 from components.trainer.model import CandidateTower, TwoTowerModel
 from components.trainer.optimizer import make_optimizer
+from components.trainer.warm_start import warm_start, write_vocabulary
 
 
 class _Progress(tf_keras.callbacks.Callback):
@@ -137,7 +139,8 @@ ADDED_FIELDS = {"mask_user_positives": False, "optimizer": "adam", "user_id_buck
                 "global_in_batch_negatives": False, "negative_sharing": "per_example", "shared_negatives": 0,
                 "query_tower": "pooled", "transformer_blocks": 2, "transformer_heads": 1, "transformer_dropout": 0.2,
                 "sequence_training": False, "sequence_batch_size": 64, "candidate_tower": "mlp",
-                "similarity": "cosine", "negative_embeddings": "recompute", "cache_refresh_rows": 1024}
+                "similarity": "cosine", "negative_embeddings": "recompute", "cache_refresh_rows": 1024,
+                "warm_start_from": ""}
 
 
 SHARING_WORDS = {"shared": "shared by each step", "per_cluster": "per example, shared by the examples of a cluster",
@@ -236,6 +239,7 @@ def _train(config: TrainerConfig, strategy: tf.distribute.Strategy, examples_dir
         raise ValueError(f"{output_dir} holds checkpoints of a different trainer config ({'; '.join(changes)}): "
                          "resuming needs the same config; use another output directory or delete it")
     latest = tf.train.latest_checkpoint(os.path.join(output_dir, "checkpoints"))
+    warm = None
     if latest:
         try:
             checkpoint.restore(latest).assert_existing_objects_matched()
@@ -247,7 +251,12 @@ def _train(config: TrainerConfig, strategy: tf.distribute.Strategy, examples_dir
                                                  if int(step.numpy()) else "")
         print(f"[trainer] resumed from {latest} ({where})", flush=True)
     else:
-        with strategy.scope():  # the cache's preload builds the candidate tower: its variables are the strategy's
+        with strategy.scope():  # the warm start and the cache's preload build the towers: the strategy's variables
+            if config.warm_start_from:
+                warm = warm_start(model, config, catalogue, users)
+                print(f"[trainer] warm start from {warm['base_checkpoint']}: "
+                      + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in warm.items() if isinstance(v, int))
+                      + "; optimizer reset", flush=True)
             model.preload_pool(catalogue)
         if chief:
             os.makedirs(manager.directory, exist_ok=True)
@@ -284,6 +293,7 @@ def _train(config: TrainerConfig, strategy: tf.distribute.Strategy, examples_dir
             raise RuntimeError(f"the pool copies of the {len(digests)} replicas differ (fingerprints {digests})")
         print(f"[trainer] pool copies identical on {len(digests)} replicas (fingerprint {digests[0]})", flush=True)
 
+    write_vocabulary(write_dir, catalogue, users)  # what a later run's warm start maps rows by
     tf.saved_model.save(QueryServing(model.query_tower), os.path.join(write_dir, "query_model"))
     tf.saved_model.save(CandidateServing(model.candidate_tower), os.path.join(write_dir, "candidate_model"))
     summary = {
@@ -306,6 +316,7 @@ def _train(config: TrainerConfig, strategy: tf.distribute.Strategy, examples_dir
             "fill_rate": float(model.pool.fill_rate()),
         },
         "final_metrics": {k: float(v.result()) for k, v in model.trackers.items()},
+        "warm_start": warm,
     }
     with open(os.path.join(write_dir, "train_summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)

@@ -1,0 +1,167 @@
+"""Warm start: a run that starts from a previous trainer output's towers on a changed catalogue and user set.
+
+Every trainer output holds its vocabularies (`vocabulary/items.txt`: the item of each embedding row from
+row 2 on; `vocabulary/users.txt`: the user of each user row from row 1 on, when the tower has a user
+vocabulary). A run with `--trainer.warm_start_from BASE` builds its model for its own catalogue and
+users, restores BASE's towers from its last checkpoint into a model of BASE's vocabularies, and copies:
+
+- item embedding rows by item id; the padding and unknown-item rows as they are. An item new to this
+  run starts at the mean of the carried rows of its cluster (its cluster as this run's table says; the
+  layer's random initialisation when no carried item shares it), so it starts where its neighbours are;
+- user embedding rows by user id; a new user starts at the mean of the carried user rows (the
+  unknown-user row is carried as it is). Hashed user ids (`user_id_buckets`) keep their rows;
+- every other weight (cluster embeddings, MLPs, position weights, transformer blocks) as it is.
+
+The optimizer starts afresh (Adam's moments and step count are reset: moments of rows that moved to
+new positions, or of new rows, have no meaning, and TFX's warm start and tf_keras'
+`warmstart_embedding_matrix` carry weights only). The pool is preloaded with this run's catalogue, so new
+items are in their cluster segments from step 1. A base whose towers do not fit (another embedding
+width, tower kind, history length or cluster count) stops the run with the mismatch named.
+Memory: the item and user tables of both models are held at once, twice (variables and a NumPy copy).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from components.trainer.config import TrainerConfig
+from components.trainer.data import ItemCatalogue
+
+# settings that shape the towers' weights: a base must have the same
+SHAPING_FIELDS = ("embedding_dim", "query_tower", "candidate_tower", "history_pooling", "history_length",
+                  "transformer_blocks", "transformer_heads", "user_id_buckets")
+VOCABULARY = "vocabulary"
+
+
+def _read_lines(path: str) -> list[str]:
+    with tf.io.gfile.GFile(path) as f:
+        return [line.rstrip("\n") for line in f if line.strip()]
+
+
+def write_vocabulary(output_dir: str, catalogue: ItemCatalogue, users: list[str] | None) -> None:
+    """The item of each item row (from row 2) and the user of each user row (from row 1) of this run."""
+    folder = os.path.join(output_dir, VOCABULARY)
+    tf.io.gfile.makedirs(folder)
+    with tf.io.gfile.GFile(os.path.join(folder, "items.txt"), "w") as f:
+        f.write("".join(f"{i}\n" for i in catalogue.item_ids))
+    if users is not None:
+        with tf.io.gfile.GFile(os.path.join(folder, "users.txt"), "w") as f:
+            f.write("".join(f"{u}\n" for u in users))
+
+
+def _base(base_dir: str, config: TrainerConfig, num_clusters: int) -> tuple[dict, str]:
+    """The base run's summary and last checkpoint, after checking that its towers fit this config."""
+    summary_path = os.path.join(base_dir, "train_summary.json")
+    if not tf.io.gfile.exists(summary_path) or not tf.io.gfile.exists(os.path.join(base_dir, VOCABULARY, "items.txt")):
+        raise ValueError(f"--trainer.warm_start_from {base_dir!r}: not a finished trainer output (it needs "
+                         f"train_summary.json and {VOCABULARY}/items.txt)")
+    with tf.io.gfile.GFile(summary_path) as f:
+        summary = json.load(f)
+    old = summary["config"]
+    mismatches = [f"{name}: base {old.get(name)!r}, this run {getattr(config, name)!r}" for name in SHAPING_FIELDS
+                  if old.get(name) != getattr(config, name)]
+    if summary["num_clusters"] != num_clusters:
+        mismatches.append(f"clusters: base {summary['num_clusters']}, this run {num_clusters}")
+    if mismatches:
+        raise ValueError(f"--trainer.warm_start_from {base_dir!r}: the base model's towers do not fit this run ("
+                         + "; ".join(mismatches) + ")")
+    latest = tf.train.latest_checkpoint(os.path.join(base_dir, "checkpoints"))
+    if latest is None:
+        raise ValueError(f"--trainer.warm_start_from {base_dir!r}: no checkpoint in {base_dir}/checkpoints")
+    return summary, latest
+
+
+def _tower_weights(model) -> list[tf.Variable]:
+    """The towers' weights in a fixed order, each once (the item and cluster tables are shared)."""
+    seen, out = set(), []
+    for w in model.query_tower.weights + model.candidate_tower.weights:
+        if w.ref() not in seen:
+            seen.add(w.ref())
+            out.append(w)
+    return out
+
+
+def _build(model) -> None:
+    """Creates the towers' variables (a call on one padding example)."""
+    model.query_tower(tf.constant([""]), tf.constant([[""]]))
+    model.candidate_tower(tf.constant([0], tf.int64))
+
+
+def _mapped_rows(new_keys: np.ndarray, old_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each new key its position among old_keys, and whether it is there."""
+    order = np.argsort(old_keys, kind="stable")
+    at = np.minimum(np.searchsorted(old_keys[order], new_keys), max(len(old_keys) - 1, 0))
+    found = (old_keys[order][at] == new_keys) if len(old_keys) else np.zeros(len(new_keys), bool)
+    return order[at], found
+
+
+def warm_start(model, config: TrainerConfig, catalogue: ItemCatalogue, users: list[str] | None) -> dict:
+    """Copies the base run's towers (`config.warm_start_from`) into `model` (built here); returns the report."""
+    from components.trainer.model import TwoTowerModel  # the model module imports nothing from here
+
+    base_dir = config.warm_start_from
+    summary, latest = _base(base_dir, config, catalogue.num_clusters)
+    old_items = np.asarray(_read_lines(os.path.join(base_dir, VOCABULARY, "items.txt")), dtype=object).astype(str)
+    users_path = os.path.join(base_dir, VOCABULARY, "users.txt")
+    old_users = _read_lines(users_path) if users is not None and tf.io.gfile.exists(users_path) else None
+    if users is not None and old_users is None:
+        raise ValueError(f"--trainer.warm_start_from {base_dir!r}: this run has a user vocabulary, the base none")
+    old_catalogue = ItemCatalogue(np.sort(old_items), np.zeros(len(old_items), np.int64),
+                                  np.ones(len(old_items), np.int64), catalogue.num_clusters)
+    if not np.array_equal(old_catalogue.item_ids, old_items):
+        raise ValueError(f"--trainer.warm_start_from {base_dir!r}: {VOCABULARY}/items.txt is not sorted")
+    old = TwoTowerModel(TrainerConfig(**{**{f: getattr(config, f) for f in SHAPING_FIELDS}, "strategy": "in_batch"}),
+                        old_catalogue, old_users)
+    _build(old)
+    _build(model)
+    tf.train.Checkpoint(query_tower=old.query_tower, candidate_tower=old.candidate_tower).restore(latest) \
+        .expect_partial().assert_existing_objects_matched()
+    item_table = model.candidate_tower.item_embedding.embeddings
+    user_table = getattr(getattr(model.query_tower, "user_embedding", None), "embeddings", None)
+    report = {"base": base_dir, "base_checkpoint": latest, "optimizer": "reset"}
+    for new, previous in zip(_tower_weights(model), _tower_weights(old)):
+        if new is item_table:
+            new.assign(_item_rows(previous.numpy(), new.numpy(), old_items, catalogue, report))
+        elif user_table is not None and new is user_table and not config.user_id_buckets:
+            new.assign(_user_rows(previous.numpy(), new.numpy(), old_users, users, report))
+        elif tuple(new.shape) != tuple(previous.shape):  # the fields checked above fix every other shape
+            raise ValueError(f"--trainer.warm_start_from {base_dir!r}: weight {new.name} is {new.shape} here, "
+                             f"{previous.shape} in the base")
+        else:
+            new.assign(previous)
+    return report
+
+
+def _item_rows(old: np.ndarray, rows: np.ndarray, old_items: np.ndarray, catalogue: ItemCatalogue,
+               report: dict) -> np.ndarray:
+    """The new item table: padding and unknown rows and known items' rows carried, new items at their
+    cluster's mean of carried rows (their random initialisation where the cluster has none)."""
+    at, known = _mapped_rows(catalogue.item_ids.astype(str), old_items)
+    rows[:2] = old[:2]
+    rows[2:][known] = old[2 + at[known]]
+    clusters = catalogue.cluster_ids
+    sums = np.zeros((catalogue.num_clusters, rows.shape[1]), np.float64)
+    np.add.at(sums, clusters[known], rows[2:][known])
+    counts = np.bincount(clusters[known], minlength=catalogue.num_clusters)
+    fresh = ~known & (counts[clusters] > 0)
+    rows[2:][fresh] = (sums[clusters[fresh]] / counts[clusters[fresh], None]).astype(rows.dtype)
+    report.update(items_carried=int(known.sum()), items_new=int((~known).sum()),
+                  items_new_from_cluster=int(fresh.sum()), items_dropped=int(len(old_items) - known.sum()))
+    return rows
+
+
+def _user_rows(old: np.ndarray, rows: np.ndarray, old_users: list[str], users: list[str], report: dict) -> np.ndarray:
+    """The new user table: the unknown-user row and known users' rows carried, new users at the mean of the
+    carried users' rows."""
+    at, known = _mapped_rows(np.asarray(users, dtype=object).astype(str),
+                             np.asarray(old_users, dtype=object).astype(str))
+    rows[0] = old[0]
+    rows[1:][known] = old[1 + at[known]]
+    if known.any():
+        rows[1:][~known] = rows[1:][known].mean(axis=0)
+    report.update(users_carried=int(known.sum()), users_new=int((~known).sum()))
+    return rows
