@@ -30,3 +30,19 @@ def test_every_docs_page_is_linked_from_the_readme():
         linked = {os.path.normpath(t) for t in LINK.findall(f.read())}
     pages = {os.path.relpath(p, ROOT) for p in _pages()[1:]}
     assert pages <= linked, sorted(pages - linked)
+
+
+def test_tfrs_example_trains_with_the_pool():
+    """docs/examples/tfrs_cluster_negatives.py, run as a reader would: its TFRS model's loss falls over the
+    epochs and the cluster draws carry a reported share of the softmax mass."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tfrs_example",
+                                                  os.path.join(ROOT, "docs", "examples", "tfrs_cluster_negatives.py"))
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    history = example.main(epochs=2)
+    assert history["loss"][1] < 0.9 * history["loss"][0]
+    assert 0.0 < history["mass_cluster"][-1] < 1.0
+    model_pool = example.TwoTower(3, example.np.arange(4) % 2, example.np.full(4, 0.25)).pool
+    assert model_pool.num_clusters == 2  # one segment per cluster of the item table
