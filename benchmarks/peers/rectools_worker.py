@@ -69,13 +69,17 @@ def main() -> None:
     model.fit(dataset)
     train_seconds = time.monotonic() - started
     epochs = model.fit_trainer.current_epoch
-    model.load_weights_from_checkpoint(best.best_model_path)
+    # RecTools trains with its own copy of the callbacks: the path is on the fitted trainer's, not on `best`
+    best_path = model.fit_trainer.checkpoint_callback.best_model_path or best.best_model_path
+    if not best_path:
+        raise SystemExit("the peer's trainer saved no best checkpoint")
+    model.load_weights_from_checkpoint(best_path)
     with open(args.users, encoding="utf-8") as f:
         targets = [line.strip() for line in f if line.strip()]
     known = [u for u in targets if u in set(users)]
     recos = model.recommend(users=known, dataset=dataset, k=args.k, filter_viewed=True)
     recos[[Columns.User, Columns.Item, Columns.Rank]].to_csv(args.out, index=False)
-    print(json.dumps({"epochs": epochs, "best_epoch_path": best.best_model_path, "train_seconds": train_seconds,
+    print(json.dumps({"epochs": epochs, "best_epoch_path": best_path, "train_seconds": train_seconds,
                       "users_without_training_items": len(targets) - len(known),
                       "rectools": __import__("rectools").__version__, "torch": torch.__version__}), flush=True)
 
