@@ -387,11 +387,9 @@ class TwoTowerModel(tf_keras.Model):
         # j's own segment: c_i(j) is one of two [M] rows, chosen per query by the cluster (two [B, M] passes,
         # equal and where, instead of building c_i(j) over [B, M])
         column_random, column_cluster_rate = self.pool.draw_probabilities(column_cluster)
-        column_probability = tf.gather(probability, column_index)
-        other = expected_counts(in_batch_draws, column_probability, in_pool[0], False, self.num_random * column_random,
-                                0.0)
-        own = expected_counts(in_batch_draws, column_probability, in_pool[0], True, self.num_random * column_random,
-                              self.num_cluster * column_cluster_rate)
+        other = expected_counts(in_batch_draws, tf.gather(probability, column_index), in_pool[0], False,
+                                self.num_random * column_random, 0.0)
+        own = other + tf.cast(in_pool[0], tf.float32) * self.num_cluster * column_cluster_rate  # + its cluster draws
         in_batch = tf.where(tf.equal(cluster[:, None], column_cluster[None, :]), log_count(own)[None, :],
                             log_count(other)[None, :])
         pool = expected_counts(in_batch_draws, tf.gather(probability, drawn), True,
@@ -555,14 +553,13 @@ class TwoTowerModel(tf_keras.Model):
         with tf.GradientTape() as tape:
             query = self._query(batch, sequence)
             kwargs, stats = {}, dict(sequence_stats)
-            if samples is None:
+            if samples is None or self.cache is not None:  # cached draws: only the positives through the tower
                 (positive,), stats["embedded_rows"] = self._embed(index)
-            elif self.cache is not None:  # the draws' rows from the cache: only the positives go through the tower
-                (positive,), stats["embedded_rows"] = self._embed(index)
-                kwargs = self._pool_negatives(batch, samples, self.cache.read(samples["item_index"]), positive,
-                                              pool_log_count, stats)
             else:
                 (positive, negatives), stats["embedded_rows"] = self._embed(index, samples["item_index"])
+            if samples is not None:
+                if self.cache is not None:
+                    negatives = self.cache.read(samples["item_index"])
                 kwargs = self._pool_negatives(batch, samples, negatives, positive, pool_log_count, stats)
                 stats["pool_draws"] = tf.cast(tf.size(samples["item_index"]), tf.float32)
             candidates, candidate_ids = positive, index

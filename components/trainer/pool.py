@@ -34,6 +34,13 @@ def allocate_draws(cluster_ids: tf.Tensor, weights: tf.Tensor, budget: int | tf.
     return clusters, 1 + tf.cast(base, tf.int64) + tf.cast(tf.cast(rank, tf.int64) < left, tf.int64)
 
 
+def last_occurrences(keys: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """keys [N] -> (the distinct keys [U], the position of each one's last occurrence [U]): a batch's
+    duplicates resolved deterministically, the last one wins (the pool's slots, the cache's rows)."""
+    unique, position = tf.unique(keys)
+    return unique, tf.math.unsorted_segment_max(tf.range(tf.size(keys)), position, tf.size(unique))
+
+
 class ClusterPool(tf_keras.layers.Layer):
     """Out-of-batch item pool of C cluster segments x S slots, updated by scatter, read by gather.
 
@@ -143,8 +150,7 @@ class ClusterPool(tf_keras.layers.Layer):
                                  message=f"cluster id out of range [0, {self.num_clusters})")
         tf.debugging.assert_non_negative(cluster_ids, message="negative cluster id")
         slots = self.slots(item_ids, cluster_ids)
-        unique_slots, position = tf.unique(slots)
-        last = tf.math.unsorted_segment_max(tf.range(tf.size(slots)), position, tf.size(unique_slots))
+        unique_slots, last = last_occurrences(slots)
         self._append_new_slots(unique_slots)
         for name, variable in self.stored.items():
             variable.scatter_update(tf.IndexedSlices(tf.gather(features[name], last), unique_slots))
@@ -318,10 +324,10 @@ class EmbeddingCache(tf_keras.layers.Layer):
     Cross-batch negatives (Wang et al., SIGIR 2021) keep a FIFO of recent batches' embeddings; this keeps
     one row per item instead, so a draw of any pooled item finds its embedding, and the pool's sampling
     distributions (and their logQ correction) are unchanged. A row is written with the item's fresh
-    embedding whenever it is a positive, and `sweep` re-embeds the next rows of the vocabulary round-robin,
-    so no row is older than rows / (swept rows a step) steps. Nothing flows back into a row: a cached
-    negative's gradient reaches the queries only (tf_keras and TFRS have no such table; XBM-style memories
-    in the literature are written by hand as well).
+    embedding whenever it is a positive, and the trainer re-embeds the rows `next_rows` hands out (the
+    vocabulary round-robin) every step, so no row is older than rows / (swept rows a step) steps. Nothing
+    flows back into a row: a cached negative's gradient reaches the queries only (tf_keras and TFRS have no
+    such table; XBM-style memories in the literature are written by hand as well).
 
     State (non-trainable, checkpointed, not served): `table` [rows, d] float32, `sweep_at` [] int64, the next
     row of the sweep. Per step: a gather of the draws' rows, a scatter of B + swept rows: O((B x K + R) d)
@@ -352,8 +358,7 @@ class EmbeddingCache(tf_keras.layers.Layer):
         replica = tf.distribute.get_replica_context()
         if not gathered and replica is not None and replica.num_replicas_in_sync > 1:
             index, embeddings = replica.all_gather(index, 0), replica.all_gather(embeddings, 0)
-        unique, position = tf.unique(index)
-        last = tf.math.unsorted_segment_max(tf.range(tf.size(index)), position, tf.size(unique))
+        unique, last = last_occurrences(index)
         self.table.scatter_update(tf.IndexedSlices(tf.gather(embeddings, last), unique))
 
     def next_rows(self, count: int) -> tf.Tensor:

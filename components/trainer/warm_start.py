@@ -22,12 +22,10 @@ Memory: the item and user tables of both models are held at once, twice (variabl
 
 from __future__ import annotations
 
-import json
-import os
-
 import numpy as np
 import tensorflow as tf
 
+from components.common import fileio
 from components.trainer.config import TrainerConfig
 from components.trainer.data import ItemCatalogue
 
@@ -38,29 +36,23 @@ VOCABULARY = "vocabulary"
 
 
 def _read_lines(path: str) -> list[str]:
-    with tf.io.gfile.GFile(path) as f:
-        return [line.rstrip("\n") for line in f if line.strip()]
+    return [line for line in fileio.read_text(path).split("\n") if line.strip()]
 
 
 def write_vocabulary(output_dir: str, catalogue: ItemCatalogue, users: list[str] | None) -> None:
     """The item of each item row (from row 2) and the user of each user row (from row 1) of this run."""
-    folder = os.path.join(output_dir, VOCABULARY)
-    tf.io.gfile.makedirs(folder)
-    with tf.io.gfile.GFile(os.path.join(folder, "items.txt"), "w") as f:
-        f.write("".join(f"{i}\n" for i in catalogue.item_ids))
+    fileio.write_text(fileio.join(output_dir, VOCABULARY, "items.txt"), "".join(f"{i}\n" for i in catalogue.item_ids))
     if users is not None:
-        with tf.io.gfile.GFile(os.path.join(folder, "users.txt"), "w") as f:
-            f.write("".join(f"{u}\n" for u in users))
+        fileio.write_text(fileio.join(output_dir, VOCABULARY, "users.txt"), "".join(f"{u}\n" for u in users))
 
 
 def _base(base_dir: str, config: TrainerConfig, num_clusters: int) -> tuple[dict, str]:
     """The base run's summary and last checkpoint, after checking that its towers fit this config."""
-    summary_path = os.path.join(base_dir, "train_summary.json")
-    if not tf.io.gfile.exists(summary_path) or not tf.io.gfile.exists(os.path.join(base_dir, VOCABULARY, "items.txt")):
+    summary_path = fileio.join(base_dir, "train_summary.json")
+    if not fileio.exists(summary_path) or not fileio.exists(fileio.join(base_dir, VOCABULARY, "items.txt")):
         raise ValueError(f"--trainer.warm_start_from {base_dir!r}: not a finished trainer output (it needs "
                          f"train_summary.json and {VOCABULARY}/items.txt)")
-    with tf.io.gfile.GFile(summary_path) as f:
-        summary = json.load(f)
+    summary = fileio.read_json(summary_path)
     old = summary["config"]
     mismatches = [f"{name}: base {old.get(name)!r}, this run {getattr(config, name)!r}" for name in SHAPING_FIELDS
                   if old.get(name) != getattr(config, name)]
@@ -69,7 +61,7 @@ def _base(base_dir: str, config: TrainerConfig, num_clusters: int) -> tuple[dict
     if mismatches:
         raise ValueError(f"--trainer.warm_start_from {base_dir!r}: the base model's towers do not fit this run ("
                          + "; ".join(mismatches) + ")")
-    latest = tf.train.latest_checkpoint(os.path.join(base_dir, "checkpoints"))
+    latest = tf.train.latest_checkpoint(fileio.join(base_dir, "checkpoints"))
     if latest is None:
         raise ValueError(f"--trainer.warm_start_from {base_dir!r}: no checkpoint in {base_dir}/checkpoints")
     return summary, latest
@@ -105,9 +97,9 @@ def warm_start(model, config: TrainerConfig, catalogue: ItemCatalogue, users: li
 
     base_dir = config.warm_start_from
     summary, latest = _base(base_dir, config, catalogue.num_clusters)
-    old_items = np.asarray(_read_lines(os.path.join(base_dir, VOCABULARY, "items.txt")), dtype=object).astype(str)
-    users_path = os.path.join(base_dir, VOCABULARY, "users.txt")
-    old_users = _read_lines(users_path) if users is not None and tf.io.gfile.exists(users_path) else None
+    old_items = np.asarray(_read_lines(fileio.join(base_dir, VOCABULARY, "items.txt")), dtype=object).astype(str)
+    users_path = fileio.join(base_dir, VOCABULARY, "users.txt")
+    old_users = _read_lines(users_path) if users is not None and fileio.exists(users_path) else None
     if users is not None and old_users is None:
         raise ValueError(f"--trainer.warm_start_from {base_dir!r}: this run has a user vocabulary, the base none")
     old_catalogue = ItemCatalogue(np.sort(old_items), np.zeros(len(old_items), np.int64),
