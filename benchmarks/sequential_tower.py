@@ -120,6 +120,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--epochs", default="2,4,8")
     parser.add_argument("--history", type=int, default=200)
+    parser.add_argument("--merge-seeds", action="store_true",
+                        help="add these seeds' runs to a recorded row of the same settings (same epoch counts) "
+                             "instead of replacing it, so seeds can be run in separate sessions")
     parser.add_argument("--data-root", default=os.environ.get("DATA_ROOT", os.path.join("..", "shared", "data")))
     args = parser.parse_args()
     seeds, epochs = [int(s) for s in args.seeds.split(",")], [int(e) for e in args.epochs.split(",")]
@@ -131,6 +134,10 @@ def main() -> None:
         for tower in args.towers.split(","):
             for strategy, scoring in itertools.product(args.strategies.split(","), args.scorings.split(",")):
                 history = TrainerConfig.history_length if tower == "pooled" else args.history
+                key = (name, tower, strategy, scoring, history, ties)
+                previous = [r for r in result["rows"] if row_key(r) == key and r["epochs"] == epochs]
+                kept = {s: c for s, c in zip(previous[0]["seeds"], previous[0]["curves"]) if s not in seeds} \
+                    if args.merge_seeds and previous else {}
                 runs = []
                 for seed in seeds:
                     config = TrainerConfig(strategy=strategy, cluster_source=source, seed=seed, history_length=history,
@@ -139,14 +146,14 @@ def main() -> None:
                         "" if ties == "exclude" else f"-{ties}")
                     tag = f"seq-{name}-h{args.history}-{tower}-{strategy}{suffix}-{seed}"
                     runs.append(curve(config, examples, tables[seed], tag, epochs))
+                runs = list(kept.values()) + runs
                 row = {"dataset": name, "tower": tower, "strategy": strategy, "scoring": scoring, "history": history,
-                       "history_ties": ties, "seeds": seeds,
+                       "history_ties": ties, "seeds": list(kept) + seeds,
                        "epochs": epochs, "curves": runs}
                 last = [r[-1] for r in runs]
                 row.update({f"{m}_{f.__name__}": f([p[m] for p in last]) for m in METRICS
                             for f in (statistics.mean, statistics.pstdev)})
                 row["train_seconds_mean"] = statistics.mean(p["train_seconds"] for p in last)
-                key = (name, tower, strategy, scoring, history, ties)
                 result["rows"] = [r for r in result["rows"] if row_key(r) != key]
                 result["rows"].append(row)
                 write(result)
@@ -167,18 +174,18 @@ def write(result: dict) -> None:
              "History ties: exclude (a history holds strictly earlier timestamps only, the paper's protocol) or "
              "input_order (also same-timestamp positives earlier in the input, as SASRec's preparation and the peer "
              "have it).", "",
-             "| data | tower | strategy | scoring | history | ties | epochs | HR@10 | NDCG@10 | HR@50 "
+             "| data | tower | strategy | scoring | history | ties | epochs | seeds | HR@10 | NDCG@10 | HR@50 "
              "| train wall (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         cells = " | ".join(f"{r[f'{m}_mean']:.4f} ± {r[f'{m}_pstdev']:.4f}" for m in METRICS)
         lines.append(f"| {r['dataset']} | {r['tower']} | {r['strategy']} | {row_key(r)[3]} | {r['history']} | "
-                     f"{row_key(r)[5]} | {r['epochs'][-1]} | "
+                     f"{row_key(r)[5]} | {r['epochs'][-1]} | {len(r['seeds'])} | "
                      f"{cells} | {r['train_seconds_mean']:,.0f} |")
     for p in result["peer"]:
         lines.append(f"| {p['dataset']} | peer: RecTools {p['version']} SASRec ({p['loss']}) | - | dot_tied | "
                      f"{p['max_len']} | input_order | "
-                     f"{p['epochs']} (early stopping) | {p['hr10']:.4f} | {p['ndcg10']:.4f} | {p['hr50']:.4f} | "
+                     f"{p['epochs']} (early stopping) | 1 | {p['hr10']:.4f} | {p['ndcg10']:.4f} | {p['hr50']:.4f} | "
                      f"{p['train_seconds']:,.0f} |")
     lines += ["", "HR@10 against cumulative training wall time: benchmarks/results/sequential_tower.png."]
     write_results("sequential_tower", result, "\n".join(lines) + "\n")
