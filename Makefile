@@ -17,11 +17,11 @@ $(INSTALLED): setup.py pyproject.toml
 install: $(INSTALLED)
 
 run: $(INSTALLED)
-	$(PY) -m tfx_pipeline.local_runner --data-dir $(ML1M_DIR) $(ARGS)
+	$(PY) -m llm_hardneg.tfx_pipeline.local_runner --data-dir $(ML1M_DIR) $(ARGS)
 
 # Epinions (296k items with a category and no text): category clusters; add ARGS="--example_gen.split leave_last_out"
 run-epinions: $(INSTALLED)
-	$(PY) -m tfx_pipeline.local_runner --example_gen.source generic \
+	$(PY) -m llm_hardneg.tfx_pipeline.local_runner --example_gen.source generic \
 		--example_gen.interactions $(EPINIONS_DIR)/interactions.csv.gz --example_gen.items $(EPINIONS_DIR)/items.csv.gz \
 		--trainer.cluster_source category $(ARGS)
 

@@ -38,10 +38,14 @@ setup(
     version="0.1.0",
     description="Two-tower retrieval with real-time LLM-cluster out-of-batch hard negatives",
     python_requires=">=3.10,<3.13",
-    packages=find_packages(include=["components*", "tfx_pipeline*"]),
+    # The design card's folders install under one distinctive name, `llm_hardneg` (a namespace package:
+    # llm_hardneg.components, llm_hardneg.tfx_pipeline), so the generic `components` and `tfx_pipeline`
+    # never enter a user's import space.
+    packages=[f"llm_hardneg.{p}" for p in find_packages(include=["components*", "tfx_pipeline*"])],
+    package_dir={f"llm_hardneg.{p}": p for p in ("components", "tfx_pipeline")},
     package_data={"": ["*.pbtxt"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
-    entry_points={"console_scripts": ["llm-hardneg=tfx_pipeline.local_runner:main"]},
+    entry_points={"console_scripts": ["llm-hardneg=llm_hardneg.tfx_pipeline.local_runner:main"]},
 )

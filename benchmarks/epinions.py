@@ -29,11 +29,11 @@ import os
 import statistics
 import time
 
-import components  # noqa: F401  (environment before TensorFlow)
+import llm_hardneg.components  # noqa: F401  (environment before TensorFlow)
 from benchmarks.larger_catalogues import behavioural
 from benchmarks.paper_tables import RESULTS, mass_cell, prepare, train_and_evaluate, write_results
-from components.example_gen import ExampleGenConfig
-from components.trainer import TrainerConfig
+from llm_hardneg.components.example_gen import ExampleGenConfig
+from llm_hardneg.components.trainer import TrainerConfig
 
 KS = (10, 50, 100)
 METRICS = ("hr10", "ndcg10", "hr50", "hr100")

@@ -25,7 +25,7 @@ import os
 import statistics
 import time
 
-import components  # noqa: F401
+import llm_hardneg.components  # noqa: F401
 from benchmarks.paper_tables import (
     RECORDED_SHARING,
     RESULTS,
@@ -36,10 +36,10 @@ from benchmarks.paper_tables import (
     train_and_evaluate,
     write_results,
 )
-from components.example_gen import ExampleGenConfig
-from components.exporter import ExporterConfig, run_exporter
-from components.item_clusterer import ItemClustererConfig, run_item_clusterer
-from components.trainer import TrainerConfig
+from llm_hardneg.components.example_gen import ExampleGenConfig
+from llm_hardneg.components.exporter import ExporterConfig, run_exporter
+from llm_hardneg.components.item_clusterer import ItemClustererConfig, run_item_clusterer
+from llm_hardneg.components.trainer import TrainerConfig
 
 KS = (10, 50, 100)
 METRICS = ("hr10", "ndcg10", "hr50", "hr100")

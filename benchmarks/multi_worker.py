@@ -22,12 +22,12 @@ import statistics
 import subprocess
 import sys
 
-import components  # noqa: F401
+import llm_hardneg.components  # noqa: F401
 from benchmarks.paper_tables import RECORDED_SHARING, WORK, prepare, write_results
-from components.evaluator import EvaluatorConfig, run_evaluator
-from components.example_gen import ExampleGenConfig
-from components.trainer import TrainerConfig
-from components.trainer.distribute import localhost_tf_configs
+from llm_hardneg.components.evaluator import EvaluatorConfig, run_evaluator
+from llm_hardneg.components.example_gen import ExampleGenConfig
+from llm_hardneg.components.trainer import TrainerConfig
+from llm_hardneg.components.trainer.distribute import localhost_tf_configs
 
 ONE_THREAD = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
 
@@ -49,8 +49,9 @@ def train(config: TrainerConfig, examples: str, clusters: str, tag: str, workers
     out = os.path.join(WORK, "models", tag)
     metrics_path = os.path.join(out, "eval", "metrics.json")
     if not (os.path.exists(metrics_path) and os.path.exists(os.path.join(out, "train_summary.json"))):
-        trainer = [sys.executable, "-u", "-m", "components.trainer", "--examples-dir", examples, "--clusters-dir",
-                   clusters, "--output-dir", out, "--config-json", json.dumps(dataclasses.asdict(config))]
+        trainer = [sys.executable, "-u", "-m", "llm_hardneg.components.trainer", "--examples-dir", examples,
+                   "--clusters-dir", clusters, "--output-dir", out,
+                   "--config-json", json.dumps(dataclasses.asdict(config))]
         os.makedirs(out, exist_ok=True)
         print(f"[multi_worker] {tag}: training ({workers} process{'es' if workers > 1 else ''})", flush=True)
         if workers == 1:
@@ -73,11 +74,11 @@ def train(config: TrainerConfig, examples: str, clusters: str, tag: str, workers
 # gathers), its own program: MultiWorkerMirroredStrategy comes first in a process. argv: batch size, steps.
 PROBE = """
 import json, statistics, sys, time
-import components.common.env
+import llm_hardneg.components.common.env
 import tensorflow as tf
 batch_size, steps = int(sys.argv[1]), int(sys.argv[2])
 strategy = tf.distribute.MultiWorkerMirroredStrategy()
-from components.trainer.pool import ClusterPool
+from llm_hardneg.components.trainer.pool import ClusterPool
 rows = batch_size // strategy.num_replicas_in_sync
 with strategy.scope():  # the trainer's pool: item indices as keys and the one stored feature
     pool = ClusterPool(62, 128, {"item_index": ((), "int64")}, key_feature="item_index")

@@ -31,11 +31,11 @@ import time
 
 import numpy as np
 
-import components  # noqa: F401  (environment before TensorFlow)
+import llm_hardneg.components  # noqa: F401  (environment before TensorFlow)
 from benchmarks.larger_catalogues import AMAZON, behavioural
 from benchmarks.paper_tables import RESULTS, mass_cell, prepare, train_and_evaluate, write_results
-from components.example_gen import ExampleGenConfig
-from components.trainer import TrainerConfig
+from llm_hardneg.components.example_gen import ExampleGenConfig
+from llm_hardneg.components.trainer import TrainerConfig
 
 # SHARED: M = the batch (shared_negatives 0), the variants' meaning since they were first measured; the trainer's
 # default is M = 256 (the "M=256" variants)
@@ -114,8 +114,8 @@ def _ml1m():
     """Reconstructed ML-1M as the quality part prepared it (examples and LLM clusters under benchmarks/work):
     its catalogue, users and the first 8 shuffled training batches of 1024 (history 20, the default)."""
     from benchmarks.paper_tables import WORK
-    from components.trainer.data import example_files, load_catalogue, make_dataset
-    from components.trainer.run import read_lines
+    from llm_hardneg.components.trainer.data import example_files, load_catalogue, make_dataset
+    from llm_hardneg.components.trainer.run import read_lines
 
     root = os.path.join(WORK, "ml1m_reconstructed")
     examples = os.path.join(root, "examples")
@@ -134,8 +134,8 @@ def measure_size(size: str, variants: list[str], rounds: int, steps: int = 10) -
     alike); median step time per variant."""
     import tensorflow as tf
 
-    from components.trainer.model import TwoTowerModel
-    from components.trainer.optimizer import make_optimizer
+    from llm_hardneg.components.trainer.model import TwoTowerModel
+    from llm_hardneg.components.trainer.optimizer import make_optimizer
 
     catalogue, users, batches, history_length = _ml1m() if size == "ml1m" else _synthetic(int(size))
     items, batch_size = (size if size == "ml1m" else int(size)), len(batches[0]["label"])

@@ -27,14 +27,14 @@ import time
 
 import numpy as np
 
-import components  # noqa: F401
-from components.common.step import step_run
-from components.evaluator import EvaluatorConfig, run_evaluator
-from components.example_gen import ExampleGenConfig, run_example_gen
-from components.item_clusterer import ItemClustererConfig, run_item_clusterer
-from components.item_embedder import ItemEmbedderConfig, run_item_embedder
-from components.trainer import TrainerConfig, run_trainer
-from components.trainer.run import checkpoint_config_changes, config_changes
+import llm_hardneg.components  # noqa: F401
+from llm_hardneg.components.common.step import step_run
+from llm_hardneg.components.evaluator import EvaluatorConfig, run_evaluator
+from llm_hardneg.components.example_gen import ExampleGenConfig, run_example_gen
+from llm_hardneg.components.item_clusterer import ItemClustererConfig, run_item_clusterer
+from llm_hardneg.components.item_embedder import ItemEmbedderConfig, run_item_embedder
+from llm_hardneg.components.trainer import TrainerConfig, run_trainer
+from llm_hardneg.components.trainer.run import checkpoint_config_changes, config_changes
 
 WORK = os.path.join("benchmarks", "work")
 RESULTS = os.path.join("benchmarks", "results")
@@ -146,8 +146,8 @@ def pool_share(config: TrainerConfig, examples: str, clusters: str, step_seconds
     """Seconds of pool sampling + update (+ the correction's counts) per step, as a share of the whole step."""
     import tensorflow as tf
 
-    from components.trainer.data import load_catalogue
-    from components.trainer.model import TwoTowerModel
+    from llm_hardneg.components.trainer.data import load_catalogue
+    from llm_hardneg.components.trainer.model import TwoTowerModel
 
     catalogue = load_catalogue(os.path.join(examples, "items"), os.path.join(clusters, config.cluster_source))
     model = TwoTowerModel(config, catalogue, ["u"])
@@ -206,7 +206,7 @@ def false_negative_rate(examples: str, clusters: str, draws: int = 15, seed: int
             return json.load(f)["rate"]
     import tensorflow as tf
 
-    from components.item_clusterer.pipeline import read_cluster_table
+    from llm_hardneg.components.item_clusterer.pipeline import read_cluster_table
 
     table = read_cluster_table(clusters)
     members: dict[int, list[str]] = {}

@@ -18,10 +18,10 @@ import argparse
 import os
 import statistics
 
-import components  # noqa: F401
+import llm_hardneg.components  # noqa: F401
 from benchmarks.paper_tables import RECORDED_SHARING, mass_cell, prepare, train_and_evaluate, write_results
-from components.example_gen import ExampleGenConfig
-from components.trainer import TrainerConfig
+from llm_hardneg.components.example_gen import ExampleGenConfig
+from llm_hardneg.components.trainer import TrainerConfig
 
 ALL, POOL = ("in_batch", "oob", "cluster_oob"), ("oob", "cluster_oob")
 REGIMES = {  # the most telling per training hour first: results are written after every row

@@ -56,7 +56,7 @@ def _zipf_items(rng: np.random.Generator, cdf: np.ndarray, shape) -> np.ndarray:
 
 def catalogue_of(items: int):
     from benchmarks.synthetic import zipf_cdf
-    from components.trainer.data import ItemCatalogue
+    from llm_hardneg.components.trainer.data import ItemCatalogue
 
     clusters = max(1, int(round(np.sqrt(items))))
     cdf = zipf_cdf(items, 1.0)
@@ -83,8 +83,8 @@ def synthetic_batches(catalogue, cdf: np.ndarray, users: int, count: int = 8) ->
 def measure_pool(items: int) -> dict:
     import tensorflow as tf
 
-    from components.trainer.config import TrainerConfig
-    from components.trainer.pool import ClusterPool
+    from llm_hardneg.components.trainer.config import TrainerConfig
+    from llm_hardneg.components.trainer.pool import ClusterPool
 
     clusters = max(1, int(round(np.sqrt(items))))
     slots = TrainerConfig().slots_for(items, clusters)
@@ -114,9 +114,9 @@ def measure_step(items: int, strategy: str, optimizer: str, overrides: str = "{}
     """overrides: JSON of further TrainerConfig fields (benchmarks.negative_sharing's variants)."""
     import tensorflow as tf
 
-    from components.trainer.config import TrainerConfig
-    from components.trainer.model import TwoTowerModel
-    from components.trainer.optimizer import make_optimizer
+    from llm_hardneg.components.trainer.config import TrainerConfig
+    from llm_hardneg.components.trainer.model import TwoTowerModel
+    from llm_hardneg.components.trainer.optimizer import make_optimizer
 
     started = time.monotonic()
     catalogue, cdf = catalogue_of(items)
@@ -151,7 +151,7 @@ def measure_step(items: int, strategy: str, optimizer: str, overrides: str = "{}
 
 
 def measure_evaluator(items: int) -> dict:
-    from components.evaluator.core import EvaluatorConfig, evaluate
+    from llm_hardneg.components.evaluator.core import EvaluatorConfig, evaluate
 
     rng = np.random.default_rng(0)
     candidates = rng.normal(size=(items, DIM)).astype(np.float32)
@@ -168,7 +168,7 @@ def measure_evaluator(items: int) -> dict:
 
 
 def measure_scann(items: int) -> dict:
-    from components.exporter.core import ExporterConfig, build_scann_index
+    from llm_hardneg.components.exporter.core import ExporterConfig, build_scann_index
 
     rng = np.random.default_rng(0)
     candidates = rng.normal(size=(items, DIM)).astype(np.float32)
@@ -186,7 +186,7 @@ def measure_clusterer(items: int) -> dict:
     import pyarrow.parquet as pq
 
     from benchmarks.synthetic import write_embeddings
-    from components.item_clusterer import ItemClustererConfig, run_item_clusterer
+    from llm_hardneg.components.item_clusterer import ItemClustererConfig, run_item_clusterer
 
     with tempfile.TemporaryDirectory(prefix="scale_clusterer_") as work:
         os.makedirs(os.path.join(work, "embeddings"))
@@ -209,7 +209,7 @@ def measure_embedder(items: int, which: str) -> dict:
     import pyarrow.parquet as pq
 
     from benchmarks.synthetic import item_texts
-    from components.item_embedder import ItemEmbedderConfig, run_item_embedder
+    from llm_hardneg.components.item_embedder import ItemEmbedderConfig, run_item_embedder
 
     texts, config = item_texts(np.arange(items), max(1, int(round(np.sqrt(items))))), ItemEmbedderConfig()
     if which == "raw":
@@ -235,7 +235,7 @@ def measure_example_gen(interactions: int, workers: str = "1") -> dict:
     items = interactions / 50. workers > 1: DirectRunner's multi_processing mode with that many worker
     processes, the interactions in 2 x workers files (a step reads one worker per file)."""
     from benchmarks import synthetic
-    from components.example_gen import ExampleGenConfig, run_example_gen
+    from llm_hardneg.components.example_gen import ExampleGenConfig, run_example_gen
 
     workers = int(workers)
     beam_args = ([] if workers == 1 else
@@ -380,7 +380,7 @@ def main() -> None:
     parser.add_argument("--one", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        import components  # noqa: F401  (environment before TensorFlow)
+        import llm_hardneg.components  # noqa: F401  (environment before TensorFlow)
 
         part, items, *rest = args.one
         result = MEASURES[part](int(items), *rest)

@@ -16,10 +16,10 @@ import argparse
 import os
 import statistics
 
-import components  # noqa: F401
+import llm_hardneg.components  # noqa: F401
 from benchmarks.paper_tables import RECORDED_SHARING, prepare, train_and_evaluate, write_results
-from components.example_gen import ExampleGenConfig
-from components.trainer import TrainerConfig
+from llm_hardneg.components.example_gen import ExampleGenConfig
+from llm_hardneg.components.trainer import TrainerConfig
 
 ROWS = (("adam", 0), ("lazy_adam", 0), ("lazy_adam", 1024))  # (optimizer, user_id_buckets)
 

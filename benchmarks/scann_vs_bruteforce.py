@@ -5,7 +5,7 @@
 Corpus: unit vectors drawn around 2,000 random centres (clustered like learned item embeddings;
 uniform random points on a sphere are ScaNN's hardest case and are reported too with --uniform).
 Brute force: exact dot products + top-K in TensorFlow, batched. ScaNN: the exporter's index
-configuration (components.exporter.core), searched with several leaf budgets.
+configuration (llm_hardneg.components.exporter.core), searched with several leaf budgets.
 Writes benchmarks/results/scann.{json,md}.
 """
 
@@ -19,8 +19,8 @@ import time
 
 import numpy as np
 
-import components  # noqa: F401
-from components.exporter.core import ExporterConfig, build_scann_index
+import llm_hardneg.components  # noqa: F401
+from llm_hardneg.components.exporter.core import ExporterConfig, build_scann_index
 
 
 def corpus(n: int, dim: int, seed: int, uniform: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,15 @@ interaction, each with its history) against train_sequences/; items read per tra
 training throughput of both paths on real batches, in one process (batch 1024 examples against 64
 sequence chunks, in_batch, 2 blocks, 1 head, 64-d; `--steps` timed steps after 2 warm-up steps,
 median). Quality and wall time to a given HR@10 of the sequence path: benchmarks.sequential_tower.
+
+    python -m benchmarks.sequence_training --quality [--quality-epochs 1] [--seeds 0]
+        [--paths transformer,transformer_seq]
+
+trains both paths for the same epochs (every training target once an epoch on either path) with the
+same tower and settings (in_batch, SASRec's scoring: tied, raw dot product; history_ties input_order,
+benchmarks.sequential_tower's best row) on ML-1M users 1-2999, and records HR@10 / NDCG@10 / HR@50
+(leave_last_out, seen items excluded) and training wall time: the "equal HR@10" half of the
+comparison, kept apart from throughput (a per-interaction epoch at history 200 takes about an hour).
 Writes benchmarks/results/sequence_training.{json,md}.
 """
 
@@ -20,8 +29,8 @@ import os
 import statistics
 import time
 
-import components  # noqa: F401  (environment before TensorFlow)
-from benchmarks.paper_tables import WORK, write_results
+import llm_hardneg.components  # noqa: F401  (environment before TensorFlow)
+from benchmarks.paper_tables import RESULTS, WORK, write_results
 
 
 def _bytes(directory: str) -> int:
@@ -31,10 +40,10 @@ def _bytes(directory: str) -> int:
 def throughput(examples: str, clusters: str, history: int, steps: int) -> list[dict]:
     import tensorflow as tf
 
-    from components.trainer import TrainerConfig
-    from components.trainer.data import example_files, load_catalogue, make_dataset
-    from components.trainer.model import TwoTowerModel
-    from components.trainer.optimizer import make_optimizer
+    from llm_hardneg.components.trainer import TrainerConfig
+    from llm_hardneg.components.trainer.data import example_files, load_catalogue, make_dataset
+    from llm_hardneg.components.trainer.model import TwoTowerModel
+    from llm_hardneg.components.trainer.optimizer import make_optimizer
 
     catalogue = load_catalogue(os.path.join(examples, "items"), os.path.join(clusters, "llm"))
     rows = []
@@ -64,12 +73,78 @@ def throughput(examples: str, clusters: str, history: int, steps: int) -> list[d
     return rows
 
 
+def quality(args) -> list[dict]:
+    """Both paths, same epochs and settings, seeds: HR@10, NDCG@10, HR@50 and training wall time."""
+    from benchmarks.sequential_tower import SCORINGS, TOWERS, cluster_tables, curve
+    from llm_hardneg.components.trainer import TrainerConfig
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    examples, tables, source = cluster_tables(args.dataset, args.data_root, args.history, seeds, "input_order")
+    rows = []
+    for path in args.paths.split(","):
+        for seed in seeds:
+            config = TrainerConfig(strategy="in_batch", cluster_source=source, seed=seed, history_length=args.history,
+                                   **TOWERS[path], **SCORINGS["dot_tied"])
+            tag = f"seqq-{args.dataset}-h{args.history}-{path}-{seed}"
+            point = curve(config, examples, tables[seed], tag, [args.quality_epochs])[-1]
+            rows.append({"path": path, "seed": seed, **point})
+    return rows
+
+
+def write_quality(args, rows: list[dict]) -> None:
+    path = os.path.join(RESULTS, "sequence_training.json")
+    result = json.load(open(path, encoding="utf-8"))
+    done = {(r["path"], r["seed"], r["epochs"]) for r in rows}
+    result["quality"] = [r for r in result.get("quality", []) if (r["path"], r["seed"], r["epochs"]) not in done] + rows
+    render(result)
+
+
+def render(result: dict) -> None:
+    lines = [f"Sequence records against per-interaction examples (`python -m benchmarks.sequence_training`), "
+             f"{result['dataset']}, history {result['history']}, transformer tower (2 blocks, 1 head, 64-d), "
+             "in_batch, 2 CPU cores.", ""]
+    cost, (per, seq) = result["cost"], result["throughput"]
+    lines += ["| | per-interaction examples | sequence records | ratio |", "|---|---|---|---|",
+              f"| TFRecord bytes per training interaction | {cost['per_interaction_bytes_per_interaction']:,.0f} | "
+              f"{cost['sequence_bytes_per_interaction']:,.0f} | "
+              f"{cost['sequence_bytes'] / cost['per_interaction_bytes']:.3f}x |",
+              f"| history items read per training target | up to {result['history']} | "
+              f"{cost['sequence_items_per_target']:.2f} | |",
+              f"| training targets per second | {per['targets_per_second']:,.0f} | "
+              f"{seq['targets_per_second']:,.0f} | {seq['targets_per_second'] / per['targets_per_second']:.1f}x |",
+              f"| step (s) | {per['step_s']:.2f} (batch {per['batch']}) | {seq['step_s']:.2f} ({seq['batch']} "
+              f"chunks, {seq['targets_per_step']:,.0f} targets) | |"]
+    if result.get("quality"):
+        names = {"transformer": "per-interaction examples", "transformer_seq": "sequence records"}
+        lines += ["", "Quality at equal epochs (`--quality`): same tower, in_batch, tied dot-product scoring, "
+                  "history_ties input_order; leave_last_out, seen items excluded; mean ± std over seeds.", "",
+                  "| path | epochs | seeds | HR@10 | NDCG@10 | HR@50 | training wall (s) |",
+                  "|---|---|---|---|---|---|---|"]
+        groups: dict[tuple, list[dict]] = {}
+        for r in result["quality"]:
+            groups.setdefault((r["path"], r["epochs"]), []).append(r)
+        for (path, epochs), runs in sorted(groups.items()):
+            cells = " | ".join(f"{statistics.mean(r[m] for r in runs):.4f} ± "
+                               f"{statistics.pstdev(r[m] for r in runs):.4f}" for m in ("hr10", "ndcg10", "hr50"))
+            lines.append(f"| {names.get(path, path)} | {epochs} | {len(runs)} | {cells} | "
+                         f"{statistics.mean(r['train_seconds'] for r in runs):,.0f} |")
+    write_results("sequence_training", result, "\n".join(lines) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="ml1m_exact")
     parser.add_argument("--history", type=int, default=200)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--quality", action="store_true", help="train both paths for the same epochs and evaluate")
+    parser.add_argument("--quality-epochs", type=int, default=1)
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--paths", default="transformer_seq,transformer")
+    parser.add_argument("--data-root", default=os.environ.get("DATA_ROOT", os.path.join("..", "shared", "data")))
     args = parser.parse_args()
+    if args.quality:
+        write_quality(args, quality(args))
+        return
     root = os.path.join(WORK, f"seq_{args.dataset}_h{args.history}")
     examples = os.path.join(root, "examples")
     summary = json.load(open(os.path.join(examples, "summary.json"), encoding="utf-8"))
@@ -88,21 +163,10 @@ def main() -> None:
     clusters = os.path.join(root, "clusters_auto")
     result = {"dataset": args.dataset, "history": args.history, "cost": cost,
               "throughput": throughput(examples, clusters, args.history, args.steps)}
-    per, seq = result["throughput"]
-    lines = [f"Sequence records against per-interaction examples (`python -m benchmarks.sequence_training`), "
-             f"{args.dataset}, history {args.history}, transformer tower (2 blocks, 1 head, 64-d), in_batch, 2 CPU "
-             "cores.", "",
-             "| | per-interaction examples | sequence records | ratio |", "|---|---|---|---|",
-             f"| TFRecord bytes per training interaction | {cost['per_interaction_bytes_per_interaction']:,.0f} | "
-             f"{cost['sequence_bytes_per_interaction']:,.0f} | "
-             f"{cost['sequence_bytes'] / cost['per_interaction_bytes']:.3f}x |",
-             f"| history items read per training target | up to {args.history} | "
-             f"{cost['sequence_items_per_target']:.2f} | |",
-             f"| training targets per second | {per['targets_per_second']:,.0f} | {seq['targets_per_second']:,.0f} | "
-             f"{seq['targets_per_second'] / per['targets_per_second']:.1f}x |",
-             f"| step (s) | {per['step_s']:.2f} (batch {per['batch']}) | {seq['step_s']:.2f} ({seq['batch']} chunks, "
-             f"{seq['targets_per_step']:,.0f} targets) | |"]
-    write_results("sequence_training", result, "\n".join(lines) + "\n")
+    previous = os.path.join(RESULTS, "sequence_training.json")
+    if os.path.exists(previous):  # keep the recorded quality runs
+        result["quality"] = json.load(open(previous, encoding="utf-8")).get("quality", [])
+    render(result)
 
 
 if __name__ == "__main__":

@@ -31,12 +31,12 @@ import json
 import os
 import statistics
 
-import components  # noqa: F401  (environment before TensorFlow)
+import llm_hardneg.components  # noqa: F401  (environment before TensorFlow)
 from benchmarks.larger_catalogues import AMAZON, behavioural
 from benchmarks.paper_tables import RESULTS, WORK, prepare, train_and_evaluate, write_results
-from components.evaluator import EvaluatorConfig, run_evaluator
-from components.example_gen import ExampleGenConfig
-from components.trainer import TrainerConfig, run_trainer
+from llm_hardneg.components.evaluator import EvaluatorConfig, run_evaluator
+from llm_hardneg.components.example_gen import ExampleGenConfig
+from llm_hardneg.components.trainer import TrainerConfig, run_trainer
 
 KS = (10, 50)
 METRICS = ("hr10", "ndcg10", "hr50")

@@ -1,4 +1,4 @@
-"""Submits a compiled pipeline (tfx_pipeline.kubeflow_runner output) to Vertex AI Pipelines.
+"""Submits a compiled pipeline (llm_hardneg.tfx_pipeline.kubeflow_runner output) to Vertex AI Pipelines.
 
     pip install -e ".[vertex]"
     python deploy/submit_vertex.py --pipeline pipeline.yaml --project PROJECT --region REGION \\

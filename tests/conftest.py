@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-import components.common.env  # noqa: F401  (Keras 2, offline hub, before TensorFlow)
+import llm_hardneg.components.common.env  # noqa: F401  (Keras 2, offline hub, before TensorFlow)
 from tests import helpers
 
 
@@ -26,7 +26,7 @@ def movielens_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def examples_dir(tmp_path_factory, movielens_dir):
     """example_gen output on the tiny MovieLens data (shared by downstream tests)."""
-    from components.example_gen import ExampleGenConfig, run_example_gen
+    from llm_hardneg.components.example_gen import ExampleGenConfig, run_example_gen
 
     out = str(tmp_path_factory.mktemp("examples"))
     run_example_gen(ExampleGenConfig.movielens(movielens_dir, history_length=5, num_train_shards=3,
@@ -36,8 +36,8 @@ def examples_dir(tmp_path_factory, movielens_dir):
 
 @pytest.fixture(scope="session")
 def clusters_dir(tmp_path_factory, examples_dir, tiny_bert):
-    from components.item_clusterer import ItemClustererConfig, run_item_clusterer
-    from components.item_embedder import ItemEmbedderConfig, run_item_embedder
+    from llm_hardneg.components.item_clusterer import ItemClustererConfig, run_item_clusterer
+    from llm_hardneg.components.item_embedder import ItemEmbedderConfig, run_item_embedder
 
     root = tmp_path_factory.mktemp("clusters")
     embeddings = str(root / "embeddings")

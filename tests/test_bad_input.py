@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from components.example_gen import ExampleGenConfig, run_example_gen
+from llm_hardneg.components.example_gen import ExampleGenConfig, run_example_gen
 from tests import helpers
 
 
@@ -87,10 +87,10 @@ def test_catalogue_of_categories_without_text(tmp_path, tiny_bert):
     """Epinions' case: an item file whose items have a category and no text. They are kept; item_embedder skips
     them (counted), the category table covers them, an 'llm' run stops naming the fix; when the drops leave no
     interaction the stop names the counts; a step run alone prints one line without Beam's ERROR traceback."""
-    from components.example_gen.pipeline import DegenerateSplit
-    from components.item_clusterer import ItemClustererConfig, run_item_clusterer
-    from components.item_embedder import ItemEmbedderConfig, run_item_embedder
-    from components.trainer.data import load_catalogue
+    from llm_hardneg.components.example_gen.pipeline import DegenerateSplit
+    from llm_hardneg.components.item_clusterer import ItemClustererConfig, run_item_clusterer
+    from llm_hardneg.components.item_embedder import ItemEmbedderConfig, run_item_embedder
+    from llm_hardneg.components.trainer.data import load_catalogue
 
     log = helpers.synthetic_log(rows=300)
     with open(tmp_path / "inter.csv", "w") as f:
@@ -129,7 +129,7 @@ def test_catalogue_of_categories_without_text(tmp_path, tiny_bert):
 
     with open(tmp_path / "inter.csv", "a") as f:  # a bad row: the step stops inside a Beam transform
         f.write("9,x1,five,1000\n")
-    command = [sys.executable, "-m", "components.example_gen", "--output-dir", str(tmp_path / "cli"),
+    command = [sys.executable, "-m", "llm_hardneg.components.example_gen", "--output-dir", str(tmp_path / "cli"),
                "--source", "generic", "--interactions", str(tmp_path / "inter.csv"),
                "--items", str(tmp_path / "items.csv")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -163,14 +163,14 @@ def test_user_with_only_negatives_is_kept_and_counted(tmp_path):
 def test_nan_embedding_is_an_error():
     from apache_beam.ml.inference.base import PredictionResult
 
-    from components.item_embedder.pipeline import _to_row
+    from llm_hardneg.components.item_embedder.pipeline import _to_row
 
     with pytest.raises(ValueError, match=r"item 'x': the text model produced a non-finite embedding"):
         _to_row(("x", PredictionResult("some text", np.array([0.1, np.nan], np.float32))))
 
 
 def test_empty_cluster_is_kept_and_counted():
-    from components.item_clusterer import core
+    from llm_hardneg.components.item_clusterer import core
 
     summary = core.size_summary(np.array([0, 0, 2, 2, 2]), 4)
     assert summary["empty_clusters"] == 2 and summary["sizes"] == [2, 0, 3, 0]

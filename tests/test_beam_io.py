@@ -9,8 +9,8 @@ import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from components.common.beam_io import ConcatenateRuns, write_tfrecords
-from components.example_gen.pipeline import UserRanges, _by_user_range, pack_batch, unpack_batch
+from llm_hardneg.components.common.beam_io import ConcatenateRuns, write_tfrecords
+from llm_hardneg.components.example_gen.pipeline import UserRanges, _by_user_range, pack_batch, unpack_batch
 
 
 @settings(max_examples=20, deadline=None)

@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from components.evaluator import EvaluatorConfig, evaluate, popularity_figures, run_evaluator
+from llm_hardneg.components.evaluator import EvaluatorConfig, evaluate, popularity_figures, run_evaluator
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -70,7 +70,7 @@ def test_popularity_figures():
 
 
 def test_run_evaluator(examples_dir, clusters_dir, tmp_path):
-    from components.trainer import TrainerConfig, run_trainer
+    from llm_hardneg.components.trainer import TrainerConfig, run_trainer
 
     model = str(tmp_path / "model")
     run_trainer(TrainerConfig(batch_size=32, epochs=1, embedding_dim=8, history_length=5), examples_dir,
@@ -107,7 +107,7 @@ def test_query_batch_bounds_memory_by_the_budget():
 
 
 def test_batches_of_any_size_share_one_trace():
-    from components.evaluator.core import EvaluatorConfig, _batch_top_k, evaluate
+    from llm_hardneg.components.evaluator.core import EvaluatorConfig, _batch_top_k, evaluate
 
     rng = np.random.default_rng(0)
     candidates = rng.normal(size=(30, 4)).astype(np.float32)
@@ -120,7 +120,7 @@ def test_batches_of_any_size_share_one_trace():
 
 
 def test_scann_search_reports_recall_and_matches_exact_where_it_retrieves_the_same():
-    from components.evaluator.core import EvaluatorConfig, evaluate
+    from llm_hardneg.components.evaluator.core import EvaluatorConfig, evaluate
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(40, 16))  # clustered, as trained item embeddings are
@@ -195,7 +195,7 @@ def test_exclude_seen_matches_numpy_oracle(seed):
 def test_shared_queries_give_the_figures_of_one_query_per_target(seed, search):
     """Targets sharing a query (QueryBatch.rows), with exclusions and tied scores: the same figures as the same
     queries repeated for every target; exact ranks count the candidates scoring strictly higher (ties too)."""
-    from components.evaluator.core import QueryBatch
+    from llm_hardneg.components.evaluator.core import QueryBatch
 
     rng = np.random.default_rng(seed)
     candidates = rng.normal(size=(150, 5)).astype(np.float32)
@@ -226,7 +226,7 @@ def test_shared_queries_give_the_figures_of_one_query_per_target(seed, search):
 
 
 def test_seen_items_give_every_pair_of_each_batch_user():
-    from components.evaluator.core import SeenItems, fingerprints
+    from llm_hardneg.components.evaluator.core import SeenItems, fingerprints
 
     rng = np.random.default_rng(0)
     users = rng.integers(0, 20, size=500).astype(str)
@@ -240,7 +240,7 @@ def test_seen_items_give_every_pair_of_each_batch_user():
 
 
 def test_scann_search_leaves_excluded_items_out_of_the_top_k():
-    from components.evaluator.core import SeenItems, fingerprints
+    from llm_hardneg.components.evaluator.core import SeenItems, fingerprints
 
     rng = np.random.default_rng(1)
     candidates = rng.normal(size=(200, 8)).astype(np.float32)  # small: ScaNN's brute force, exact
@@ -260,8 +260,8 @@ def test_scann_search_leaves_excluded_items_out_of_the_top_k():
 def test_run_evaluator_excludes_each_users_training_items(examples_dir, clusters_dir, tmp_path):
     import tensorflow as tf
 
-    from components.trainer import TrainerConfig, run_trainer
-    from components.trainer.data import example_files, make_dataset
+    from llm_hardneg.components.trainer import TrainerConfig, run_trainer
+    from llm_hardneg.components.trainer.data import example_files, make_dataset
 
     model = str(tmp_path / "model")
     run_trainer(TrainerConfig(batch_size=32, epochs=1, embedding_dim=8, history_length=5, strategy="in_batch"),

@@ -8,8 +8,8 @@ import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from components.common.schema import SchemaViolation, load_schema, validate_row
-from components.example_gen import ExampleGenConfig, core, run_example_gen
+from llm_hardneg.components.common.schema import SchemaViolation, load_schema, validate_row
+from llm_hardneg.components.example_gen import ExampleGenConfig, core, run_example_gen
 from tests import helpers
 
 
@@ -292,7 +292,7 @@ def test_bad_split_names_value():
 
 def test_csv_quoted_multiline_fields_bom_and_crlf(tmp_path):
     """RFC 4180: a quoted text with a line break, a comma and a doubled quote; a spreadsheet's BOM and CRLF."""
-    from components.example_gen import readers
+    from llm_hardneg.components.example_gen import readers
 
     items = tmp_path / "items.csv"
     items.write_bytes("\ufeffitem_id,text,categories\r\nx,\"Item X, the \"\"best\"\"\r\nsecond line\",a|b\r\n"
@@ -309,7 +309,7 @@ def test_csv_quoted_multiline_fields_bom_and_crlf(tmp_path):
 def test_json_lines_with_bom_crlf_and_gzip(tmp_path):
     import gzip
 
-    from components.example_gen import readers
+    from llm_hardneg.components.example_gen import readers
 
     text = '\ufeff{"user_id": "a", "item_id": "x"}\r\n\r\n{"user_id": "b", "item_id": "y"}\r\n[1]\r\n'
     (tmp_path / "rows.jsonl").write_bytes(text.encode("utf-8"))
@@ -354,7 +354,7 @@ def test_one_user_or_one_item_runs(tmp_path, rows, train, eval_):
 
 
 def test_more_clusters_asked_than_items_gives_one_cluster_per_item():
-    from components.item_clusterer import ItemClustererConfig
+    from llm_hardneg.components.item_clusterer import ItemClustererConfig
 
     assert ItemClustererConfig(num_clusters=50).clusters_for(7) == 7
     assert ItemClustererConfig().clusters_for(1) == 1 and ItemClustererConfig().clusters_for(10**8) == 1024
@@ -428,7 +428,7 @@ def test_pipeline_files_equal_the_reference_byte_for_byte(examples_dir):
     max_size=8))
 def test_validate_columns_agrees_with_validate_row(rows):
     """The columnar fast path gives validate_row's values, or None exactly when some row breaks the schema."""
-    from components.common.schema import validate_columns
+    from llm_hardneg.components.common.schema import validate_columns
 
     schema = load_schema("interactions")
     columns = validate_columns(schema, rows)

@@ -7,12 +7,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from components.exporter import ExporterConfig, build_scann_index, run_exporter
+from llm_hardneg.components.exporter import ExporterConfig, build_scann_index, run_exporter
 
 
 @pytest.fixture(scope="module")
 def export_dir(examples_dir, clusters_dir, tmp_path_factory):
-    from components.trainer import TrainerConfig, run_trainer
+    from llm_hardneg.components.trainer import TrainerConfig, run_trainer
 
     root = tmp_path_factory.mktemp("export")
     run_trainer(TrainerConfig(batch_size=32, epochs=1, embedding_dim=8, history_length=5), examples_dir,
@@ -50,7 +50,7 @@ def test_serving_model_matches_numpy_brute_force_in_a_fresh_process(export_dir, 
     # the ScaNN model needs only `import scann` (its ops) before loading; the other stock TF
     preamble = "import scann" if model.endswith("scann") else ""
     script = f"""
-import json, components.common.env, tensorflow as tf
+import json, llm_hardneg.components.common.env, tensorflow as tf
 {preamble}
 m = tf.saved_model.load({str(export_dir / 'export' / model)!r})
 q = tf.saved_model.load({str(export_dir / 'model' / 'query_model')!r})

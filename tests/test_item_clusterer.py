@@ -4,8 +4,8 @@ import os
 import numpy as np
 import pytest
 
-from components.item_clusterer import ItemClustererConfig, core
-from components.item_clusterer.pipeline import read_cluster_table
+from llm_hardneg.components.item_clusterer import ItemClustererConfig, core
+from llm_hardneg.components.item_clusterer.pipeline import read_cluster_table
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -64,9 +64,9 @@ def test_behavioural_clusters_from_a_trained_model(examples_dir, clusters_dir, t
     nearest to the mean of its own cluster."""
     import pyarrow.parquet as pq
 
-    from components.exporter import ExporterConfig, run_exporter
-    from components.item_clusterer import run_item_clusterer
-    from components.trainer import TrainerConfig, run_trainer
+    from llm_hardneg.components.exporter import ExporterConfig, run_exporter
+    from llm_hardneg.components.item_clusterer import run_item_clusterer
+    from llm_hardneg.components.trainer import TrainerConfig, run_trainer
 
     small = dict(batch_size=32, epochs=1, embedding_dim=8, history_length=5, shuffle_buffer=100)
     run_trainer(TrainerConfig(strategy="in_batch", **small), examples_dir, clusters_dir, str(tmp_path / "first"))
@@ -90,11 +90,11 @@ def test_behavioural_clusters_from_a_trained_model(examples_dir, clusters_dir, t
 def test_catalogue_without_text_runs_with_category_clusters(tmp_path, tiny_bert):
     """No item file: no text, so no embedding and no LLM table; the category table (one cluster of
     uncategorised items) still trains and evaluates."""
-    from components.evaluator import EvaluatorConfig, run_evaluator
-    from components.example_gen import ExampleGenConfig, run_example_gen
-    from components.item_clusterer import run_item_clusterer
-    from components.item_embedder import ItemEmbedderConfig, run_item_embedder
-    from components.trainer import TrainerConfig, run_trainer
+    from llm_hardneg.components.evaluator import EvaluatorConfig, run_evaluator
+    from llm_hardneg.components.example_gen import ExampleGenConfig, run_example_gen
+    from llm_hardneg.components.item_clusterer import run_item_clusterer
+    from llm_hardneg.components.item_embedder import ItemEmbedderConfig, run_item_embedder
+    from llm_hardneg.components.trainer import TrainerConfig, run_trainer
     from tests.helpers import synthetic_log
 
     with open(tmp_path / "inter.csv", "w") as f:
@@ -121,7 +121,7 @@ def test_catalogue_without_text_runs_with_category_clusters(tmp_path, tiny_bert)
 def test_embedding_batches_to_one_float32_array():
     import pyarrow as pa
 
-    from components.item_clusterer.pipeline import _vectors
+    from llm_hardneg.components.item_clusterer.pipeline import _vectors
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(10, 3)).astype(np.float32)
@@ -141,7 +141,7 @@ def test_clusters_do_not_depend_on_file_layout_and_match_numpy_oracle(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from components.item_clusterer import run_item_clusterer
+    from llm_hardneg.components.item_clusterer import run_item_clusterer
 
     rng = np.random.default_rng(1)
     ids = [f"item{i:03d}" for i in range(300)]

@@ -10,7 +10,12 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
-from components.item_embedder import ItemEmbedderConfig, TextEmbeddingModelHandler, embed_texts, load_text_model
+from llm_hardneg.components.item_embedder import (
+    ItemEmbedderConfig,
+    TextEmbeddingModelHandler,
+    embed_texts,
+    load_text_model,
+)
 
 TEXTS = ["Movie number 1 (1991). Genres: Action", "Movie number 22 (1992). Genres: Comedy, Drama, Horror, Romance",
          "Movie 3"]
@@ -69,7 +74,7 @@ def test_run_inference_in_test_pipeline(tiny_llama):
 
 
 def test_step_writes_every_item(examples_dir, tiny_bert, tmp_path):
-    from components.item_embedder import run_item_embedder
+    from llm_hardneg.components.item_embedder import run_item_embedder
 
     summary = run_item_embedder(ItemEmbedderConfig(model=tiny_bert, batch_size=7),
                                 os.path.join(examples_dir, "items", "*.parquet"), str(tmp_path))

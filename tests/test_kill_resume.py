@@ -17,7 +17,7 @@ CONFIG = {"batch_size": 32, "epochs": 3, "embedding_dim": 8, "num_negatives": 4,
 
 
 def trainer_command(examples_dir, clusters_dir, output_dir):
-    return [sys.executable, "-u", "-m", "components.trainer", "--examples-dir", examples_dir,
+    return [sys.executable, "-u", "-m", "llm_hardneg.components.trainer", "--examples-dir", examples_dir,
             "--clusters-dir", clusters_dir, "--output-dir", output_dir, "--config-json", json.dumps(CONFIG)]
 
 

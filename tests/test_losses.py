@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.trainer.losses import (
+from llm_hardneg.components.trainer.losses import (
     MASKED_LOGIT,
     MASS_ROWS,
     SOURCES,
@@ -290,7 +290,7 @@ def test_draws_valid_for_every_query_and_mass_over_the_first_rows(seed):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_full_softmax_matches_numpy(seed):
-    from components.trainer.losses import full_softmax_loss
+    from llm_hardneg.components.trainer.losses import full_softmax_loss
 
     rng = np.random.default_rng(seed)
     b, v, d, t = 5, 11, 4, 0.2

@@ -18,10 +18,10 @@ def _files(pattern: str) -> dict[str, bytes]:
 
 
 def test_data_steps_multi_process_equal_in_memory(tmp_path, movielens_dir, examples_dir, clusters_dir, tiny_bert):
-    from components.example_gen import ExampleGenConfig, run_example_gen
-    from components.item_clusterer import ItemClustererConfig, run_item_clusterer
-    from components.item_clusterer.pipeline import read_cluster_table
-    from components.item_embedder import ItemEmbedderConfig, run_item_embedder
+    from llm_hardneg.components.example_gen import ExampleGenConfig, run_example_gen
+    from llm_hardneg.components.item_clusterer import ItemClustererConfig, run_item_clusterer
+    from llm_hardneg.components.item_clusterer.pipeline import read_cluster_table
+    from llm_hardneg.components.item_embedder import ItemEmbedderConfig, run_item_embedder
 
     out = str(tmp_path / "examples")
     summary = run_example_gen(ExampleGenConfig.movielens(movielens_dir, history_length=5, num_train_shards=3,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.trainer.distribute import localhost_tf_configs
+from llm_hardneg.components.trainer.distribute import localhost_tf_configs
 
 CONFIG = {"batch_size": 33, "epochs": 2, "embedding_dim": 8, "num_negatives": 4, "random_ratio": 1,
           "cluster_ratio": 3, "log_every_steps": 1, "shuffle_buffer": 1000, "history_length": 5, "seed": 5,
@@ -22,8 +22,8 @@ MIRRORED = """
 import sys, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from components.common.cli import step_main
-from components.trainer import TrainerConfig, run_trainer
+from llm_hardneg.components.common.cli import step_main
+from llm_hardneg.components.trainer import TrainerConfig, run_trainer
 sys.exit(step_main(TrainerConfig, ["examples_dir", "clusters_dir", "output_dir"], run_trainer, "", beam=False))
 """
 
@@ -38,7 +38,7 @@ def start_workers(examples_dir, clusters_dir, output_dir, scratch, **overrides):
     processes = []
     for tf_config in localhost_tf_configs(2):
         env = {**os.environ, "TMPDIR": scratch, "TF_CONFIG": tf_config}
-        command = [sys.executable, "-u", "-m", "components.trainer",
+        command = [sys.executable, "-u", "-m", "llm_hardneg.components.trainer",
                    *arguments(examples_dir, clusters_dir, output_dir, distribute="multi_worker", **overrides)]
         processes.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                           env=env))

@@ -8,10 +8,10 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from components.trainer import TrainerConfig, run_trainer
-from components.trainer.data import example_files, load_catalogue, make_dataset
-from components.trainer.model import TwoTowerModel
-from components.trainer.optimizer import make_optimizer
+from llm_hardneg.components.trainer import TrainerConfig, run_trainer
+from llm_hardneg.components.trainer.data import example_files, load_catalogue, make_dataset
+from llm_hardneg.components.trainer.model import TwoTowerModel
+from llm_hardneg.components.trainer.optimizer import make_optimizer
 from tests.test_pool import numpy_allocation
 from tests.test_trainer import tiny_config
 

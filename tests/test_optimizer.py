@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from components.trainer.data import example_files, load_catalogue, make_dataset
-from components.trainer.optimizer import LazyAdam, make_optimizer
+from llm_hardneg.components.trainer.data import example_files, load_catalogue, make_dataset
+from llm_hardneg.components.trainer.optimizer import LazyAdam, make_optimizer
 from tests.test_trainer import tiny_config
 
 
@@ -59,7 +59,7 @@ def test_bad_optimizer_names_the_value():
 @pytest.mark.parametrize("buckets", [0, 7])
 def test_embedding_tables_get_sparse_gradients_in_the_real_model(buckets, examples_dir, clusters_dir):
     """The lazy path is only taken for IndexedSlices: no dense [V, d] gradient may reach a table."""
-    from components.trainer.model import TwoTowerModel
+    from llm_hardneg.components.trainer.model import TwoTowerModel
 
     config = tiny_config(user_id_buckets=buckets)
     catalogue = load_catalogue(os.path.join(examples_dir, "items"), os.path.join(clusters_dir, "llm"))

@@ -3,9 +3,9 @@ import os
 
 import pytest
 
-from tfx_pipeline import local_runner
-from tfx_pipeline.config import PipelineConfig, parse, section_from_json
-from tfx_pipeline.pipeline import STEP_NAMES
+from llm_hardneg.tfx_pipeline import local_runner
+from llm_hardneg.tfx_pipeline.config import PipelineConfig, parse, section_from_json
+from llm_hardneg.tfx_pipeline.pipeline import STEP_NAMES
 
 
 def test_flags_override_typed_sections(tmp_path):
@@ -24,8 +24,8 @@ def test_every_flag_has_a_one_line_help_and_its_default():
     import argparse
     import dataclasses
 
-    from components.common.cli import field_docs
-    from tfx_pipeline.config import SECTIONS, TrainerJobConfig, add_flags
+    from llm_hardneg.components.common.cli import field_docs
+    from llm_hardneg.tfx_pipeline.config import SECTIONS, TrainerJobConfig, add_flags
 
     parser = argparse.ArgumentParser()
     add_flags(parser)
@@ -71,7 +71,7 @@ def test_compiles_to_pipeline_ir(tmp_path, movielens_dir):
 
 
     path = str(tmp_path / "pipeline.yaml")
-    from tfx_pipeline import kubeflow_runner
+    from llm_hardneg.tfx_pipeline import kubeflow_runner
 
     assert kubeflow_runner.main(["--output", path, "--data-dir", "gs://bucket/ml-1m", "--pipeline-root", "gs://b/r",
                                  "--image", "registry.example/llm-hardneg:1", "--beam-arg=--runner=DataflowRunner",
@@ -151,7 +151,7 @@ def test_behavioural_clusters_come_from_a_first_model(tmp_path):
     same definition: test_local_run_end_to_end)."""
     import yaml
 
-    from tfx_pipeline import kubeflow_runner
+    from llm_hardneg.tfx_pipeline import kubeflow_runner
 
     path = str(tmp_path / "pipeline.yaml")
     assert kubeflow_runner.main(["--output", path, "--data-dir", "gs://bucket/ml-1m", "--pipeline-root", "gs://b/r",
@@ -202,7 +202,7 @@ def test_trainer_job_compiles_to_a_vertex_custom_job_of_worker_pools(tmp_path, c
     (1) and workers (3) on the requested machines, running the trainer component in the pipeline image."""
     import yaml
 
-    from tfx_pipeline import kubeflow_runner
+    from llm_hardneg.tfx_pipeline import kubeflow_runner
 
     path = str(tmp_path / "pipeline.yaml")
     assert kubeflow_runner.main(["--output", path, "--data-dir", "gs://bucket/ml-1m", "--pipeline-root", "gs://b/r",
@@ -242,8 +242,8 @@ def test_trainer_job_compiles_to_a_vertex_custom_job_of_worker_pools(tmp_path, c
 def test_tfjob_manifest_runs_the_trainer_entry_point_on_a_chief_and_workers():
     import yaml
 
-    from components.common.cli import step_main
-    from components.trainer import TrainerConfig
+    from llm_hardneg.components.common.cli import step_main
+    from llm_hardneg.components.trainer import TrainerConfig
 
     with open(os.path.join(os.path.dirname(__file__), "..", "deploy", "tfjob-trainer.yaml"), encoding="utf-8") as f:
         job = yaml.safe_load(f)
@@ -252,7 +252,7 @@ def test_tfjob_manifest_runs_the_trainer_entry_point_on_a_chief_and_workers():
     assert {name: spec["replicas"] for name, spec in replicas.items()} == {"Chief": 1, "Worker": 3}
     (chief,), (worker,) = (replicas[r]["template"]["spec"]["containers"] for r in ("Chief", "Worker"))
     assert chief == worker and chief["name"] == "tensorflow"  # the operator's container name for TF_CONFIG ports
-    assert chief["command"][:3] == ["python", "-m", "components.trainer"]
+    assert chief["command"][:3] == ["python", "-m", "llm_hardneg.components.trainer"]
     seen = []
     assert step_main(TrainerConfig, ["examples_dir", "clusters_dir", "output_dir"],
                      lambda config, *paths: seen.append((config, paths)), "", argv=chief["command"][3:]) == 0

@@ -6,7 +6,7 @@ import tensorflow as tf
 import tf_keras
 from scipy import stats
 
-from components.trainer.pool import ClusterPool, EmbeddingCache
+from llm_hardneg.components.trainer.pool import ClusterPool, EmbeddingCache
 
 SPEC = {"item_index": ((), "int64"), "dense": ((3,), "float32")}
 
@@ -267,7 +267,7 @@ def numpy_allocation(clusters, weights, budget):
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 @pytest.mark.parametrize("budget", [0, 3, 16, 101])
 def test_allocate_draws_matches_numpy_oracle(seed, budget):
-    from components.trainer.pool import allocate_draws
+    from llm_hardneg.components.trainer.pool import allocate_draws
 
     rng = np.random.default_rng(seed)
     clusters = rng.integers(0, 9, size=40)
@@ -281,7 +281,7 @@ def test_allocate_draws_matches_numpy_oracle(seed, budget):
 
 
 def test_allocate_draws_of_a_batch_without_positives_is_empty():
-    from components.trainer.pool import allocate_draws
+    from llm_hardneg.components.trainer.pool import allocate_draws
 
     clusters, draws = allocate_draws(tf.constant([1, 2, 2]), tf.zeros([3]), 10)
     assert clusters.shape == (0,) and draws.shape == (0,)

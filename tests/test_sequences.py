@@ -12,10 +12,10 @@ import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from components.example_gen import ExampleGenConfig, core, run_example_gen
-from components.trainer import TrainerConfig, run_trainer
-from components.trainer.data import ItemCatalogue, make_dataset
-from components.trainer.model import TwoTowerModel
+from llm_hardneg.components.example_gen import ExampleGenConfig, core, run_example_gen
+from llm_hardneg.components.trainer import TrainerConfig, run_trainer
+from llm_hardneg.components.trainer.data import ItemCatalogue, make_dataset
+from llm_hardneg.components.trainer.model import TwoTowerModel
 
 
 @settings(max_examples=200, deadline=None)
@@ -185,7 +185,7 @@ def test_sequence_training_names_what_it_needs(examples_dir, sequence_examples, 
     with pytest.raises(ValueError, match="at most history_length 3 items of history: .* has sequence_length 4"):
         run_trainer(TrainerConfig(**{**config.__dict__, "history_length": 3}), sequence_examples, clusters_dir,
                     str(tmp_path / "b"))
-    from tfx_pipeline.config import parse
+    from llm_hardneg.tfx_pipeline.config import parse
 
     with pytest.raises(ValueError, match="set --example_gen.sequence_length 200 .got 0."):
         parse(["--trainer.query_tower", "transformer", "--trainer.sequence_training", "true",

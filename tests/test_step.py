@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from components.common.step import step_run
+from llm_hardneg.components.common.step import step_run
 
 
 def test_step_runs_once_then_reuses_its_output(tmp_path):
@@ -34,11 +34,11 @@ def test_changed_config_or_input_reruns(tmp_path):
 
 
 def test_code_fingerprint_covers_what_the_step_imports_only(tmp_path, monkeypatch):
-    from components.common import step
+    from llm_hardneg.components.common import step
 
     root = tmp_path / "pkg"
-    for package, source in {"common": "x = 1", "a": "from components.common import x", "b": "import components.a",
-                            "c": "y = 2"}.items():
+    for package, source in {"common": "x = 1", "a": "from llm_hardneg.components.common import x",
+                            "b": "import llm_hardneg.components.a", "c": "y = 2"}.items():
         (root / "components" / package).mkdir(parents=True)
         (root / "components" / package / "core.py").write_text(source)
     (root / "components" / "__init__.py").write_text("")
@@ -53,7 +53,7 @@ def test_code_fingerprint_covers_what_the_step_imports_only(tmp_path, monkeypatc
     (root / "components" / "c" / "core.py").write_text("y = 3")  # only c changes
     after = prints()
     assert after["c"] != before["c"] and after["a"] == before["a"] and after["b"] == before["b"]
-    (root / "components" / "a" / "core.py").write_text("from components.common import x  # edited")
+    (root / "components" / "a" / "core.py").write_text("from llm_hardneg.components.common import x  # edited")
     again = prints()  # b imports a: both change
     assert again["a"] != after["a"] and again["b"] != after["b"] and again["c"] == after["c"]
     (root / "schemas" / "s.pbtxt").write_text("feature {}")
@@ -66,7 +66,7 @@ def test_step_command_line_ends_input_errors_with_one_line(tmp_path, capsys):
 
     import pytest
 
-    from components.common.cli import step_main
+    from llm_hardneg.components.common.cli import step_main
 
     @dataclasses.dataclass(frozen=True)
     class Config:
@@ -99,7 +99,7 @@ def test_step_command_line_ends_input_errors_with_one_line(tmp_path, capsys):
     ({"cluster": {"chief": ["a:1"], "worker": ["b:1"]}, "task": {"type": "worker", "index": 0}}, False),
 ])
 def test_only_the_chief_records_a_multi_worker_step(tmp_path, monkeypatch, tf_config, chief):
-    from components.common.step import is_chief_task
+    from llm_hardneg.components.common.step import is_chief_task
 
     if tf_config is None:
         monkeypatch.delenv("TF_CONFIG", raising=False)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from benchmarks import synthetic
-from components.example_gen.readers import generic_rows
+from llm_hardneg.components.example_gen.readers import generic_rows
 
 
 def read_csv(path):
@@ -72,7 +72,7 @@ def test_bad_sizes_name_the_value(tmp_path):
 
 
 def test_example_gen_takes_it_as_generic_input(tmp_path):
-    from components.example_gen import ExampleGenConfig, run_example_gen
+    from llm_hardneg.components.example_gen import ExampleGenConfig, run_example_gen
 
     paths = synthetic.write(str(tmp_path / "data"), 60, 40, 2000, seed=0, log=lambda _: None)
     out = str(tmp_path / "examples")

@@ -6,8 +6,8 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from components.trainer import TrainerConfig, run_trainer
-from components.trainer.data import example_files, load_catalogue, make_dataset
+from llm_hardneg.components.trainer import TrainerConfig, run_trainer
+from llm_hardneg.components.trainer.data import example_files, load_catalogue, make_dataset
 
 
 def tiny_config(**overrides):
@@ -111,7 +111,7 @@ def test_resume_refuses_checkpoints_of_another_state_layout_with_a_clear_error(e
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_in_history_matches_numpy(seed):
-    from components.trainer.model import in_history
+    from llm_hardneg.components.trainer.model import in_history
 
     rng = np.random.default_rng(seed)
     ids, history = rng.integers(1, 6, size=(7, 4)), rng.integers(0, 6, size=(7, 3))
@@ -120,7 +120,7 @@ def test_in_history_matches_numpy(seed):
 
 
 def test_edis_virtual_negatives_lie_between_negative_and_positive(examples_dir, clusters_dir):
-    from components.trainer.model import TwoTowerModel
+    from llm_hardneg.components.trainer.model import TwoTowerModel
 
     config = tiny_config(edis_negatives=3, edis_max_weight=0.5, negative_sharing="per_example")
     catalogue = load_catalogue(os.path.join(examples_dir, "items"), os.path.join(clusters_dir, "llm"))
@@ -144,7 +144,7 @@ def test_edis_virtual_negatives_lie_between_negative_and_positive(examples_dir, 
 
 @pytest.mark.parametrize("mode", ["mixture", "in_batch", "none"])
 def test_log_counts_of_the_model_match_their_definition(mode, examples_dir, clusters_dir):
-    from components.trainer.model import TwoTowerModel
+    from llm_hardneg.components.trainer.model import TwoTowerModel
     from tests.test_losses import numpy_counts
 
     config = tiny_config(logq_correction=mode, slots_per_cluster=4)  # small segments: some items collide
@@ -177,8 +177,8 @@ def test_log_counts_of_the_model_match_their_definition(mode, examples_dir, clus
 
 
 def test_user_positive_mask_matches_the_training_positives(examples_dir, clusters_dir, tmp_path):
-    from components.trainer.data import user_positive_keys
-    from components.trainer.model import TwoTowerModel
+    from llm_hardneg.components.trainer.data import user_positive_keys
+    from llm_hardneg.components.trainer.model import TwoTowerModel
 
     files = example_files(examples_dir, "train")
     positives = set()
@@ -218,7 +218,7 @@ def test_history_mask_and_edis_train(examples_dir, clusters_dir, tmp_path):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_position_pooling_weights_match_numpy(seed, examples_dir, clusters_dir):
-    from components.trainer.model import TwoTowerModel
+    from llm_hardneg.components.trainer.model import TwoTowerModel
 
     config = tiny_config(history_pooling="position", history_length=5)
     catalogue = load_catalogue(os.path.join(examples_dir, "items"), os.path.join(clusters_dir, "llm"))
@@ -241,7 +241,7 @@ def test_position_pooling_weights_match_numpy(seed, examples_dir, clusters_dir):
 
 
 def test_position_pooling_pads_short_and_cuts_long_histories(examples_dir, clusters_dir):
-    from components.trainer.model import TwoTowerModel
+    from llm_hardneg.components.trainer.model import TwoTowerModel
 
     catalogue = load_catalogue(os.path.join(examples_dir, "items"), os.path.join(clusters_dir, "llm"))
     tower = TwoTowerModel(tiny_config(history_pooling="position", history_length=4), catalogue,
@@ -261,9 +261,9 @@ MIRRORED = """
 import json, sys, components, numpy as np, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from components.trainer import TrainerConfig, run_trainer
-from components.trainer.data import example_files, load_catalogue, make_dataset
-from components.trainer.model import TwoTowerModel
+from llm_hardneg.components.trainer import TrainerConfig, run_trainer
+from llm_hardneg.components.trainer.data import example_files, load_catalogue, make_dataset
+from llm_hardneg.components.trainer.model import TwoTowerModel
 import tf_keras, os
 examples, clusters, out, sharing, embeddings = sys.argv[1:6]
 config = TrainerConfig(batch_size=32, epochs=1, embedding_dim=8, num_negatives=4, random_ratio=1, cluster_ratio=3,
@@ -304,7 +304,7 @@ def test_mirrored_strategy_keeps_replica_pools_identical(sharing, embeddings, ex
 
 
 def test_config_changes_know_which_added_fields_keep_old_behaviour():
-    from components.trainer.run import config_changes, config_record
+    from llm_hardneg.components.trainer.run import config_changes, config_record
 
     old = config_record(TrainerConfig())
     del old["mask_user_positives"]  # added later; False is what older runs did
@@ -341,10 +341,10 @@ import json, os, sys, numpy as np, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import tf_keras
-from components.trainer import TrainerConfig
-from components.trainer.data import example_files, load_catalogue, make_dataset
-from components.trainer.distribute import epoch_batches
-from components.trainer.model import TwoTowerModel
+from llm_hardneg.components.trainer import TrainerConfig
+from llm_hardneg.components.trainer.data import example_files, load_catalogue, make_dataset
+from llm_hardneg.components.trainer.distribute import epoch_batches
+from llm_hardneg.components.trainer.model import TwoTowerModel
 from tests.test_losses import numpy_loss
 examples, clusters = sys.argv[1:3]
 files = example_files(examples, "train")
@@ -421,7 +421,7 @@ def test_dataset_slices_partition_every_global_batch(examples_dir):
 
 
 def test_multi_worker_names_its_missing_cluster(monkeypatch):
-    from components.trainer.distribute import make_strategy
+    from llm_hardneg.components.trainer.distribute import make_strategy
 
     monkeypatch.setenv("TF_CONFIG", "")
     with pytest.raises(ValueError, match="TF_CONFIG environment variable .* got TF_CONFIG=''"):

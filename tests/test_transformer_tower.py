@@ -7,9 +7,9 @@ import pytest
 import tensorflow as tf
 from scipy.special import erf
 
-from components.trainer import TrainerConfig, run_trainer
-from components.trainer.data import ItemCatalogue, load_catalogue
-from components.trainer.model import TransformerQueryTower, TwoTowerModel
+from llm_hardneg.components.trainer import TrainerConfig, run_trainer
+from llm_hardneg.components.trainer.data import ItemCatalogue, load_catalogue
+from llm_hardneg.components.trainer.model import TransformerQueryTower, TwoTowerModel
 
 
 def tower_of(heads: int = 2, history: int = 6, blocks: int = 2, seed: int = 0) -> TransformerQueryTower:

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.trainer import run_trainer
-from components.trainer.data import ItemCatalogue, load_catalogue
-from components.trainer.model import TwoTowerModel
-from components.trainer.warm_start import warm_start
+from llm_hardneg.components.trainer import run_trainer
+from llm_hardneg.components.trainer.data import ItemCatalogue, load_catalogue
+from llm_hardneg.components.trainer.model import TwoTowerModel
+from llm_hardneg.components.trainer.warm_start import warm_start
 from tests.test_trainer import tiny_config
 
 

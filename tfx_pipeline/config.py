@@ -11,13 +11,13 @@ import json
 import os
 from collections.abc import Sequence
 
-from components.common.cli import add_config_flags, config_from_json, config_overrides
-from components.evaluator.core import EvaluatorConfig
-from components.example_gen.config import ExampleGenConfig
-from components.exporter.core import ExporterConfig
-from components.item_clusterer.config import ItemClustererConfig
-from components.item_embedder.config import ItemEmbedderConfig
-from components.trainer.config import TrainerConfig
+from llm_hardneg.components.common.cli import add_config_flags, config_from_json, config_overrides
+from llm_hardneg.components.evaluator.core import EvaluatorConfig
+from llm_hardneg.components.example_gen.config import ExampleGenConfig
+from llm_hardneg.components.exporter.core import ExporterConfig
+from llm_hardneg.components.item_clusterer.config import ItemClustererConfig
+from llm_hardneg.components.item_embedder.config import ItemEmbedderConfig
+from llm_hardneg.components.trainer.config import TrainerConfig
 
 SECTIONS = {
     "example_gen": ExampleGenConfig,

@@ -1,6 +1,6 @@
 """Compiles the pipeline to KFP v2 pipeline IR (YAML) for Kubeflow Pipelines and Vertex AI Pipelines.
 
-    python -m tfx_pipeline.kubeflow_runner --output pipeline.yaml \\
+    python -m llm_hardneg.tfx_pipeline.kubeflow_runner --output pipeline.yaml \\
         --image REGISTRY/llm-hardneg:TAG --pipeline-root gs://BUCKET/runs \\
         --data-dir gs://BUCKET/ml-1m \\
         --beam-arg=--runner=DataflowRunner --beam-arg=--project=PROJECT \\
@@ -16,9 +16,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-import components.common.env  # noqa: F401
-from tfx_pipeline.config import add_flags, from_flags
-from tfx_pipeline.pipeline import create_pipeline
+import llm_hardneg.components.common.env  # noqa: F401
+from llm_hardneg.tfx_pipeline.config import add_flags, from_flags
+from llm_hardneg.tfx_pipeline.pipeline import create_pipeline
 
 
 def main(argv: Sequence[str] | None = None) -> int:

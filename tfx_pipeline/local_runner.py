@@ -1,6 +1,7 @@
 """Runs the pipeline on this machine: kfp.local subprocess runner, Beam DirectRunner in the steps.
 
-    python -m tfx_pipeline.local_runner [--data-dir ../shared/data/ml-1m] [--trainer.strategy oob] ... [--verbose]
+    python -m llm_hardneg.tfx_pipeline.local_runner [--data-dir ../shared/data/ml-1m] [--trainer.strategy oob] ...
+        [--verbose]      (or the console script: llm-hardneg ...)
 
 The console shows each step's own lines (start, progress, summary) and the final table; the
 whole output of every step (TensorFlow, Beam and KFP logs, the executor's JSON) goes to
@@ -23,10 +24,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-import components.common.env  # noqa: F401  (before TensorFlow)
-from components.common.tables import read_item_table
-from tfx_pipeline.config import parse
-from tfx_pipeline.pipeline import create_pipeline
+import llm_hardneg.components.common.env  # noqa: F401  (before TensorFlow)
+from llm_hardneg.components.common.tables import read_item_table
+from llm_hardneg.tfx_pipeline.config import parse
+from llm_hardneg.tfx_pipeline.pipeline import create_pipeline
 
 OUTPUTS = {"example-gen": "examples", "item-embedder": "embeddings", "item-clusterer": "clusters",
            "trainer": "model", "evaluator": "metrics", "exporter": "export"}
@@ -98,7 +99,7 @@ _CONSOLE = re.compile(r"^\s*(\[[a-z][\w\-]*\] |.*Executing task '|.*Task '[\w\-]
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _EXCEPTION = re.compile(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception|Exit|Violation|Split)\w*): (.*)$")
 # What a user's input, flags or files cause: one line is enough. Anything else is a bug: traceback.
-# The names, as they appear in a step's output, of components.common.cli.USER_ERRORS (ValueError and
+# The names, as they appear in a step's output, of llm_hardneg.components.common.cli.USER_ERRORS (ValueError and
 # OSError) and their subclasses the steps raise; a step runs in another process, so only its text is seen.
 USER_ERRORS = ("ValueError", "SchemaViolation", "DegenerateSplit", "FileNotFoundError", "NotADirectoryError",
                "IsADirectoryError", "PermissionError", "SystemExit")

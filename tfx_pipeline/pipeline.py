@@ -15,8 +15,8 @@ import dataclasses
 
 from kfp import dsl
 
-from tfx_pipeline.config import PipelineConfig, TrainerJobConfig, config_json
-from tfx_pipeline.steps import components_for
+from llm_hardneg.tfx_pipeline.config import PipelineConfig, TrainerJobConfig, config_json
+from llm_hardneg.tfx_pipeline.steps import components_for
 
 STEP_NAMES = ("example-gen", "item-embedder", "item-clusterer", "trainer", "evaluator", "exporter")
 

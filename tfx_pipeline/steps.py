@@ -11,11 +11,11 @@ from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
 
 def example_gen(config_json: str, cache_root: str, beam_args: list, examples: Output[Dataset]):
-    import components.common.env  # noqa: F401
-    from components.common.fileio import for_beam
-    from components.common.step import step_run
-    from components.example_gen import run_example_gen
-    from tfx_pipeline.config import section_from_json
+    import llm_hardneg.components.common.env  # noqa: F401
+    from llm_hardneg.components.common.fileio import for_beam
+    from llm_hardneg.components.common.step import step_run
+    from llm_hardneg.components.example_gen import run_example_gen
+    from llm_hardneg.tfx_pipeline.config import section_from_json
 
     with step_run("example_gen", examples.path, config_json, [], cache_root) as run:
         if run.needed:
@@ -25,11 +25,11 @@ def example_gen(config_json: str, cache_root: str, beam_args: list, examples: Ou
 
 def item_embedder(config_json: str, cache_root: str, beam_args: list, examples: Input[Dataset],
                   embeddings: Output[Dataset]):
-    import components.common.env  # noqa: F401
-    from components.common.fileio import for_beam, join
-    from components.common.step import step_run
-    from components.item_embedder import run_item_embedder
-    from tfx_pipeline.config import section_from_json
+    import llm_hardneg.components.common.env  # noqa: F401
+    from llm_hardneg.components.common.fileio import for_beam, join
+    from llm_hardneg.components.common.step import step_run
+    from llm_hardneg.components.item_embedder import run_item_embedder
+    from llm_hardneg.tfx_pipeline.config import section_from_json
 
     items = join(for_beam(examples.path, examples.uri), "items", "*.parquet")
     with step_run("item_embedder", embeddings.path, config_json, [examples.path], cache_root) as run:
@@ -41,11 +41,11 @@ def item_embedder(config_json: str, cache_root: str, beam_args: list, examples: 
 def item_clusterer(config_json: str, cache_root: str, beam_args: list, examples: Input[Dataset],
                    embeddings: Input[Artifact], clusters: Output[Dataset]):
     # embeddings: item_embedder's (a Dataset) or, for behavioural clusters, an exporter's candidates (a Model)
-    import components.common.env  # noqa: F401
-    from components.common.fileio import for_beam, join
-    from components.common.step import step_run
-    from components.item_clusterer import run_item_clusterer
-    from tfx_pipeline.config import section_from_json
+    import llm_hardneg.components.common.env  # noqa: F401
+    from llm_hardneg.components.common.fileio import for_beam, join
+    from llm_hardneg.components.common.step import step_run
+    from llm_hardneg.components.item_clusterer import run_item_clusterer
+    from llm_hardneg.tfx_pipeline.config import section_from_json
 
     items = join(for_beam(examples.path, examples.uri), "items", "*.parquet")
     inputs = [examples.path, embeddings.path]
@@ -58,10 +58,10 @@ def item_clusterer(config_json: str, cache_root: str, beam_args: list, examples:
 
 def trainer(config_json: str, cache_root: str, examples: Input[Dataset], clusters: Input[Dataset],
             model: Output[Model]):
-    import components.common.env  # noqa: F401
-    from components.common.step import step_run
-    from components.trainer import run_trainer
-    from tfx_pipeline.config import section_from_json
+    import llm_hardneg.components.common.env  # noqa: F401
+    from llm_hardneg.components.common.step import step_run
+    from llm_hardneg.components.trainer import run_trainer
+    from llm_hardneg.tfx_pipeline.config import section_from_json
 
     with step_run("trainer", model.path, config_json, [examples.path, clusters.path], cache_root) as run:
         if run.needed:
@@ -73,10 +73,10 @@ def evaluator(config_json: str, cache_root: str, history_length: int, examples: 
     import json
     import os
 
-    import components.common.env  # noqa: F401
-    from components.common.step import step_run
-    from components.evaluator import run_evaluator
-    from tfx_pipeline.config import section_from_json
+    import llm_hardneg.components.common.env  # noqa: F401
+    from llm_hardneg.components.common.step import step_run
+    from llm_hardneg.components.evaluator import run_evaluator
+    from llm_hardneg.tfx_pipeline.config import section_from_json
 
     key = f"{config_json}|history_length={history_length}"
     with step_run("evaluator", metrics.path, key, [examples.path, model.path], cache_root) as run:
@@ -93,10 +93,10 @@ def exporter(config_json: str, cache_root: str, examples: Input[Dataset], model:
              export: Output[Model]):
     import os
 
-    import components.common.env  # noqa: F401
-    from components.common.step import step_run
-    from components.exporter import run_exporter
-    from tfx_pipeline.config import section_from_json
+    import llm_hardneg.components.common.env  # noqa: F401
+    from llm_hardneg.components.common.step import step_run
+    from llm_hardneg.components.exporter import run_exporter
+    from llm_hardneg.tfx_pipeline.config import section_from_json
 
     with step_run("exporter", export.path, config_json, [examples.path, model.path], cache_root) as run:
         if run.needed:

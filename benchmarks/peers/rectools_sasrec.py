@@ -9,7 +9,7 @@ evaluation positives are its targets. RecTools (pinned: RECTOOLS) and torch (pin
 are installed into their own virtualenv under benchmarks/work/peers (never into .venv);
 benchmarks/peers/rectools_worker.py trains SASRec there (softmax loss, 200 positions, early stopping on
 a validation fold, as RecTools' guide does) and writes each user's top-50 with training items filtered.
-Here each target's rank in its user's list is scored with components.evaluator.core.rank_metrics, the
+Here each target's rank in its user's list is scored with llm_hardneg.components.evaluator.core.rank_metrics, the
 evaluator's own HR/NDCG (a target outside the list, or a user the peer cannot recommend for, is a miss).
 Writes benchmarks/results/peer_rectools_sasrec.json, which benchmarks.sequential_tower reads into its table.
 """
@@ -23,11 +23,11 @@ import subprocess
 
 import numpy as np
 
-import components  # noqa: F401  (environment before TensorFlow)
+import llm_hardneg.components  # noqa: F401  (environment before TensorFlow)
 from benchmarks.paper_tables import RESULTS, WORK, prepare
 from benchmarks.sequential_tower import example_config
-from components.evaluator.core import rank_metrics
-from components.trainer.data import example_files, make_dataset
+from llm_hardneg.components.evaluator.core import rank_metrics
+from llm_hardneg.components.trainer.data import example_files, make_dataset
 
 RECTOOLS, TORCH = "0.19.0", "2.13.0"
 PEERS = os.path.join(WORK, "peers")

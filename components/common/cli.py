@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import components.common.env  # noqa: F401
+import llm_hardneg.components.common.env  # noqa: F401
 
 # Errors that bad input, flags or files cause (a one-line message is enough); anything else is a bug.
 USER_ERRORS = (ValueError, OSError)

@@ -1,9 +1,9 @@
-"""Runs evaluator alone: python -m components.evaluator --help"""
+"""Runs evaluator alone: python -m llm_hardneg.components.evaluator --help"""
 
 import sys
 
-from components.common.cli import step_main
-from components.evaluator import EvaluatorConfig, run_evaluator
+from llm_hardneg.components.common.cli import step_main
+from llm_hardneg.components.evaluator import EvaluatorConfig, run_evaluator
 
 if __name__ == "__main__":
     paths = ["model_dir", "examples_dir", "output_dir"]

@@ -262,7 +262,7 @@ def _scann_top_k(searcher, queries: np.ndarray, k: int, excluded: np.ndarray, nu
 
 
 def _scann_searcher(candidates: np.ndarray, k: int):
-    from components.exporter.core import ExporterConfig, build_scann_index
+    from llm_hardneg.components.exporter.core import ExporterConfig, build_scann_index
 
     return build_scann_index(candidates, ExporterConfig(k=k))
 

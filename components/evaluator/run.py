@@ -8,10 +8,10 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from components.common.models import embed_items, load_towers
-from components.common.progress import Progress
-from components.common.tables import read_item_table
-from components.evaluator.core import (
+from llm_hardneg.components.common.models import embed_items, load_towers
+from llm_hardneg.components.common.progress import Progress
+from llm_hardneg.components.common.tables import read_item_table
+from llm_hardneg.components.evaluator.core import (
     NO_EXCLUSION,
     EvaluatorConfig,
     QueryBatch,
@@ -20,7 +20,7 @@ from components.evaluator.core import (
     fingerprints,
     popularity_figures,
 )
-from components.trainer.data import example_files, make_dataset
+from llm_hardneg.components.trainer.data import example_files, make_dataset
 
 
 def seen_items(examples_dir: str, index_of: tf.lookup.StaticHashTable, batch_size: int = 65536) -> SeenItems:

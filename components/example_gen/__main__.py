@@ -1,9 +1,9 @@
-"""Runs example_gen alone: python -m components.example_gen --help"""
+"""Runs example_gen alone: python -m llm_hardneg.components.example_gen --help"""
 
 import sys
 
-from components.common.cli import step_main
-from components.example_gen import ExampleGenConfig, run_example_gen
+from llm_hardneg.components.common.cli import step_main
+from llm_hardneg.components.example_gen import ExampleGenConfig, run_example_gen
 
 if __name__ == "__main__":
     paths = ["output_dir"]

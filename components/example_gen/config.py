@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from components.example_gen.core import HISTORY_TIES, SPLITS
+from llm_hardneg.components.example_gen.core import HISTORY_TIES, SPLITS
 
 SOURCES = ("movielens", "generic", "amazon", "tfds")
 BAD_ROW_POLICIES = ("fail", "dead_letter")

@@ -28,8 +28,8 @@ import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.stats import ApproximateQuantiles
 
-from components.common import fileio
-from components.common.beam_io import (
+from llm_hardneg.components.common import fileio
+from llm_hardneg.components.common.beam_io import (
     ConcatenateRuns,
     Counted,
     ReadNumberedRecords,
@@ -39,10 +39,10 @@ from components.common.beam_io import (
     unpack_batch,
     write_tfrecords,
 )
-from components.common.beam_run import run_pipeline
-from components.common.schema import SchemaViolation, load_schema, validate_columns, validate_row
-from components.example_gen import core, readers
-from components.example_gen.config import ExampleGenConfig
+from llm_hardneg.components.common.beam_run import run_pipeline
+from llm_hardneg.components.common.schema import SchemaViolation, load_schema, validate_columns, validate_row
+from llm_hardneg.components.example_gen import core, readers
+from llm_hardneg.components.example_gen.config import ExampleGenConfig
 
 log = logging.getLogger(__name__)
 NAMESPACE = "example_gen"

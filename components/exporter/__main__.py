@@ -1,9 +1,9 @@
-"""Runs exporter alone: python -m components.exporter --help"""
+"""Runs exporter alone: python -m llm_hardneg.components.exporter --help"""
 
 import sys
 
-from components.common.cli import step_main
-from components.exporter import ExporterConfig, run_exporter
+from llm_hardneg.components.common.cli import step_main
+from llm_hardneg.components.exporter import ExporterConfig, run_exporter
 
 if __name__ == "__main__":
     paths = ["model_dir", "items_path", "output_dir"]

@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import tensorflow as tf
 
-from components.common.models import embed_items, load_towers
-from components.common.tables import read_item_table
-from components.exporter.core import ExporterConfig, ScannTopKServing, TopKServing, build_scann_index
+from llm_hardneg.components.common.models import embed_items, load_towers
+from llm_hardneg.components.common.tables import read_item_table
+from llm_hardneg.components.exporter.core import ExporterConfig, ScannTopKServing, TopKServing, build_scann_index
 
 
 def run_exporter(config: ExporterConfig, model_dir: str, items_path: str, output_dir: str) -> dict:

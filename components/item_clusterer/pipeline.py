@@ -19,11 +19,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from components.common import fileio
-from components.common.beam_io import Counted
-from components.common.beam_run import run_pipeline
-from components.item_clusterer import core
-from components.item_clusterer.config import ItemClustererConfig
+from llm_hardneg.components.common import fileio
+from llm_hardneg.components.common.beam_io import Counted
+from llm_hardneg.components.common.beam_run import run_pipeline
+from llm_hardneg.components.item_clusterer import core
+from llm_hardneg.components.item_clusterer.config import ItemClustererConfig
 
 NAMESPACE = "item_clusterer"
 CLUSTER_SCHEMA = pa.schema([("item_id", pa.string()), ("cluster_id", pa.int64())])

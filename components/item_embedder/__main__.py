@@ -1,9 +1,9 @@
-"""Runs item_embedder alone: python -m components.item_embedder --help"""
+"""Runs item_embedder alone: python -m llm_hardneg.components.item_embedder --help"""
 
 import sys
 
-from components.common.cli import step_main
-from components.item_embedder import ItemEmbedderConfig, run_item_embedder
+from llm_hardneg.components.common.cli import step_main
+from llm_hardneg.components.item_embedder import ItemEmbedderConfig, run_item_embedder
 
 if __name__ == "__main__":
     paths = ["items_path", "output_dir"]

@@ -14,12 +14,12 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
-from components.common import fileio
-from components.common.beam_io import Counted
-from components.common.beam_run import run_pipeline
-from components.common.progress import ProgressDoFn
-from components.item_embedder.config import ItemEmbedderConfig
-from components.item_embedder.model_handler import TextEmbeddingModelHandler
+from llm_hardneg.components.common import fileio
+from llm_hardneg.components.common.beam_io import Counted
+from llm_hardneg.components.common.beam_run import run_pipeline
+from llm_hardneg.components.common.progress import ProgressDoFn
+from llm_hardneg.components.item_embedder.config import ItemEmbedderConfig
+from llm_hardneg.components.item_embedder.model_handler import TextEmbeddingModelHandler
 
 NAMESPACE = "item_embedder"
 EMBEDDING_SCHEMA = pa.schema([("item_id", pa.string()), ("embedding", pa.list_(pa.float32()))])

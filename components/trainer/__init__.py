@@ -4,10 +4,10 @@ The names below are the public API for use in one's own Keras/TFRS model (docs/e
 the pool and embedding cache layers, the mixed-negatives loss and its logQ correction, the trainer's config.
 """
 
-from components.trainer.config import TrainerConfig
-from components.trainer.losses import expected_counts, full_softmax_loss, log_count, mixed_negatives_loss
-from components.trainer.pool import ClusterPool, EmbeddingCache, allocate_draws
-from components.trainer.run import run_trainer
+from llm_hardneg.components.trainer.config import TrainerConfig
+from llm_hardneg.components.trainer.losses import expected_counts, full_softmax_loss, log_count, mixed_negatives_loss
+from llm_hardneg.components.trainer.pool import ClusterPool, EmbeddingCache, allocate_draws
+from llm_hardneg.components.trainer.run import run_trainer
 
 __all__ = ["ClusterPool", "EmbeddingCache", "TrainerConfig", "allocate_draws", "expected_counts", "full_softmax_loss",
            "log_count", "mixed_negatives_loss", "run_trainer"]

@@ -1,9 +1,9 @@
-"""Runs trainer alone: python -m components.trainer --help"""
+"""Runs trainer alone: python -m llm_hardneg.components.trainer --help"""
 
 import sys
 
-from components.common.cli import step_main
-from components.trainer import TrainerConfig, run_trainer
+from llm_hardneg.components.common.cli import step_main
+from llm_hardneg.components.trainer import TrainerConfig, run_trainer
 
 if __name__ == "__main__":
     paths = ["examples_dir", "clusters_dir", "output_dir"]

@@ -9,8 +9,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from components.common.tables import read_item_table
-from components.item_clusterer.pipeline import read_cluster_table, read_num_clusters
+from llm_hardneg.components.common.tables import read_item_table
+from llm_hardneg.components.item_clusterer.pipeline import read_cluster_table, read_num_clusters
 
 
 @dataclasses.dataclass(frozen=True)

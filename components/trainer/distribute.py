@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterator
 
 import tensorflow as tf
 
-from components.common.step import is_chief_task
-from components.trainer.config import TrainerConfig
-from components.trainer.data import make_dataset
+from llm_hardneg.components.common.step import is_chief_task
+from llm_hardneg.components.trainer.config import TrainerConfig
+from llm_hardneg.components.trainer.data import make_dataset
 
 
 def make_strategy(distribute: str) -> tf.distribute.Strategy:

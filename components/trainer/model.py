@@ -8,10 +8,10 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from components.trainer.config import TrainerConfig
-from components.trainer.data import ItemCatalogue, pair_keys
-from components.trainer.losses import expected_counts, full_softmax_loss, log_count, mixed_negatives_loss
-from components.trainer.pool import ClusterPool, EmbeddingCache
+from llm_hardneg.components.trainer.config import TrainerConfig
+from llm_hardneg.components.trainer.data import ItemCatalogue, pair_keys
+from llm_hardneg.components.trainer.losses import expected_counts, full_softmax_loss, log_count, mixed_negatives_loss
+from llm_hardneg.components.trainer.pool import ClusterPool, EmbeddingCache
 
 
 def in_history(ids: tf.Tensor, history: tf.Tensor) -> tf.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras
 
-from components.trainer.config import OPTIMIZERS
+from llm_hardneg.components.trainer.config import OPTIMIZERS
 
 
 class LazyAdam(tf_keras.optimizers.Adam):

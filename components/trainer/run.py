@@ -19,12 +19,18 @@ import time
 import tensorflow as tf
 import tf_keras
 
-from components.trainer.config import POOL_STRATEGIES, TrainerConfig
-from components.trainer.data import example_files, load_catalogue, user_positive_keys
-from components.trainer.distribute import epoch_batches, is_chief, make_strategy, replica_values, write_location
-from components.trainer.model import CandidateTower, TwoTowerModel
-from components.trainer.optimizer import make_optimizer
-from components.trainer.warm_start import warm_start, write_vocabulary
+from llm_hardneg.components.trainer.config import POOL_STRATEGIES, TrainerConfig
+from llm_hardneg.components.trainer.data import example_files, load_catalogue, user_positive_keys
+from llm_hardneg.components.trainer.distribute import (
+    epoch_batches,
+    is_chief,
+    make_strategy,
+    replica_values,
+    write_location,
+)
+from llm_hardneg.components.trainer.model import CandidateTower, TwoTowerModel
+from llm_hardneg.components.trainer.optimizer import make_optimizer
+from llm_hardneg.components.trainer.warm_start import warm_start, write_vocabulary
 
 
 class _Progress(tf_keras.callbacks.Callback):

@@ -25,9 +25,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from components.common import fileio
-from components.trainer.config import TrainerConfig
-from components.trainer.data import ItemCatalogue
+from llm_hardneg.components.common import fileio
+from llm_hardneg.components.trainer.config import TrainerConfig
+from llm_hardneg.components.trainer.data import ItemCatalogue
 
 # settings that shape the towers' weights: a base must have the same
 SHAPING_FIELDS = ("embedding_dim", "query_tower", "candidate_tower", "history_pooling", "history_length",
@@ -93,7 +93,7 @@ def _mapped_rows(new_keys: np.ndarray, old_keys: np.ndarray) -> tuple[np.ndarray
 
 def warm_start(model, config: TrainerConfig, catalogue: ItemCatalogue, users: list[str] | None) -> dict:
     """Copies the base run's towers (`config.warm_start_from`) into `model` (built here); returns the report."""
-    from components.trainer.model import TwoTowerModel  # the model module imports nothing from here
+    from llm_hardneg.components.trainer.model import TwoTowerModel  # the model module imports nothing from here
 
     base_dir = config.warm_start_from
     summary, latest = _base(base_dir, config, catalogue.num_clusters)

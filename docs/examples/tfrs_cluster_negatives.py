@@ -18,7 +18,7 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_recommenders as tfrs  # noqa: E402
 import tf_keras  # noqa: E402
 
-from components.trainer import ClusterPool, expected_counts, log_count, mixed_negatives_loss  # noqa: E402
+from llm_hardneg.components.trainer import ClusterPool, expected_counts, log_count, mixed_negatives_loss  # noqa: E402
 
 NUM_RANDOM, NUM_CLUSTER = 1, 7
 
