@@ -40,7 +40,7 @@ def interactions_table(rows) -> pa.Table:
 
 def readable(examples: core.UserExamples) -> list[tuple[str, dict]]:
     """(split, example dict) per row of core.user_examples' result, in row order."""
-    return [(core.EVAL if examples.in_eval[i] else core.TRAIN, {
+    return [(core.EVAL if examples.in_eval[i] else core.TRAIN if examples.in_train[i] else "history only", {
         "user_id": examples.users[examples.user[i]], "item_id": examples.items[examples.item[i]],
         "rating": float(examples.rating[i]), "label": int(examples.label[i]),
         "timestamp": int(examples.timestamp[i]), "history_item_ids": examples.history(i)})
@@ -444,3 +444,61 @@ def test_validate_columns_agrees_with_validate_row(rows):
         return
     assert expected is not None
     assert [dict(zip(columns, values)) for values in zip(*(list(c) for c in columns.values()))] == expected
+
+
+# -- time windows (continuous training) ----------------------------------------------------------
+
+
+def test_window_bounds_are_quantiles_after_the_first_share():
+    assert core.window_bounds(np.arange(100)[::-1], 4, 0.6) == [60, 70, 80, 90, 100]
+    assert core.window_bounds([5, 5, 6, 7], 1, 0.5) == [6, 8]
+    with pytest.raises(ValueError, match="share bounds"):
+        core.window_bounds([1] * 10 + [2], 3, 0.5)
+    with pytest.raises(ValueError, match="windows >= 1"):
+        core.window_bounds([1, 2], 0, 0.5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("uvw"), st.sampled_from("abcdef"), st.integers(1, 5), st.integers(0, 20)),
+                min_size=1, max_size=60),
+       st.lists(st.integers(1, 21), min_size=3, max_size=3, unique=True))
+def test_a_window_keeps_its_own_rows_and_every_earlier_history(log, bounds):
+    start, cut, end = sorted(bounds)
+    table = interactions_table([tuple(map(str, row[:2])) + tuple(row[2:]) for row in log])
+    whole = core.user_examples(table, cut, 3, 3.0)
+    window = core.user_examples(table, cut, 3, 3.0, window_start=start, window_end=end)
+    t = window.timestamp
+    np.testing.assert_array_equal(window.in_train, (t >= start) & (t < cut))
+    np.testing.assert_array_equal(window.in_eval, (t >= cut) & (t < end))
+    np.testing.assert_array_equal(whole.in_train, t < cut)
+    # histories still come from everything earlier, inside the window or not
+    np.testing.assert_array_equal(window.history_start, whole.history_start)
+    np.testing.assert_array_equal(window.history_end, whole.history_end)
+
+
+def test_windowed_example_gen_writes_one_window_and_counts_the_rest(tmp_path):
+    rows = "".join(f"a,i{t},5,{t}\n" for t in range(1, 11)) + "b,i1,5,2\nb,i9,5,8\n"
+    (tmp_path / "inter.csv").write_text("user_id,item_id,rating,timestamp\n" + rows)
+    config = ExampleGenConfig(source="generic", interactions=str(tmp_path / "inter.csv"), history_length=20,
+                              cut_timestamp=7, window_start=4, window_end=9)
+    summary = run_example_gen(config, str(tmp_path / "out"))
+    train, evaluation = read_examples(str(tmp_path / "out" / "train")), read_examples(str(tmp_path / "out" / "eval"))
+    assert sorted(e["timestamp"] for e in train) == [4, 5, 6]
+    assert sorted(e["timestamp"] for e in evaluation) == [7, 8, 8]
+    assert summary["window"] == {"start": 4, "cut": 7, "end": 9, "rows_before_window": 4, "rows_after_window": 2}
+    assert summary["train_examples"] + summary["eval_examples"] + 4 + 2 == summary["interactions_in"] == 12
+    first = min(train, key=lambda e: e["timestamp"])
+    assert first["history"] == ["i3", "i2", "i1"]  # the rows before the window fill the history
+    assert open(tmp_path / "out" / "users.txt").read() == "a\n"  # the window's training users
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"split": "leave_last_out", "cut_timestamp": 5}, "need split 'time'"),
+    ({"window_start": 3}, "needs an explicit cut_timestamp"),
+    ({"window_start": 5, "cut_timestamp": 5}, "must be after window_start"),
+    ({"cut_timestamp": 5, "window_end": 4}, "must be after cut_timestamp"),
+    ({"window_start": 1, "cut_timestamp": 5, "sequence_length": 10}, "sequence_length 0"),
+])
+def test_bad_windows_name_the_values(fields, message):
+    with pytest.raises(ValueError, match=message):
+        ExampleGenConfig(source="generic", interactions="x.csv", **fields)

@@ -11,7 +11,7 @@ import tensorflow as tf
 from llm_hardneg.components.trainer import run_trainer
 from llm_hardneg.components.trainer.data import ItemCatalogue, load_catalogue
 from llm_hardneg.components.trainer.model import TwoTowerModel
-from llm_hardneg.components.trainer.warm_start import warm_start
+from llm_hardneg.components.trainer.warm_start import grown_users, warm_start
 from tests.test_trainer import tiny_config
 
 
@@ -95,3 +95,21 @@ def test_warm_started_run_trains_and_refuses_a_base_that_does_not_fit(base_run, 
     with pytest.raises(ValueError, match="not a finished trainer output"):
         run_trainer(dataclasses.replace(config, warm_start_from=str(tmp_path)), examples_dir, clusters_dir,
                     str(tmp_path / "bad2"))
+
+
+def test_the_user_vocabulary_grows_and_a_user_absent_from_the_window_keeps_their_row(base_run, examples_dir,
+                                                                                    clusters_dir):
+    config, out = base_run
+    old_users = [u for u in open(os.path.join(out, "vocabulary", "users.txt")).read().split("\n") if u]
+    window = old_users[::2] + ["zz_new_user"]  # half the base's users train in this window, one is new
+    grown = grown_users(out, window)
+    assert grown == sorted(set(old_users) | {"zz_new_user"})
+    catalogue = load_catalogue(os.path.join(examples_dir, "items"), os.path.join(clusters_dir, "llm"))
+    warm = dataclasses.replace(config, warm_start_from=out)
+    model = TwoTowerModel(warm, catalogue, grown)
+    report = warm_start(model, warm, catalogue, grown)
+    assert (report["users_carried"], report["users_new"]) == (len(old_users), 1)
+    old_rows, rows = _checkpoint_table(out, "user_embedding"), model.query_tower.user_embedding.embeddings.numpy()
+    absent = old_users[1]  # not among this window's users
+    np.testing.assert_array_equal(rows[1 + grown.index(absent)], old_rows[1 + old_users.index(absent)])
+    assert grown_users(str(os.path.dirname(out)), window) == window  # a base without a user vocabulary

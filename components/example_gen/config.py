@@ -28,6 +28,14 @@ class ExampleGenConfig:
     split: 'time' (global time cut, paper §5.1) or 'leave_last_out' (each user's last positive
       interaction, and anything after it, to evaluation); see core.py.
     train_fraction: share of interactions, in time order, that form the training period ('time').
+    cut_timestamp: with 'time', the cut itself (training = timestamp < cut, evaluation = timestamp >= cut)
+      instead of the train_fraction quantile; 0 = from train_fraction.
+    window_start, window_end: with 'time', one window of continuous training (core.window_bounds cuts the
+      time line into windows): training examples only from timestamps >= window_start, evaluation examples
+      only from timestamps < window_end; every earlier interaction still fills histories. Interactions
+      before window_start (history only) and at or after window_end (a later window) make no example and
+      are counted in summary.json; 0 = unbounded. Train window t warm-started (trainer `warm_start_from`)
+      from window t - 1's model, evaluate on window t + 1: the prequential protocol.
     positive_threshold: ratings >= this are positives (label 1), others label 0.
     history_length: the last N positive items before each example (see `history_ties`).
     history_ties: which earlier positives a history may hold when timestamps tie. 'exclude' (the
@@ -64,6 +72,9 @@ class ExampleGenConfig:
     items: str = ""
     split: str = "time"
     train_fraction: float = 0.8
+    cut_timestamp: int = 0
+    window_start: int = 0
+    window_end: int = 0
     positive_threshold: float = 3.0
     history_length: int = 20
     history_ties: str = "exclude"
@@ -91,6 +102,18 @@ class ExampleGenConfig:
             raise ValueError("the 'interactions' path is required")
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
+        windowed = {k: getattr(self, k) for k in ("cut_timestamp", "window_start", "window_end") if getattr(self, k)}
+        if windowed and self.split != "time":
+            raise ValueError(f"{', '.join(windowed)} need split 'time', got split {self.split!r}")
+        if self.window_start and not self.cut_timestamp:
+            raise ValueError(f"window_start {self.window_start} needs an explicit cut_timestamp (the window's end)")
+        if self.window_start and self.cut_timestamp <= self.window_start:
+            raise ValueError(f"cut_timestamp {self.cut_timestamp} must be after window_start {self.window_start}")
+        if self.window_end and self.cut_timestamp and self.window_end <= self.cut_timestamp:
+            raise ValueError(f"window_end {self.window_end} must be after cut_timestamp {self.cut_timestamp}")
+        if self.window_start and self.sequence_length:
+            raise ValueError("sequence records of a window (window_start with sequence_length) are not built yet: "
+                             "set --example_gen.sequence_length 0 for windowed examples")
         if self.history_ties not in HISTORY_TIES:
             raise ValueError(f"history_ties must be one of {HISTORY_TIES}, got {self.history_ties!r}")
 

@@ -6,7 +6,9 @@ Split rules.
 interaction at position floor(train_fraction * N) in that order. Training = timestamp < cut,
 evaluation = timestamp >= cut. Every training interaction is therefore strictly earlier than
 every evaluation interaction; ties at the cut go to evaluation (so training holds at most
-floor(train_fraction * N) rows).
+floor(train_fraction * N) rows). A window (window_start, window_end) keeps training examples at
+timestamps >= window_start and evaluation examples at timestamps < window_end; rows outside make no
+example but fill histories as before (continuous training: train on window t, evaluate on t + 1).
 'leave_last_out' (per user, the protocol of most sequential-recommendation results): a user's
 last positive interaction (by timestamp, ties broken by input order) and anything of theirs after
 it go to evaluation, the rest to training; users without a positive stay in training. It needs
@@ -68,6 +70,7 @@ class UserExamples:
     timestamp: np.ndarray
     label: np.ndarray  # int64 0/1
     in_eval: np.ndarray  # bool
+    in_train: np.ndarray  # bool; neither (a row outside a time window) = history only, no example
     history_start: np.ndarray  # row i's history = item codes positive_item[history_start[i]:history_end[i]],
     history_end: np.ndarray  # most recent first when reversed
     order_key: np.ndarray  # "earlier" for histories: a strictly smaller key (timestamp, or rank with input_order)
@@ -78,13 +81,33 @@ class UserExamples:
         return [self.items[c] for c in self.positive_item[self.history_start[i]:self.history_end[i]][::-1]]
 
 
+def window_bounds(timestamps: np.ndarray, windows: int, first_fraction: float) -> list[int]:
+    """windows + 1 timestamps that cut the time line into consecutive windows: the first window holds the
+    first `first_fraction` of the interactions (the base model's data), the rest is cut into `windows` windows
+    of equal interaction counts. Bound i is the timestamp of the row at that quantile (ties go to the
+    later window, as the time split's cut). The last bound is one past the latest timestamp."""
+    timestamps = np.sort(np.asarray(timestamps, dtype=np.int64))
+    if timestamps.size == 0:
+        raise ValueError("no interactions to cut into windows: the input is empty")
+    if windows < 1 or not 0.0 < first_fraction < 1.0:
+        raise ValueError(f"need windows >= 1 and 0 < first_fraction < 1, got {windows} and {first_fraction}")
+    fractions = first_fraction + (1.0 - first_fraction) * np.arange(windows) / windows
+    bounds = [int(timestamps[int(f * timestamps.size)]) for f in fractions] + [int(timestamps[-1]) + 1]
+    if len(set(bounds)) < len(bounds):
+        raise ValueError(f"{windows} windows after the first {first_fraction:.0%} of {timestamps.size:,} "
+                         f"interactions share bounds {bounds} (too many timestamps tie): use fewer windows")
+    return bounds
+
+
 def user_examples(table: pa.Table | pa.RecordBatch, cut: int | None, history_length: int,
-                  positive_threshold: float, split: str = "time", history_ties: str = "exclude") -> UserExamples:
+                  positive_threshold: float, split: str = "time", history_ties: str = "exclude",
+                  window_start: int = 0, window_end: int = 0) -> UserExamples:
     """Examples of every interaction in `table` (columns as INTERACTIONS; it must hold every row of each of
     its users). The history of an example is the last `history_length` positive item ids with timestamp
     strictly before its own, most recent first; same-timestamp interactions never see each other. With
     history_ties 'input_order', the positives before it in the user's (timestamp, input order) instead.
-    cut: the 'time' split's cut timestamp (unused by 'leave_last_out'). O(n log n) array operations."""
+    cut: the 'time' split's cut timestamp (unused by 'leave_last_out'); window_start, window_end: its window
+    (0 = unbounded). O(n log n) array operations."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if history_ties not in HISTORY_TIES:
@@ -113,6 +136,9 @@ def user_examples(table: pa.Table | pa.RecordBatch, cut: int | None, history_len
     positives_per_user = np.bincount(user, weights=label, minlength=len(users))
     if split == "time":
         in_eval = timestamp >= cut
+        in_train = ~in_eval & (timestamp >= window_start)
+        if window_end:
+            in_eval &= timestamp < window_end
     else:  # each user's last positive by (timestamp, input order), and what follows it, to evaluation
         by_time = np.lexsort((order, timestamp, user))
         rank = np.empty(n, dtype=np.int64)
@@ -120,7 +146,9 @@ def user_examples(table: pa.Table | pa.RecordBatch, cut: int | None, history_len
         last = np.full(len(users), -1, dtype=np.int64)
         np.maximum.at(last, user[label == 1], rank[label == 1])
         in_eval = (last[user] >= 0) & (rank >= last[user])
-    return UserExamples(users, items, user, item, rating, timestamp, label, in_eval, history_start, history_end,
+        in_train = ~in_eval
+    return UserExamples(users, items, user, item, rating, timestamp, label, in_eval, in_train, history_start,
+                        history_end,
                         index if input_order else timestamp, item[label == 1], int((positives_per_user == 0).sum()))
 
 
@@ -239,7 +267,7 @@ def serialized_sequences(examples: UserExamples, length: int) -> Iterator[tuple[
     one before); target_from: the chunk position of the first target (the positives before it are
     context only). Which earlier positions a target may see (strictly smaller timestamps) is the
     trainer's to apply (data.parse_sequences). The key is UTF-8 of f"{user_id}\x1f{chunk:010d}"."""
-    rows = np.flatnonzero((examples.label == 1) & ~examples.in_eval)
+    rows = np.flatnonzero((examples.label == 1) & examples.in_train)
     users, items, stamps = examples.user[rows], examples.item[rows], examples.order_key[rows]
     starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(rows) else np.zeros([0], np.int64)
     ends = np.r_[starts[1:], len(rows)].astype(np.int64)

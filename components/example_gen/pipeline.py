@@ -260,6 +260,7 @@ class _ShardExamples(beam.DoFn):
         self.counters = {s: Metrics.counter(NAMESPACE, f"{s}_examples") for s in (core.TRAIN, core.EVAL)}
         self.positives = {s: Metrics.counter(NAMESPACE, f"{s}_positives") for s in (core.TRAIN, core.EVAL)}
         self.no_positive_users = Metrics.counter(NAMESPACE, "users_without_positives")
+        self.outside = {w: Metrics.counter(NAMESPACE, f"rows_{w}_window") for w in ("before", "after")}
         self.sequences = Metrics.counter(NAMESPACE, "train_sequences")
         self.sequence_targets = Metrics.counter(NAMESPACE, "train_sequence_targets")
         self.sequence_tokens = Metrics.counter(NAMESPACE, "train_sequence_items")
@@ -269,20 +270,25 @@ class _ShardExamples(beam.DoFn):
         config = self._config
         table = pa.Table.from_batches([unpack_batch(b) for b in batches])
         examples = core.user_examples(table, cut, config.history_length, config.positive_threshold, config.split,
-                                      config.history_ties)
-        train = ~examples.in_eval
+                                      config.history_ties, config.window_start, config.window_end)
+        train = examples.in_train
+        outside = ~(train | examples.in_eval)
+        if outside.any():  # history only: before the window, or in a later one
+            before = outside & (examples.timestamp < config.window_start)
+            self.outside["before"].inc(int(before.sum()))
+            self.outside["after"].inc(int((outside & ~before).sum()))
         for split, rows in ((core.TRAIN, train), (core.EVAL, examples.in_eval)):
             self.counters[split].inc(int(rows.sum()))
             self.positives[split].inc(int(examples.label[rows].sum()))
         self.no_positive_users.inc(examples.users_without_positives)  # kept: their items are in-batch candidates
 
         runs = collections.defaultdict(list)
-        in_eval = examples.in_eval.tolist()
+        in_eval, in_train = examples.in_eval.tolist(), train.tolist()
         train_shards, eval_shards = self._shards[core.TRAIN], self._shards[core.EVAL]
         for row, key, record in core.serialized(examples):  # crc32 inline: stable_shard per row costs ~1 us more
             if in_eval[row]:
                 runs[core.EVAL, zlib.crc32(key) % eval_shards].append((key, record))
-            else:
+            elif in_train[row]:
                 runs[core.TRAIN, zlib.crc32(key) % train_shards].append((key, record))
         if config.sequence_length:
             for key, record, targets, items in core.serialized_sequences(examples, config.sequence_length):
@@ -404,7 +410,9 @@ def build(pipeline: beam.Pipeline, config: ExampleGenConfig, output_dir: str) ->
                                                     file_name_suffix=".jsonl", shard_name_template="")
     )
 
-    if config.split == "time":
+    if config.cut_timestamp:
+        cut = pipeline | "GivenCut" >> beam.Create([config.cut_timestamp])
+    elif config.split == "time":
         cut = (
             interactions
             | "Timestamps" >> beam.Map(_timestamps)
@@ -461,7 +469,10 @@ class DegenerateSplit(ValueError):
 
 def _check_split(summary: dict, config: ExampleGenConfig) -> None:
     """Stops early, naming the rule, the counts and what to change, when the split cannot train or evaluate."""
-    rule = (f"the time cut at timestamp {summary['cut_timestamp']} (train_fraction {config.train_fraction})"
+    rule = (f"the time cut at timestamp {summary['cut_timestamp']} "
+            + (f"(window {config.window_start} to {config.window_end or 'the end'})" if config.window_start
+               or config.window_end else "(cut_timestamp)" if config.cut_timestamp
+               else f"(train_fraction {config.train_fraction})")
             if config.split == "time" else "the per-user split (each user's last positive to evaluation)")
     counts = (f"{summary['interactions_in']:,} interactions in, {summary['train_examples']:,} train examples "
               f"({summary['train_positives']:,} positive), {summary['eval_examples']:,} eval examples "
@@ -511,6 +522,10 @@ def run_example_gen(config: ExampleGenConfig, output_dir: str,
         "items_out": counters.get("items_out", 0),
         "dropped": {reason: counters.get(f"dropped_{reason}", 0) for reason in DROP_REASONS},
         "users_without_positives": counters.get("users_without_positives", 0),
+        **({"window": {"start": config.window_start, "cut": cut, "end": config.window_end,
+                       "rows_before_window": counters.get("rows_before_window", 0),
+                       "rows_after_window": counters.get("rows_after_window", 0)}}
+           if config.window_start or config.window_end else {}),
         **({"train_sequences": counters.get("train_sequences", 0),
             "train_sequence_targets": counters.get("train_sequence_targets", 0),
             "train_sequence_items": counters.get("train_sequence_items", 0),
@@ -528,6 +543,9 @@ def run_example_gen(config: ExampleGenConfig, output_dir: str,
           f"dropped {dropped:,} ({', '.join(f'{k}: {v:,}' for k, v in summary['dropped'].items())}); "
           f"{summary['users_without_positives']:,} users without positives (kept); "
           + (f"cut at timestamp {cut}" if config.split == "time" else "each user's last positive to eval")
+          + (f"; window {config.window_start} to {config.window_end or 'the end'}: "
+             f"{summary['window']['rows_before_window']:,} earlier and {summary['window']['rows_after_window']:,} "
+             "later interactions fill histories only" if "window" in summary else "")
           + ("" if config.items else "; no item file: items taken from the interactions, without text")
           + (f"; {summary['train_sequences']:,} training sequences of up to {config.sequence_length + 1} items hold "
              f"{summary['train_sequence_targets']:,} targets ({summary['train_positives']:,} training positives; a "

@@ -30,7 +30,7 @@ from llm_hardneg.components.trainer.distribute import (
 )
 from llm_hardneg.components.trainer.model import CandidateTower, TwoTowerModel
 from llm_hardneg.components.trainer.optimizer import make_optimizer
-from llm_hardneg.components.trainer.warm_start import warm_start, write_vocabulary
+from llm_hardneg.components.trainer.warm_start import grown_users, warm_start, write_vocabulary
 
 
 class _Progress(tf_keras.callbacks.Callback):
@@ -210,6 +210,8 @@ def _train(config: TrainerConfig, strategy: tf.distribute.Strategy, examples_dir
     users_path = os.path.join(examples_dir, "users.txt")
     # hashed ids and the transformer tower (no user embedding) need no vocabulary
     users = None if config.user_id_buckets or config.query_tower == "transformer" else read_lines(users_path)
+    if users is not None and config.warm_start_from:  # known users keep their rows (warm_start.grown_users)
+        users = grown_users(config.warm_start_from, users)
     with open(os.path.join(examples_dir, "summary.json"), encoding="utf-8") as f:
         examples_summary = json.load(f)
     train_examples = examples_summary["train_examples"]

@@ -9,7 +9,9 @@ users, restores BASE's towers from its last checkpoint into a model of BASE's vo
   run starts at the mean of the carried rows of its cluster (its cluster as this run's table says; the
   layer's random initialisation when no carried item shares it), so it starts where its neighbours are;
 - user embedding rows by user id; a new user starts at the mean of the carried user rows (the
-  unknown-user row is carried as it is). Hashed user ids (`user_id_buckets`) keep their rows;
+  unknown-user row is carried as it is). The user vocabulary grows: it is the base's users plus this
+  run's training users (`grown_users`), so a user absent from one window's data keeps their row (no
+  eviction yet: a user row costs 4 x embedding_dim bytes). Hashed user ids (`user_id_buckets`) keep their rows;
 - every other weight (cluster embeddings, MLPs, position weights, transformer blocks) as it is.
 
 The optimizer starts afresh (Adam's moments and step count are reset: moments of rows that moved to
@@ -44,6 +46,12 @@ def write_vocabulary(output_dir: str, catalogue: ItemCatalogue, users: list[str]
     fileio.write_text(fileio.join(output_dir, VOCABULARY, "items.txt"), "".join(f"{i}\n" for i in catalogue.item_ids))
     if users is not None:
         fileio.write_text(fileio.join(output_dir, VOCABULARY, "users.txt"), "".join(f"{u}\n" for u in users))
+
+
+def grown_users(base_dir: str, users: list[str]) -> list[str]:
+    """This run's user vocabulary when warm-started: the base's users and this run's, sorted."""
+    path = fileio.join(base_dir, VOCABULARY, "users.txt")
+    return sorted(set(users).union(_read_lines(path))) if fileio.exists(path) else users
 
 
 def _base(base_dir: str, config: TrainerConfig, num_clusters: int) -> tuple[dict, str]:

@@ -1,0 +1,169 @@
+"""Continuous training over time windows: warm-started per-window training against retraining from scratch.
+
+    python -m benchmarks.windows [--windows 4] [--first-fraction 0.8] [--seeds 0] [--warm-epochs 3]
+        [--ml1m-dir ../shared/data/ml-1m]
+
+ML-1M (the `make run` file), time line cut by example_gen.core.window_bounds: the first 80% of the
+interactions (by time) are window 0, the rest `--windows` windows of equal interaction counts.
+Prequential protocol: the model trained through window t is evaluated on window t + 1 (example_gen's
+`cut_timestamp` / `window_end`; histories always from everything earlier).
+- scratch: every window retrains from scratch on all data before the window's end (the trainer's
+  defaults: 3 epochs);
+- warm: window 0's model is the scratch one; window t >= 1 trains `--warm-epochs` on window t's
+  interactions only (`window_start`), warm-started from window t - 1's model (`warm_start_from`: rows
+  carried by id, new items at their cluster's mean, the user vocabulary grows, optimizer reset).
+Both models of a window are scored on the same evaluation examples over the full catalogue; HR@50 is also
+split by the target's training examples in all data before the window (0 = an item new in the evaluation
+window, 1-4, 5+). Writes benchmarks/results/windows.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+
+import numpy as np
+
+import llm_hardneg.components  # noqa: F401  (environment before TensorFlow)
+from benchmarks.paper_tables import RESULTS, WORK, prepare, write_results
+from llm_hardneg.components.common.step import step_run
+from llm_hardneg.components.evaluator import EvaluatorConfig, run_evaluator
+from llm_hardneg.components.example_gen import ExampleGenConfig, core, run_example_gen
+from llm_hardneg.components.trainer import TrainerConfig, run_trainer
+
+KS = (10, 50, 100)
+
+
+def ml1m_timestamps(path: str) -> np.ndarray:
+    """The timestamps of a MovieLens `user::item::rating::timestamp` file."""
+    with open(path, encoding="latin-1") as f:
+        return np.fromiter((int(line.rsplit("::", 1)[1]) for line in f if line.strip()), dtype=np.int64)
+
+
+def examples(name: str, config: ExampleGenConfig) -> str:
+    out = os.path.join(WORK, "windows", name)
+    with step_run("example_gen", out, json.dumps(dataclasses.asdict(config)), [], os.path.join(WORK, "cache")) as run:
+        if run.needed:
+            run_example_gen(config, out)
+    return out
+
+
+def train(config: TrainerConfig, examples_dir: str, clusters: str, tag: str, eval_examples: str) -> dict:
+    """Trains (or reuses the finished run of `tag`), evaluates on `eval_examples`; metrics and wall time."""
+    out = os.path.join(WORK, "models", tag)
+    done = os.path.join(out, "eval", "metrics.json")
+    summary_path = os.path.join(out, "train_summary.json")
+    if not (os.path.exists(done) and os.path.exists(summary_path)):
+        run_trainer(config, examples_dir, clusters, out)
+        run_evaluator(EvaluatorConfig(ks=KS), out, eval_examples, os.path.join(out, "eval"), config.history_length)
+    metrics = json.load(open(done, encoding="utf-8"))
+    summary = json.load(open(summary_path, encoding="utf-8"))
+    by = metrics["by_target_frequency"]
+    return {"model_dir": out, "train_seconds": summary["train_seconds"], "train_examples": summary[
+        "train_examples_per_epoch"], **{f"hr{k}": metrics[f"hit_rate@{k}"] for k in KS},
+            "ndcg10": metrics["ndcg@10"], "hr50_by_frequency": {g: v["hit_rate@50"] for g, v in by.items()},
+            "queries_by_frequency": {g: v["queries"] for g, v in by.items()},
+            "warm_start": summary.get("warm_start")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--windows", type=int, default=4)
+    parser.add_argument("--first-fraction", type=float, default=0.8)
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--warm-epochs", type=int, default=3)
+    parser.add_argument("--ml1m-dir", default=os.path.join(os.environ.get("DATA_ROOT", os.path.join("..", "shared",
+                                                                                                    "data")), "ml-1m"))
+    args = parser.parse_args()
+    base = ExampleGenConfig.movielens(args.ml1m_dir)
+    bounds = core.window_bounds(ml1m_timestamps(base.interactions), args.windows, args.first_fraction)
+    print(f"[windows] bounds {bounds}", flush=True)
+    _, clusters = prepare("ml1m", base)  # LLM clusters of the catalogue (the same items in every window)
+    runs = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        previous = None
+        for t in range(args.windows):  # the model trained through window t, evaluated on window t + 1
+            cut, end = bounds[t], bounds[t + 1]
+            scratch_examples = examples(f"scratch_{t}", dataclasses.replace(base, cut_timestamp=cut, window_end=end))
+            scratch = train(TrainerConfig(seed=seed), scratch_examples, clusters, f"windows-scratch-{t}-{seed}",
+                            scratch_examples)
+            row = {"seed": seed, "window": t, "train_until": cut, "eval_until": end, "scratch": scratch}
+            if previous is None:
+                row["warm"], previous = scratch, scratch["model_dir"]
+            else:
+                warm_examples = examples(f"warm_{t}", dataclasses.replace(
+                    base, window_start=bounds[t - 1], cut_timestamp=cut, window_end=end))
+                config = TrainerConfig(seed=seed, epochs=args.warm_epochs, warm_start_from=previous)
+                row["warm"] = train(config, warm_examples, clusters, f"windows-warm{args.warm_epochs}-{t}-{seed}",
+                                    scratch_examples)
+                previous = row["warm"]["model_dir"]
+            print(f"[windows] seed {seed} window {t}: HR@50 scratch {row['scratch']['hr50']:.4f} "
+                  f"({row['scratch']['train_seconds']:.0f}s) warm {row['warm']['hr50']:.4f} "
+                  f"({row['warm']['train_seconds']:.0f}s)", flush=True)
+            runs.append(row)
+    result = {"dataset": "ml1m", "bounds": bounds, "windows": args.windows, "first_fraction": args.first_fraction,
+              "warm_epochs": args.warm_epochs, "runs": runs}
+    write_results("windows", result, markdown(result))
+    plot(result)
+
+
+def _mean(rows: list[dict], path: tuple) -> float:
+    values = []
+    for r in rows:
+        for key in path:
+            r = r[key]
+        values.append(r)
+    return statistics.mean(values)
+
+
+def markdown(result: dict) -> str:
+    lines = [f"Continuous training on ML-1M (`python -m benchmarks.windows`): the first "
+             f"{result['first_fraction']:.0%} of the interactions, then {result['windows']} windows of equal "
+             "interaction counts; the model trained through window t is evaluated on window t + 1 over the "
+             "full catalogue. scratch: 3 epochs on all data so far; warm: "
+             f"{result['warm_epochs']} epochs on window t only, warm-started from window t - 1 (window 0 is the "
+             "scratch model). HR@50 by the target's training examples in all data so far: 0 (new item) / 1-4 / "
+             "5+. Mean over seeds.", "",
+             "| window | trained until | eval queries | scratch HR@50 | warm HR@50 | warm / scratch | scratch HR@50 "
+             "0 / 1-4 / 5+ | warm HR@50 0 / 1-4 / 5+ | scratch train (s) | warm train (s) | warm / scratch time |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for t in range(result["windows"]):
+        rows = [r for r in result["runs"] if r["window"] == t]
+        s, w = _mean(rows, ("scratch", "hr50")), _mean(rows, ("warm", "hr50"))
+        st, wt = _mean(rows, ("scratch", "train_seconds")), _mean(rows, ("warm", "train_seconds"))
+        groups = rows[0]["scratch"]["hr50_by_frequency"].keys()
+        by = {m: " / ".join(f"{_mean(rows, (m, 'hr50_by_frequency', g)):.4f}" for g in groups)
+              for m in ("scratch", "warm")}
+        queries = sum(rows[0]["scratch"]["queries_by_frequency"].values())
+        lines.append(f"| {t} | {rows[0]['train_until']} | {queries:,} | {s:.4f} | {w:.4f} | {w / s:.3f} | "
+                     f"{by['scratch']} | {by['warm']} | {st:,.0f} | {wt:,.0f} | {wt / st:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    windows = list(range(result["windows"]))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for mode, colour in (("scratch", "tab:blue"), ("warm", "tab:red")):
+        rows = [[r for r in result["runs"] if r["window"] == t] for t in windows]
+        a.plot(windows, [_mean(r, (mode, "hr50")) for r in rows], marker="o", color=colour, label=mode)
+        b.plot(windows, [_mean(r, (mode, "train_seconds")) for r in rows], marker="o", color=colour, label=mode)
+    a.set(xlabel="model trained through window", ylabel="HR@50 on the next window", title="quality")
+    b.set(xlabel="model trained through window", ylabel="training wall time (s, 2 CPU cores)", title="cost")
+    for ax in (a, b):
+        ax.set_xticks(windows)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(RESULTS, "windows.png"), dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
