@@ -20,7 +20,8 @@ SECTIONS = (("Query towers and sequence training (`benchmarks.sequential_tower`,
             ("ScaNN vs brute force (`benchmarks.scann_vs_bruteforce`)", "scann.md"),
             ("Cost against catalogue size (`benchmarks.scale`)", "scale.md"),
             ("What the scale options cost in quality (`benchmarks.scale_quality`)", "scale_quality.md"),
-            ("Two workers against one process (`benchmarks.multi_worker`)", "multi_worker.md"))
+            ("Two workers against one process (`benchmarks.multi_worker`)", "multi_worker.md"),
+            ("Continuous training: warm-started windows against retraining (`benchmarks.windows`)", "windows.md"))
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 DOC = os.path.join("docs", "results.md")
 

@@ -92,6 +92,19 @@ def test_compiles_to_pipeline_ir(tmp_path, movielens_dir):
         for artifact in task["inputs"].get("artifacts", {}).values():
             assert artifact["taskOutputArtifact"]["producerTask"] in tasks, name
 
+    # a base model (continuous training) is an imported input artifact of the trainer
+    assert kubeflow_runner.main(["--output", path, "--data-dir", "gs://bucket/ml-1m", "--pipeline-root", "gs://b/r",
+                                 "--base-model", "gs://b/r/yesterday/trainer/model"]) == 0
+    spec = yaml.safe_load(open(path))
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["trainer"]["inputs"]["artifacts"]["base_model"]["taskOutputArtifact"]["producerTask"] == "importer"
+    importer = spec["deploymentSpec"]["executors"]["exec-importer"]["importer"]
+    assert importer["artifactUri"]["constant"] == "gs://b/r/yesterday/trainer/model"
+    with pytest.raises(ValueError, match="both name a base model"):
+        parse(["--data-dir", str(tmp_path), "--base-model", "a", "--trainer.warm_start_from", "b"])
+    with pytest.raises(ValueError, match="two or more increasing timestamps"):
+        parse(["--data-dir", str(tmp_path), "--window-bounds", "5,3"])
+
 
 def test_local_run_end_to_end(tmp_path, movielens_dir, tiny_bert, capsys):
     args = [
@@ -143,6 +156,30 @@ def test_local_run_end_to_end(tmp_path, movielens_dir, tiny_bert, capsys):
     assert (first["config"]["strategy"], first["config"]["cluster_source"]) == ("in_batch", "category")
     assert local_runner._artifacts(str(tmp_path / "runs" / runs[-1]))["trainer"].endswith(
         os.path.join("trainer-2", "model"))
+
+    # continuous training: one pipeline per time window, each trainer warm-started from the previous window's
+    # model through a dsl.importer input; each window's examples train on it alone and evaluate on the next
+    from llm_hardneg.components.example_gen import core
+
+    stamps = [int(line.rsplit("::", 1)[1]) for line in open(os.path.join(movielens_dir, "ratings.dat")) if line.strip()]
+    bounds = core.window_bounds(stamps, 2, 0.6)
+    capsys.readouterr()
+    assert local_runner.main(args + ["--window-bounds", ",".join(map(str, bounds))]) == 0
+    out = capsys.readouterr().out
+    assert "continuous training, one model per window" in out and out.count("[pipeline] window ") == 2
+    windows = sorted((p for p in os.listdir(tmp_path / "runs") if p not in ("cache", "logs")),
+                     key=lambda p: os.path.getmtime(tmp_path / "runs" / p))[-2:]
+    examples = [json.load(open(tmp_path / "runs" / w / "example-gen" / "examples" / "summary.json")) for w in windows]
+    assert [e["config"]["window_start"] for e in examples] == [0, bounds[0]]
+    assert [(e["cut_timestamp"], e["config"]["window_end"]) for e in examples] == [(bounds[0], bounds[1]),
+                                                                                   (bounds[1], bounds[2])]
+    assert examples[1]["window"]["rows_before_window"] == sum(t < bounds[0] for t in stamps)
+    first, second = (json.load(open(tmp_path / "runs" / w / "trainer" / "model" / "train_summary.json"))
+                     for w in windows)
+    assert first["warm_start"] is None
+    assert second["warm_start"]["items_carried"] == first["items"] and second["users"] >= first["users"]
+    base_rows = json.load(open(os.path.join(second["warm_start"]["base"], "train_summary.json")))
+    assert base_rows["train_examples_per_epoch"] == first["train_examples_per_epoch"]  # the imported window-0 model
 
 
 def test_behavioural_clusters_come_from_a_first_model(tmp_path):

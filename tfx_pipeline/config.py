@@ -70,7 +70,11 @@ class PipelineConfig:
     container image of every step on Kubeflow/Vertex; `beam_args` go to the Beam steps
     (e.g. ['--runner=DataflowRunner', '--project=...', '--region=...', '--temp_location=gs://...']).
     `cache_root`: where steps keep outputs for reuse by identical later runs ('' = off; the
-    local runner uses <pipeline_root>/cache, Kubeflow/Vertex use their own caching)."""
+    local runner uses <pipeline_root>/cache, Kubeflow/Vertex use their own caching).
+    `base_model`: URI of a previous trainer output; the trainer warm-starts from it (imported as an input
+    artifact; trainer `warm_start_from` semantics). `window_bounds`: local continuous training: timestamps
+    T0 < T1 < ... < Tn; the local runner runs n pipelines, window t training on [T(t-1), Tt) (window 0 on
+    everything before T0) warm-started from window t - 1's model, and evaluating on [Tt, T(t+1))."""
 
     example_gen: ExampleGenConfig
     item_embedder: ItemEmbedderConfig = ItemEmbedderConfig()
@@ -84,9 +88,21 @@ class PipelineConfig:
     beam_args: tuple[str, ...] = ("--runner=DirectRunner",)
     cache_root: str = ""
     trainer_job: TrainerJobConfig = TrainerJobConfig()
+    base_model: str = ""
+    window_bounds: tuple[int, ...] = ()
 
     def __post_init__(self):
         eg, trainer = self.example_gen, self.trainer
+        if self.base_model and trainer.warm_start_from:
+            raise ValueError(f"--base-model {self.base_model!r} and --trainer.warm_start_from "
+                             f"{trainer.warm_start_from!r} both name a base model: give one")
+        if self.window_bounds:
+            bounds = list(self.window_bounds)
+            if len(bounds) < 2 or bounds != sorted(set(bounds)):
+                raise ValueError(f"--window-bounds needs two or more increasing timestamps, got {bounds}")
+            if eg.split != "time":
+                raise ValueError(f"--window-bounds cuts time windows: it needs --example_gen.split time, got "
+                                 f"{eg.split!r}")
         if trainer.history_length > eg.history_length:
             raise ValueError(f"trainer.history_length {trainer.history_length} reads more history than the examples "
                              f"hold (example_gen.history_length {eg.history_length}): set --example_gen.history_length "
@@ -123,6 +139,11 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pipeline-root", default="runs")
     parser.add_argument("--image", default="python:3.11")
     parser.add_argument("--no-cache", action="store_true", help="local runs: rerun every step")
+    parser.add_argument("--base-model", default="", help="a previous trainer output (model artifact URI) to "
+                        "warm-start the trainer from, imported as an input artifact")
+    parser.add_argument("--window-bounds", default="", help="local continuous training: comma-separated "
+                        "timestamps T0,...,Tn; runs one pipeline per window, each warm-started from the last "
+                        "(example_gen.core.window_bounds computes them from a share and a count)")
     parser.add_argument("--beam-arg", action="append", default=None,
                         help="a Beam option for the data steps, as --beam-arg=--runner=DataflowRunner; repeatable")
 
@@ -149,7 +170,27 @@ def from_flags(args: argparse.Namespace, resolve_paths: bool = True) -> Pipeline
                           cache_root="" if args.no_cache or not resolve_paths else
                           os.path.join(_resolve(args.pipeline_root, True), "cache"),
                           trainer_job=TrainerJobConfig(**config_overrides(args, TrainerJobConfig, "trainer_job.")),
-                          **sections)
+                          base_model=_resolve(args.base_model, resolve_paths) if args.base_model else "",
+                          window_bounds=_bounds(args.window_bounds), **sections)
+
+
+def _bounds(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(",")) if text.strip() else ()
+    except ValueError:
+        raise ValueError(f"--window-bounds takes comma-separated integer timestamps, got {text!r}") from None
+
+
+def windows(config: PipelineConfig) -> list[PipelineConfig]:
+    """One pipeline config per window of `config.window_bounds` (the local runner sets each one's base_model
+    to the previous window's trainer output)."""
+    bounds = config.window_bounds
+    out = []
+    for t in range(len(bounds) - 1):
+        eg = dataclasses.replace(config.example_gen, cut_timestamp=bounds[t], window_end=bounds[t + 1],
+                                 window_start=bounds[t - 1] if t else 0)
+        out.append(dataclasses.replace(config, example_gen=eg, window_bounds=(), base_model=""))
+    return out
 
 
 def parse(argv: Sequence[str] | None = None, description: str = "") -> PipelineConfig:

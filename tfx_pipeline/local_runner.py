@@ -13,6 +13,7 @@ An error the input or the flags cause ends the run with its one-line message and
 from __future__ import annotations
 
 import collections
+import dataclasses
 import glob
 import io
 import json
@@ -26,7 +27,7 @@ import numpy as np
 
 import llm_hardneg.components.common.env  # noqa: F401  (before TensorFlow)
 from llm_hardneg.components.common.tables import read_item_table
-from llm_hardneg.tfx_pipeline.config import parse
+from llm_hardneg.tfx_pipeline.config import parse, windows
 from llm_hardneg.tfx_pipeline.pipeline import create_pipeline
 
 OUTPUTS = {"example-gen": "examples", "item-embedder": "embeddings", "item-clusterer": "clusters",
@@ -159,11 +160,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.makedirs(os.path.join(config.pipeline_root, "logs"), exist_ok=True)
     log_path = os.path.join(config.pipeline_root, "logs", time.strftime("%Y-%m-%d_%H%M%S") + ".log")
     print(f"[pipeline] full output of every step: {log_path}", flush=True)
+    if not config.window_bounds:
+        started = time.monotonic()
+        run_dir = _run(config, log_path, verbose)
+        if run_dir:
+            _report(run_dir, time.monotonic() - started)
+        return 0 if run_dir else 1
+    rows, base = [], config.base_model
+    for t, window in enumerate(windows(config)):
+        eg = window.example_gen
+        print(f"[pipeline] window {t}: train on [{eg.window_start or 'start'}, {eg.cut_timestamp}), evaluate on "
+              f"[{eg.cut_timestamp}, {eg.window_end})" + (f", warm-started from {base}" if base else ""), flush=True)
+        started = time.monotonic()
+        run_dir = _run(dataclasses.replace(window, base_model=base), log_path, verbose)
+        if not run_dir:
+            return 1
+        _report(run_dir, time.monotonic() - started)
+        artifacts = _artifacts(run_dir)
+        base = artifacts["trainer"]
+        metrics = json.load(open(os.path.join(artifacts["evaluator"], "metrics.json"), encoding="utf-8"))
+        summary = json.load(open(os.path.join(base, "train_summary.json"), encoding="utf-8"))
+        rows.append((t, eg.cut_timestamp, eg.window_end, metrics, summary["train_seconds"]))
+    print("\n== llm-hardneg: continuous training, one model per window (evaluated on the next) ==")
+    print("| window | trained until | evaluated until | eval queries | HitRate@50 | train (s) |\n"
+          "|---|---|---|---|---|---|")
+    for t, cut, end, metrics, seconds in rows:
+        print(f"| {t} | {cut} | {end} | {metrics['num_queries']:,} | {metrics.get('hit_rate@50', float('nan')):.4f} | "
+              f"{seconds:,.0f} |")
+    return 0
+
+
+def _run(config, log_path: str, verbose: bool) -> str:
+    """Runs one pipeline with kfp.local; its run directory, or '' after printing why it failed."""
     before = set(glob.glob(os.path.join(config.pipeline_root, "*")))
     before |= {os.path.join(config.pipeline_root, name) for name in ("cache", "logs")}
-    started = time.monotonic()
     terminal = sys.stdout
-    with open(log_path, "w", encoding="utf-8") as log:
+    with open(log_path, "a", encoding="utf-8") as log:
         console = _Console(log, terminal, verbose)
         sys.stdout = console
         try:
@@ -181,15 +213,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"error: {where}: {message}\n(traceback in {log_path})", file=sys.stderr)
             else:
                 print(f"error: {where} ({error}):\n{trace}\n(full output in {log_path})", file=sys.stderr)
-            return 1
+            return ""
         finally:
             sys.stdout = terminal
     new = sorted(set(glob.glob(os.path.join(config.pipeline_root, "*"))) - before, key=os.path.getmtime)
     if not new:
         print("no run directory was created", file=sys.stderr)
-        return 1
-    _report(new[-1], time.monotonic() - started)
-    return 0
+        return ""
+    return new[-1]
 
 
 if __name__ == "__main__":

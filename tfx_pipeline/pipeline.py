@@ -7,6 +7,11 @@ With `--trainer.cluster_source behavioural` the clusters come from a first model
 (clusters refreshed from the previous model, ESANS's behavioural view): item_clusterer ->
 trainer (in_batch, category clusters) -> exporter -> item_clusterer (embedding_kind 'behavioural',
 the same step on the exported item embeddings) -> trainer -> evaluator, exporter.
+
+With `base_model` (continuous training: one time window of example_gen, warm-started from the
+previous window's model) a `dsl.importer` brings that trainer output in as an input artifact of the
+trainer, so a Vertex AI / Kubeflow schedule can run the same definition every day on the newest
+window with yesterday's model.
 """
 
 from __future__ import annotations
@@ -64,7 +69,12 @@ def create_pipeline(config: PipelineConfig):
             behavioural = dataclasses.replace(config.item_clusterer, embedding_kind="behavioural")
             clusters = step("item_clusterer", behavioural, "item-clusterer-behavioural", examples=examples,
                             embeddings=first_export, **beam).outputs["clusters"]
-        model = step("trainer", examples=examples, clusters=clusters).outputs["model"]
+        warm = {}
+        if config.base_model:
+            base = dsl.importer(artifact_uri=config.base_model, artifact_class=dsl.Model, reimport=False)
+            base.set_display_name("base-model")
+            warm["base_model"] = base.output
+        model = step("trainer", examples=examples, clusters=clusters, **warm).outputs["model"]
         step("evaluator", history_length=config.trainer.history_length, examples=examples, model=model)
         step("exporter", examples=examples, model=model)
 

@@ -57,15 +57,23 @@ def item_clusterer(config_json: str, cache_root: str, beam_args: list, examples:
 
 
 def trainer(config_json: str, cache_root: str, examples: Input[Dataset], clusters: Input[Dataset],
-            model: Output[Model]):
+            model: Output[Model], base_model: Input[Model] = None):
+    # base_model: a previous trainer output to warm-start from (continuous training; dsl.importer gives it)
+    import dataclasses
+
     import llm_hardneg.components.common.env  # noqa: F401
     from llm_hardneg.components.common.step import step_run
     from llm_hardneg.components.trainer import run_trainer
     from llm_hardneg.tfx_pipeline.config import section_from_json
 
-    with step_run("trainer", model.path, config_json, [examples.path, clusters.path], cache_root) as run:
+    config = section_from_json("trainer", config_json)
+    inputs = [examples.path, clusters.path]
+    if base_model is not None:
+        config = dataclasses.replace(config, warm_start_from=base_model.path)
+        inputs.append(base_model.path)  # the fingerprint follows the base model's
+    with step_run("trainer", model.path, config_json, inputs, cache_root) as run:
         if run.needed:
-            run_trainer(section_from_json("trainer", config_json), examples.path, clusters.path, model.path)
+            run_trainer(config, examples.path, clusters.path, model.path)
 
 
 def evaluator(config_json: str, cache_root: str, history_length: int, examples: Input[Dataset],
