@@ -21,7 +21,9 @@ SECTIONS = (("Query towers and sequence training (`benchmarks.sequential_tower`,
             ("Cost against catalogue size (`benchmarks.scale`)", "scale.md"),
             ("What the scale options cost in quality (`benchmarks.scale_quality`)", "scale_quality.md"),
             ("Two workers against one process (`benchmarks.multi_worker`)", "multi_worker.md"),
-            ("Continuous training: warm-started windows against retraining (`benchmarks.windows`)", "windows.md"))
+            ("Continuous training: warm-started windows against retraining (`benchmarks.windows`)", "windows.md"),
+            ("Feedback loop: the model's recommendations become its training data (`benchmarks.feedback_loop`)",
+             "feedback_loop.md"))
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 DOC = os.path.join("docs", "results.md")
 

@@ -14,7 +14,8 @@ Prequential protocol: the model trained through window t is evaluated on window 
   carried by id, new items at their cluster's mean, the user vocabulary grows, optimizer reset).
 Both models of a window are scored on the same evaluation examples over the full catalogue; HR@50 is also
 split by the target's training examples in all data before the window (0 = an item new in the evaluation
-window, 1-4, 5+). Writes benchmarks/results/windows.{json,md,png}.
+window, 1-4, 5+) and by user (returning: with interactions before the window's end; new: without).
+Writes benchmarks/results/windows.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -56,8 +57,9 @@ def train(config: TrainerConfig, examples_dir: str, clusters: str, tag: str, eva
     out = os.path.join(WORK, "models", tag)
     done = os.path.join(out, "eval", "metrics.json")
     summary_path = os.path.join(out, "train_summary.json")
-    if not (os.path.exists(done) and os.path.exists(summary_path)):
+    if not os.path.exists(summary_path):
         run_trainer(config, examples_dir, clusters, out)
+    if not os.path.exists(done) or "by_user" not in json.load(open(done, encoding="utf-8")):
         run_evaluator(EvaluatorConfig(ks=KS), out, eval_examples, os.path.join(out, "eval"), config.history_length)
     metrics = json.load(open(done, encoding="utf-8"))
     summary = json.load(open(summary_path, encoding="utf-8"))
@@ -66,6 +68,8 @@ def train(config: TrainerConfig, examples_dir: str, clusters: str, tag: str, eva
         "train_examples_per_epoch"], **{f"hr{k}": metrics[f"hit_rate@{k}"] for k in KS},
             "ndcg10": metrics["ndcg@10"], "hr50_by_frequency": {g: v["hit_rate@50"] for g, v in by.items()},
             "queries_by_frequency": {g: v["queries"] for g, v in by.items()},
+            "hr50_by_user": {g: v["hit_rate@50"] for g, v in metrics["by_user"].items()},
+            "queries_by_user": {g: v["queries"] for g, v in metrics["by_user"].items()},
             "warm_start": summary.get("warm_start")}
 
 
@@ -127,9 +131,10 @@ def markdown(result: dict) -> str:
              f"{result['warm_epochs']} epochs on window t only, warm-started from window t - 1 (window 0 is the "
              "scratch model). HR@50 by the target's training examples in all data so far: 0 (new item) / 1-4 / "
              "5+. Mean over seeds.", "",
-             "| window | trained until | eval queries | scratch HR@50 | warm HR@50 | warm / scratch | scratch HR@50 "
-             "0 / 1-4 / 5+ | warm HR@50 0 / 1-4 / 5+ | scratch train (s) | warm train (s) | warm / scratch time |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| window | trained until | eval queries (new users) | scratch HR@50 | warm HR@50 | warm / scratch "
+             "| scratch HR@50 0 / 1-4 / 5+ | warm HR@50 0 / 1-4 / 5+ | scratch HR@50 returning / new users "
+             "| warm HR@50 returning / new users | scratch train (s) | warm train (s) | warm / scratch time |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in range(result["windows"]):
         rows = [r for r in result["runs"] if r["window"] == t]
         s, w = _mean(rows, ("scratch", "hr50")), _mean(rows, ("warm", "hr50"))
@@ -137,9 +142,12 @@ def markdown(result: dict) -> str:
         groups = rows[0]["scratch"]["hr50_by_frequency"].keys()
         by = {m: " / ".join(f"{_mean(rows, (m, 'hr50_by_frequency', g)):.4f}" for g in groups)
               for m in ("scratch", "warm")}
-        queries = sum(rows[0]["scratch"]["queries_by_frequency"].values())
-        lines.append(f"| {t} | {rows[0]['train_until']} | {queries:,} | {s:.4f} | {w:.4f} | {w / s:.3f} | "
-                     f"{by['scratch']} | {by['warm']} | {st:,.0f} | {wt:,.0f} | {wt / st:.2f} |")
+        users = {m: " / ".join(f"{_mean(rows, (m, 'hr50_by_user', g)):.4f}" for g in ("returning", "new"))
+                 for m in ("scratch", "warm")}
+        queries, new = sum(rows[0]["scratch"]["queries_by_frequency"].values()), rows[0]["scratch"]["queries_by_user"]
+        lines.append(f"| {t} | {rows[0]['train_until']} | {queries:,} ({new['new']:,})"
+                     f" | {s:.4f} | {w:.4f} | {w / s:.3f} | {by['scratch']} | {by['warm']} | {users['scratch']} | "
+                     f"{users['warm']} | {st:,.0f} | {wt:,.0f} | {wt / st:.2f} |")
     return "\n".join(lines) + "\n"
 
 

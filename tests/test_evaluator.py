@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from llm_hardneg.components.evaluator import EvaluatorConfig, evaluate, popularity_figures, run_evaluator
+from llm_hardneg.components.evaluator.core import NO_EXCLUSION
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -58,6 +59,24 @@ def test_hit_rate_by_target_frequency_matches_numpy_oracle(seed, edges):
         EvaluatorConfig(frequency_buckets=(5, 1))
 
 
+def test_hit_rate_by_new_and_returning_users_matches_numpy_oracle():
+    rng = np.random.default_rng(3)
+    candidates = rng.normal(size=(100, 4)).astype(np.float32)
+    queries = rng.normal(size=(90, 4)).astype(np.float32)
+    targets = rng.integers(0, 100, size=90)
+    new = rng.random(90) < 0.3
+    config = EvaluatorConfig(ks=(5, 20), batch_size=40)
+    result = evaluate([(queries[i:i + 40], targets[i:i + 40], NO_EXCLUSION, None, new[i:i + 40])
+                       for i in range(0, 90, 40)], candidates, config)
+    rank = np.argsort(np.argsort(-(queries @ candidates.T), axis=1), axis=1)[np.arange(90), targets]
+    for name, rows in (("returning", ~new), ("new", new)):
+        group = result["metrics"]["by_user"][name]
+        assert group["queries"] == int(rows.sum())
+        for k in (5, 20):
+            assert group[f"hit_rate@{k}"] == pytest.approx((rank[rows] < k).mean())
+    assert "by_user" not in evaluate([(queries, targets)], candidates, config)["metrics"]
+
+
 def test_popularity_figures():
     appearances = np.array([10, 0, 5, 5, 0])
     train_counts = np.array([100, 90, 1, 0, 0])
@@ -89,8 +108,9 @@ def test_run_evaluator(examples_dir, clusters_dir, tmp_path):
     for key, value in metrics.items():  # sums in another order: equal to rounding
         if key == "distinct_queries":  # examples sharing a (user, history) are scored once per read batch
             assert value <= small[key] <= metrics["num_queries"]
-        elif key == "by_target_frequency":
-            assert value.keys() == small[key].keys() == {"0", "1-4", "5+"}
+        elif key in ("by_target_frequency", "by_user"):
+            assert value.keys() == small[key].keys() == ({"0", "1-4", "5+"} if key == "by_target_frequency"
+                                                         else {"returning", "new"})
             for name, group in value.items():
                 assert small[key][name] == pytest.approx(group, rel=1e-12), name
             assert sum(g["queries"] for g in value.values()) == metrics["num_queries"]

@@ -139,13 +139,15 @@ def fingerprints(user_ids: np.ndarray) -> np.ndarray:
 class QueryBatch(NamedTuple):
     """Evaluation examples that share queries. queries: [U, d] distinct query embeddings; targets: [B] target
     item index (-1 = not in the corpus); excluded: [E, 2] (query row, item index) pairs left out of the
-    ranking (`SeenItems.pairs`); rows: [B] the query row of each target (None: one query per target, U = B).
+    ranking (`SeenItems.pairs`); rows: [B] the query row of each target (None: one query per target, U = B);
+    new_users: [B] whether each target's user had no training example (None: not known).
     A plain (queries, targets[, excluded]) tuple is read as one."""
 
     queries: np.ndarray
     targets: np.ndarray
     excluded: np.ndarray = NO_EXCLUSION
     rows: np.ndarray | None = None
+    new_users: np.ndarray | None = None
 
 
 def evaluate(query_batches: Iterable[tuple], candidates: np.ndarray, config: EvaluatorConfig,
@@ -154,6 +156,8 @@ def evaluate(query_batches: Iterable[tuple], candidates: np.ndarray, config: Eva
     examples of a user share a history).
     train_counts: [V] training examples per item; with it, `by_target_frequency` holds the queries, HR
     and NDCG of each of config.frequency_groups() (a target outside the corpus counts as frequency 0).
+    When the batches say which users are new (QueryBatch.new_users), `by_user` holds the same figures for
+    returning users (with training examples) and new ones.
 
     Returns hit rates and NDCG at every K (one relevant item per query: 1 / log2(rank + 2) when
     rank < K; the rank counts the candidates scoring strictly higher, so a tie does not count against the
@@ -170,8 +174,10 @@ def evaluate(query_batches: Iterable[tuple], candidates: np.ndarray, config: Eva
     overlap, sampled, seen_targets = 0, 0, 0
     groups = config.frequency_groups()
     by_group = {g: [0, {k: 0 for k in config.ks}, {k: 0.0 for k in config.ks}] for g in groups}  # queries, hits, DCG
+    by_user = {g: [0, {k: 0 for k in config.ks}, {k: 0.0 for k in config.ks}] for g in ("returning", "new")}
+    users_known = False
     for batch in query_batches:
-        queries, targets, excluded, rows = QueryBatch(*batch)
+        queries, targets, excluded, rows, new_users = QueryBatch(*batch)
         rows = np.arange(len(targets)) if rows is None else np.asarray(rows)
         known = targets >= 0
         total += len(targets)
@@ -212,6 +218,14 @@ def evaluate(query_batches: Iterable[tuple], candidates: np.ndarray, config: Eva
                 for k, (hit, gain) in rank_metrics(rank[group == g], config.ks).items():
                     acc[1][k] += hit
                     acc[2][k] += gain
+        if new_users is not None:
+            users_known = True
+            for name, members in (("returning", ~new_users), ("new", new_users)):
+                acc = by_user[name]
+                acc[0] += int(members.sum())
+                for k, (hit, gain) in rank_metrics(rank[members], config.ks).items():
+                    acc[1][k] += hit
+                    acc[2][k] += gain
         appearances += np.bincount(top[rows].ravel(), minlength=len(candidates))  # every example's list
     if total == 0:
         raise ValueError("no positive evaluation examples to score")
@@ -224,6 +238,10 @@ def evaluate(query_batches: Iterable[tuple], candidates: np.ndarray, config: Eva
         metrics["by_target_frequency"] = {
             name: {"queries": n, **{f"hit_rate@{k}": h[k] / max(1, n) for k in config.ks},
                    **{f"ndcg@{k}": g[k] / max(1, n) for k in config.ks}} for name, (n, h, g) in by_group.items()}
+    if users_known:
+        metrics["by_user"] = {
+            name: {"queries": n, **{f"hit_rate@{k}": h[k] / max(1, n) for k in config.ks},
+                   **{f"ndcg@{k}": g[k] / max(1, n) for k in config.ks}} for name, (n, h, g) in by_user.items()}
     if searcher is not None:
         metrics[f"recall@{k_max}"] = overlap / max(1, sampled * k_max)
         metrics["recall_queries"] = sampled

@@ -8,6 +8,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from llm_hardneg.components.common.fileio import read_text
 from llm_hardneg.components.common.models import embed_items, load_towers
 from llm_hardneg.components.common.progress import Progress
 from llm_hardneg.components.common.tables import read_item_table
@@ -35,6 +36,11 @@ def seen_items(examples_dir: str, index_of: tf.lookup.StaticHashTable, batch_siz
     return SeenItems(np.concatenate(keys), np.concatenate(items))
 
 
+def _member(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    at = np.minimum(np.searchsorted(sorted_keys, keys), max(len(sorted_keys) - 1, 0))
+    return (sorted_keys[at] == keys) if len(sorted_keys) else np.zeros(len(keys), bool)
+
+
 def run_evaluator(config: EvaluatorConfig, model_dir: str, examples_dir: str, output_dir: str,
                   history_length: int = 20) -> dict:
     """Writes metrics.json (hit rates, popularity figures) to output_dir and returns it."""
@@ -49,6 +55,9 @@ def run_evaluator(config: EvaluatorConfig, model_dir: str, examples_dir: str, ou
     dataset = make_dataset(example_files(examples_dir, "eval"), config.batch_size, history_length,
                            positives_only=True)
     seen = seen_items(examples_dir, index_of) if config.exclude_seen else None
+    users_path = os.path.join(examples_dir, "users.txt")  # the training users (example_gen writes them)
+    training_users = np.sort(fingerprints(np.asarray([u for u in read_text(users_path).split("\n") if u],
+                                                     dtype=object))) if os.path.exists(users_path) else None
     progress = Progress("evaluator", "queries", every_s=15)
     scored_at_once = config.query_batch(len(item_ids))
 
@@ -68,7 +77,8 @@ def run_evaluator(config: EvaluatorConfig, model_dir: str, examples_dir: str, ou
                 stop = min(len(first), start + scored_at_once)
                 mine = (inverse >= start) & (inverse < stop)
                 excluded = seen.pairs_of_keys(user_keys[first[start:stop]]) if seen is not None else NO_EXCLUSION
-                yield QueryBatch(queries[start:stop], targets[mine], excluded, inverse[mine] - start)
+                new = None if training_users is None else ~_member(user_keys[first[inverse[mine]]], training_users)
+                yield QueryBatch(queries[start:stop], targets[mine], excluded, inverse[mine] - start, new)
             progress.update(len(targets))
 
     result = evaluate(batches(), candidates, config, train_counts)
@@ -96,4 +106,8 @@ def run_evaluator(config: EvaluatorConfig, model_dir: str, examples_dir: str, ou
     groups = "; ".join(f"{name}: {g['queries']:,} queries, HR@{k} {g[f'hit_rate@{k}']:.4f}"
                        for name, g in metrics["by_target_frequency"].items())
     print(f"[evaluator] by the target's training examples: {groups}", flush=True)
+    if "by_user" in metrics:
+        users = "; ".join(f"{name}: {g['queries']:,} queries, HR@{k} {g[f'hit_rate@{k}']:.4f}"
+                          for name, g in metrics["by_user"].items())
+        print(f"[evaluator] by user (returning: with training examples; new: without): {users}", flush=True)
     return metrics
