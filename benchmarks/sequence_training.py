@@ -9,7 +9,7 @@ training throughput of both paths on real batches, in one process (batch 1024 ex
 sequence chunks, in_batch, 2 blocks, 1 head, 64-d; `--steps` timed steps after 2 warm-up steps,
 median). Quality and wall time to a given HR@10 of the sequence path: benchmarks.sequential_tower.
 
-    python -m benchmarks.sequence_training --quality [--quality-epochs 1] [--seeds 0]
+    python -m benchmarks.sequence_training --quality [--quality-epochs 1,2,3] [--seeds 0]
         [--paths transformer,transformer_seq]
 
 trains both paths for the same epochs (every training target once an epoch on either path) with the
@@ -86,8 +86,8 @@ def quality(args) -> list[dict]:
             config = TrainerConfig(strategy="in_batch", cluster_source=source, seed=seed, history_length=args.history,
                                    **TOWERS[path], **SCORINGS["dot_tied"])
             tag = f"seqq-{args.dataset}-h{args.history}-{path}-{seed}"
-            point = curve(config, examples, tables[seed], tag, [args.quality_epochs])[-1]
-            rows.append({"path": path, "seed": seed, **point})
+            for point in curve(config, examples, tables[seed], tag, [int(e) for e in args.quality_epochs.split(",")]):
+                rows.append({"path": path, "seed": seed, **point})  # train_seconds: cumulative
     return rows
 
 
@@ -118,7 +118,7 @@ def render(result: dict) -> None:
         names = {"transformer": "per-interaction examples", "transformer_seq": "sequence records"}
         lines += ["", "Quality at equal epochs (`--quality`): same tower, in_batch, tied dot-product scoring, "
                   "history_ties input_order; leave_last_out, seen items excluded; mean ± std over seeds.", "",
-                  "| path | epochs | seeds | HR@10 | NDCG@10 | HR@50 | training wall (s) |",
+                  "| path | epochs | seeds | HR@10 | NDCG@10 | HR@50 | training wall (s, cumulative) |",
                   "|---|---|---|---|---|---|---|"]
         groups: dict[tuple, list[dict]] = {}
         for r in result["quality"]:
@@ -137,7 +137,7 @@ def main() -> None:
     parser.add_argument("--history", type=int, default=200)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--quality", action="store_true", help="train both paths for the same epochs and evaluate")
-    parser.add_argument("--quality-epochs", type=int, default=1)
+    parser.add_argument("--quality-epochs", default="1", help="epoch counts to evaluate at (one resumed run)")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--paths", default="transformer_seq,transformer")
     parser.add_argument("--data-root", default=os.environ.get("DATA_ROOT", os.path.join("..", "shared", "data")))
