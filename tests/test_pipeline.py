@@ -258,7 +258,8 @@ def test_trainer_job_compiles_to_a_vertex_custom_job_of_worker_pools(tmp_path, c
         container = pool["container_spec"]
         assert container["image_uri"] == "registry.example/llm-hardneg:1"
         assert container["args"][-2:] == ["--function_to_execute", "trainer"]
-        assert "run_trainer(section_from_json(\"trainer\", config_json)" in container["command"][-1]
+        assert "config = section_from_json(\"trainer\", config_json)" in container["command"][-1]
+        assert "run_trainer(config, examples.path, clusters.path, model.path)" in container["command"][-1]
     assert parameters["strategy"]["defaultValue"] == "SPOT"
     assert parameters["restart_job_on_worker_restart"]["defaultValue"] is True
     config = json.loads(spec["root"]["dag"]["tasks"]["trainer"]["inputs"]["parameters"]["config_json"]
