@@ -186,8 +186,14 @@ def main() -> None:
     parser.add_argument("--min-impressions", type=int, default=10)
     parser.add_argument("--warmup-rounds", type=int, default=5, help="popularity-exposure rounds that make round 0")
     args = parser.parse_args()
-    runs = []
-    for seed in (int(s) for s in args.seeds.split(",")):
+    seeds = [int(s) for s in args.seeds.split(",")]
+    path = os.path.join(RESULTS, "feedback_loop.json")
+    previous = json.load(open(path, encoding="utf-8"))["runs"] if os.path.exists(path) else []
+    # runs of other seeds in the same world sizes, settings and rounds are kept (seeds can run in separate sessions)
+    runs = [r for r in previous if r["seed"] not in seeds and r["logq"] == args.logq
+            and (r["world"]["items"], r["world"]["users"], len(r["rounds"]) - 1) == (args.items, args.users,
+                                                                                      args.rounds)]
+    for seed in seeds:
         world = World(WorldConfig(items=args.items, users=args.users, seed=seed))
         c = world.config
         root = os.path.join(WORK, "feedback", f"w{c.items}-u{c.users}-s{seed}")
