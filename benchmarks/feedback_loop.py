@@ -189,8 +189,8 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     path = os.path.join(RESULTS, "feedback_loop.json")
     previous = json.load(open(path, encoding="utf-8"))["runs"] if os.path.exists(path) else []
-    # runs of other seeds in the same world sizes, settings and rounds are kept (seeds can run in separate sessions)
-    runs = [r for r in previous if r["seed"] not in seeds and r["logq"] == args.logq
+    # runs of other seeds or corrections in the same world sizes and rounds are kept (runs in separate sessions)
+    runs = [r for r in previous if (r["seed"] not in seeds or r["logq"] != args.logq)
             and (r["world"]["items"], r["world"]["users"], len(r["rounds"]) - 1) == (args.items, args.users,
                                                                                       args.rounds)]
     for seed in seeds:
@@ -227,26 +227,27 @@ def markdown(result: dict) -> str:
     lines = [f"Feedback-loop simulation (`python -m benchmarks.feedback_loop`): {world['items']:,} items, "
              f"{world['users']:,} users ({world['active_share']:.0%} active a round), {world['topics']} topics, "
              f"slate {world['slate']}, multinomial logit with a no-click option (utility {world['no_click_utility']}),"
-             f" trainer {result['epochs']} epochs a round, logQ correction {runs[0]['logq']}. Round 0: popularity-"
+             f" trainer {result['epochs']} epochs a round (logQ correction: 'none' is the paper's setting, 'mixture' "
+             "ours). Round 0: popularity-"
              "biased exposure. Figures of the last round, mean ± std over seeds; top-100 share and share of items "
              f"with >= {result['min_impressions']} impressions are the paper's Table 3 figures (of the round's "
              "impressions).", "",
-             "| variant | seeds | rounds | top-100 share | items >= N impressions | exposure Gini | consumption Gini "
-             "| coverage | click rate | recall vs oracle | Jaccard | LLM cluster purity |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for variant in dict.fromkeys(r["variant"] for r in runs):
-        last = [r["rounds"][-1] for r in runs if r["variant"] == variant]
+             "| variant | logQ | seeds | rounds | top-100 share | items >= N impressions | exposure Gini "
+             "| consumption Gini | coverage | click rate | recall vs oracle | Jaccard | LLM cluster purity |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for variant, logq in dict.fromkeys((r["variant"], r["logq"]) for r in runs):
+        last = [r["rounds"][-1] for r in runs if (r["variant"], r["logq"]) == (variant, logq)]
 
         def cell(key: str, rows: list[dict] = last) -> str:
             values = [row[key] for row in rows]
             return f"{statistics.mean(values):.3f} ± {statistics.pstdev(values):.3f}"
 
-        lines.append(f"| {variant} | {len(last)} | {last[0]['round']} | {cell('top100_share')} | "
+        lines.append(f"| {variant} | {logq} | {len(last)} | {last[0]['round']} | {cell('top100_share')} | "
                      f"{cell('share_min_impressions')} | {cell('exposure_gini')} | {cell('consumption_gini')} | "
                      f"{cell('coverage')} | {cell('click_rate')} | {cell('recall_oracle')} | {cell('jaccard')} | "
                      f"{cell('cluster_purity') if 'cluster_purity' in last[0] else '-'} |")
-    first = [r["rounds"][0] for r in runs]
-    lines.append(f"| round 0 (popularity exposure) | {len(first)} | 0 | "
+    first = list({r["seed"]: r["rounds"][0] for r in runs}.values())  # the same for every variant of a seed
+    lines.append(f"| round 0 (popularity exposure) | - | {len(first)} | 0 | "
                  f"{statistics.mean(r['top100_share'] for r in first):.3f} | "
                  f"{statistics.mean(r['share_min_impressions'] for r in first):.3f} | "
                  f"{statistics.mean(r['exposure_gini'] for r in first):.3f} | - | "
@@ -268,11 +269,12 @@ def plot(result: dict) -> None:
     fig, axes = plt.subplots(2, 3, figsize=(14, 7))
     colours = {"in_batch": "tab:blue", "oob": "tab:green", "cluster_oob": "tab:red"}
     for ax, key in zip(axes.ravel(), keys):
-        for variant in dict.fromkeys(r["variant"] for r in result["runs"]):
-            runs = [r["rounds"] for r in result["runs"] if r["variant"] == variant]
+        for variant, logq in dict.fromkeys((r["variant"], r["logq"]) for r in result["runs"]):
+            runs = [r["rounds"] for r in result["runs"] if (r["variant"], r["logq"]) == (variant, logq)]
             rounds = [p["round"] for p in runs[0]]
             mean = [statistics.mean(run[i][key] for run in runs) for i in range(len(rounds))]
-            ax.plot(rounds, mean, marker="o", color=colours.get(variant), label=f"{variant} ({len(runs)} seeds)")
+            ax.plot(rounds, mean, marker="o" if logq == "none" else "s", color=colours.get(variant),
+                    linestyle="-" if logq == "none" else "--", label=f"{variant}, logQ {logq} ({len(runs)} seeds)")
         ax.set(title=key.replace("_", " "), xlabel="round")
         ax.legend(fontsize=8)
     fig.tight_layout()
