@@ -100,6 +100,14 @@ def test_run_evaluator(examples_dir, clusters_dir, tmp_path):
     assert metrics["hit_rate@40"] == 1.0  # the corpus has 40 items
     assert 0.0 <= metrics["hit_rate@5"] <= 1.0
     assert json.load(open(tmp_path / "eval" / "metrics.json"))["hit_rate@5"] == metrics["hit_rate@5"]
+    # by user: a target's user is new when example_gen's users.txt (the training users) does not hold them
+    from tests.test_example_gen import read_examples
+
+    training_users = set(open(os.path.join(examples_dir, "users.txt")).read().split())
+    evaluation = [e for e in read_examples(os.path.join(examples_dir, "eval")) if e["label"] == 1]
+    new = sum(e["user_id"] not in training_users for e in evaluation)
+    assert metrics["by_user"]["new"]["queries"] == new
+    assert metrics["by_user"]["returning"]["queries"] == len(evaluation) - new
     # a budget that allows 2 queries a batch gives exactly the same figures
     assert EvaluatorConfig(memory_budget_mb=1).query_batch(2**20 // 24) == 2
     small = run_evaluator(EvaluatorConfig(ks=(5, 40), memory_budget_mb=1, batch_size=3), model, examples_dir,

@@ -77,7 +77,7 @@ def run_evaluator(config: EvaluatorConfig, model_dir: str, examples_dir: str, ou
                 stop = min(len(first), start + scored_at_once)
                 mine = (inverse >= start) & (inverse < stop)
                 excluded = seen.pairs_of_keys(user_keys[first[start:stop]]) if seen is not None else NO_EXCLUSION
-                new = None if training_users is None else ~_member(user_keys[first[inverse[mine]]], training_users)
+                new = None if training_users is None else ~_member(user_keys[mine], training_users)
                 yield QueryBatch(queries[start:stop], targets[mine], excluded, inverse[mine] - start, new)
             progress.update(len(targets))
 
