@@ -35,7 +35,15 @@ import time
 import numpy as np
 
 import llm_hardneg.components  # noqa: F401  (environment before TensorFlow)
-from benchmarks.feedback_world import World, WorldConfig, cluster_purity, gini, jaccard_homogenisation, top_share
+from benchmarks.feedback_world import (
+    World,
+    WorldConfig,
+    cluster_purity,
+    gini,
+    jaccard_homogenisation,
+    top_k_excluding,
+    top_share,
+)
 from benchmarks.paper_tables import RESULTS, WORK, write_results
 from llm_hardneg.components.common.step import step_run
 from llm_hardneg.components.example_gen import ExampleGenConfig, run_example_gen
@@ -107,13 +115,7 @@ def retrieve(model_dir: str, world: World, users: np.ndarray, log: Log, batch: i
         rows = users[start:start + batch].tolist()
         history = [[f"i{i}" for i in log.recent[u]] + [""] * (HISTORY - len(log.recent[u])) for u in rows]
         q = query(tf.constant([f"u{u}" for u in rows]), tf.constant(history))["embedding"].numpy()
-        scores = q @ items.T
-        for r, u in enumerate(rows):
-            if log.consumed[u]:
-                scores[r, list(log.consumed[u])] = -np.inf
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-        out[start:start + len(rows)] = np.take_along_axis(top, order, axis=1)
+        out[start:start + len(rows)] = top_k_excluding(q @ items.T, users[start:start + batch], log.consumed, k)
     return out
 
 

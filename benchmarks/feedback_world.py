@@ -132,13 +132,7 @@ class World:
         for start in range(0, len(users), batch):
             rows = users[start:start + batch]
             scores = self.config.scale * self.user_vectors[rows] @ self.item_vectors.T + self.item_bias
-            if exclude is not None:
-                for r, u in enumerate(rows.tolist()):
-                    if exclude[u]:
-                        scores[r, list(exclude[u])] = -np.inf
-            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-            order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-            out[start:start + len(rows)] = np.take_along_axis(top, order, axis=1)
+            out[start:start + len(rows)] = top_k_excluding(scores, rows, exclude, k)
         return out
 
     def popularity_slates(self, rng: np.random.Generator, users: np.ndarray) -> np.ndarray:
@@ -153,6 +147,18 @@ class World:
                 picked = np.unique(np.concatenate([picked, rng.integers(0, self.config.items, k)]))[:k]
             out[r] = picked
         return out
+
+
+def top_k_excluding(scores: np.ndarray, users: np.ndarray, exclude: list[set] | None, k: int) -> np.ndarray:
+    """[U, k] the columns of highest score per row, best first (ties by column), leaving out each row's
+    `exclude[users[row]]` (the items its user consumed); `scores` is overwritten there."""
+    if exclude is not None:
+        lists = [exclude[u] for u in users.tolist()]
+        rows = np.repeat(np.arange(len(lists)), [len(s) for s in lists])
+        scores[rows, np.fromiter((i for s in lists for i in s), np.int64, count=len(rows))] = -np.inf
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(top, order, axis=1)
 
 
 def _topic_word(topic: int) -> str:

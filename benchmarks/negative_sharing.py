@@ -114,8 +114,8 @@ def _ml1m():
     """Reconstructed ML-1M as the quality part prepared it (examples and LLM clusters under benchmarks/work):
     its catalogue, users and the first 8 shuffled training batches of 1024 (history 20, the default)."""
     from benchmarks.paper_tables import WORK
+    from llm_hardneg.components.common.fileio import read_lines
     from llm_hardneg.components.trainer.data import example_files, load_catalogue, make_dataset
-    from llm_hardneg.components.trainer.run import read_lines
 
     root = os.path.join(WORK, "ml1m_reconstructed")
     examples = os.path.join(root, "examples")

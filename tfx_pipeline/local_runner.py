@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 import llm_hardneg.components.common.env  # noqa: F401  (before TensorFlow)
+from llm_hardneg.components.common.fileio import read_json
 from llm_hardneg.components.common.tables import read_item_table
 from llm_hardneg.tfx_pipeline.config import parse, windows
 from llm_hardneg.tfx_pipeline.pipeline import create_pipeline
@@ -178,8 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _report(run_dir, time.monotonic() - started)
         artifacts = _artifacts(run_dir)
         base = artifacts["trainer"]
-        metrics = json.load(open(os.path.join(artifacts["evaluator"], "metrics.json"), encoding="utf-8"))
-        summary = json.load(open(os.path.join(base, "train_summary.json"), encoding="utf-8"))
+        metrics = read_json(os.path.join(artifacts["evaluator"], "metrics.json"))
+        summary = read_json(os.path.join(base, "train_summary.json"))
         rows.append((t, eg.cut_timestamp, eg.window_end, metrics, summary["train_seconds"]))
     print("\n== llm-hardneg: continuous training, one model per window (evaluated on the next) ==")
     print("| window | trained until | evaluated until | eval queries | HitRate@50 | train (s) |\n"

@@ -33,6 +33,11 @@ def read_text(path: str) -> str:
         return f.read().decode("utf-8")
 
 
+def read_lines(path: str) -> list[str]:
+    """The file's non-blank lines (a vocabulary: users.txt, items.txt), without their line ends."""
+    return [line.rstrip("\r") for line in read_text(path).split("\n") if line.strip()]
+
+
 def write_json(path: str, payload: Any) -> None:
     write_text(path, json.dumps(payload, indent=2))
 

@@ -119,14 +119,19 @@ class SeenItems:
 
     def pairs_of_keys(self, keys: np.ndarray) -> np.ndarray:
         """`pairs` of users given by their `fingerprints` [B] int64 (already hashed by the caller)."""
-        at = np.minimum(np.searchsorted(self.users, keys), max(0, len(self.users) - 1))
-        known = (self.users[at] == keys) if len(self.users) else np.zeros(len(keys), bool)
+        at, known = sorted_lookup(self.users, keys)
         starts = np.where(known, self.offsets[at], 0)
         counts = np.where(known, self.offsets[np.minimum(at + 1, len(self.offsets) - 1)] - starts, 0)
         rows = np.repeat(np.arange(len(keys), dtype=np.int64), counts)
         first = np.repeat(np.cumsum(counts) - counts, counts)  # each row's first position in the output
         position = np.repeat(starts, counts) + np.arange(int(counts.sum())) - first
         return np.stack([rows, self.items[position]], axis=1)
+
+
+def sorted_lookup(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each of `keys` its position in `sorted_keys` (clipped) and whether it is there: O(B log U)."""
+    at = np.minimum(np.searchsorted(sorted_keys, keys), max(0, len(sorted_keys) - 1))
+    return at, (sorted_keys[at] == keys) if len(sorted_keys) else np.zeros(len(keys), bool)
 
 
 def fingerprints(user_ids: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from llm_hardneg.components.common.fileio import read_text
+from llm_hardneg.components.common.fileio import read_lines
 from llm_hardneg.components.common.models import embed_items, load_towers
 from llm_hardneg.components.common.progress import Progress
 from llm_hardneg.components.common.tables import read_item_table
@@ -20,6 +20,7 @@ from llm_hardneg.components.evaluator.core import (
     evaluate,
     fingerprints,
     popularity_figures,
+    sorted_lookup,
 )
 from llm_hardneg.components.trainer.data import example_files, make_dataset
 
@@ -34,11 +35,6 @@ def seen_items(examples_dir: str, index_of: tf.lookup.StaticHashTable, batch_siz
         progress.update(len(items[-1]))
     progress.report(final=True)
     return SeenItems(np.concatenate(keys), np.concatenate(items))
-
-
-def _member(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
-    at = np.minimum(np.searchsorted(sorted_keys, keys), max(len(sorted_keys) - 1, 0))
-    return (sorted_keys[at] == keys) if len(sorted_keys) else np.zeros(len(keys), bool)
 
 
 def run_evaluator(config: EvaluatorConfig, model_dir: str, examples_dir: str, output_dir: str,
@@ -56,8 +52,8 @@ def run_evaluator(config: EvaluatorConfig, model_dir: str, examples_dir: str, ou
                            positives_only=True)
     seen = seen_items(examples_dir, index_of) if config.exclude_seen else None
     users_path = os.path.join(examples_dir, "users.txt")  # the training users (example_gen writes them)
-    training_users = np.sort(fingerprints(np.asarray([u for u in read_text(users_path).split("\n") if u],
-                                                     dtype=object))) if os.path.exists(users_path) else None
+    training_users = np.sort(fingerprints(np.asarray(read_lines(users_path), dtype=object))) \
+        if os.path.exists(users_path) else None
     progress = Progress("evaluator", "queries", every_s=15)
     scored_at_once = config.query_batch(len(item_ids))
 
@@ -77,7 +73,7 @@ def run_evaluator(config: EvaluatorConfig, model_dir: str, examples_dir: str, ou
                 stop = min(len(first), start + scored_at_once)
                 mine = (inverse >= start) & (inverse < stop)
                 excluded = seen.pairs_of_keys(user_keys[first[start:stop]]) if seen is not None else NO_EXCLUSION
-                new = None if training_users is None else ~_member(user_keys[mine], training_users)
+                new = None if training_users is None else ~sorted_lookup(training_users, user_keys[mine])[1]
                 yield QueryBatch(queries[start:stop], targets[mine], excluded, inverse[mine] - start, new)
             progress.update(len(targets))
 

@@ -19,6 +19,7 @@ import time
 import tensorflow as tf
 import tf_keras
 
+from llm_hardneg.components.common import fileio
 from llm_hardneg.components.trainer.config import POOL_STRATEGIES, TrainerConfig
 from llm_hardneg.components.trainer.data import example_files, load_catalogue, user_positive_keys
 from llm_hardneg.components.trainer.distribute import (
@@ -121,11 +122,6 @@ class CandidateServing(tf.Module):
         return {"embedding": self.tower.embed_ids(item_id)}
 
 
-def read_lines(path: str) -> list[str]:
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f if line.strip()]
-
-
 def count_lines(path: str) -> int:
     with open(path, encoding="utf-8") as f:
         return sum(1 for line in f if line.strip())
@@ -209,7 +205,7 @@ def _train(config: TrainerConfig, strategy: tf.distribute.Strategy, examples_dir
     catalogue = load_catalogue(os.path.join(examples_dir, "items"), os.path.join(clusters_dir, config.cluster_source))
     users_path = os.path.join(examples_dir, "users.txt")
     # hashed ids and the transformer tower (no user embedding) need no vocabulary
-    users = None if config.user_id_buckets or config.query_tower == "transformer" else read_lines(users_path)
+    users = None if config.user_id_buckets or config.query_tower == "transformer" else fileio.read_lines(users_path)
     if users is not None and config.warm_start_from:  # known users keep their rows (warm_start.grown_users)
         users = grown_users(config.warm_start_from, users)
     with open(os.path.join(examples_dir, "summary.json"), encoding="utf-8") as f:

@@ -37,10 +37,6 @@ SHAPING_FIELDS = ("embedding_dim", "query_tower", "candidate_tower", "history_po
 VOCABULARY = "vocabulary"
 
 
-def _read_lines(path: str) -> list[str]:
-    return [line for line in fileio.read_text(path).split("\n") if line.strip()]
-
-
 def write_vocabulary(output_dir: str, catalogue: ItemCatalogue, users: list[str] | None) -> None:
     """The item of each item row (from row 2) and the user of each user row (from row 1) of this run."""
     fileio.write_text(fileio.join(output_dir, VOCABULARY, "items.txt"), "".join(f"{i}\n" for i in catalogue.item_ids))
@@ -51,7 +47,7 @@ def write_vocabulary(output_dir: str, catalogue: ItemCatalogue, users: list[str]
 def grown_users(base_dir: str, users: list[str]) -> list[str]:
     """This run's user vocabulary when warm-started: the base's users and this run's, sorted."""
     path = fileio.join(base_dir, VOCABULARY, "users.txt")
-    return sorted(set(users).union(_read_lines(path))) if fileio.exists(path) else users
+    return sorted(set(users).union(fileio.read_lines(path))) if fileio.exists(path) else users
 
 
 def _base(base_dir: str, config: TrainerConfig, num_clusters: int) -> tuple[dict, str]:
@@ -105,9 +101,9 @@ def warm_start(model, config: TrainerConfig, catalogue: ItemCatalogue, users: li
 
     base_dir = config.warm_start_from
     summary, latest = _base(base_dir, config, catalogue.num_clusters)
-    old_items = np.asarray(_read_lines(fileio.join(base_dir, VOCABULARY, "items.txt")), dtype=object).astype(str)
+    old_items = np.asarray(fileio.read_lines(fileio.join(base_dir, VOCABULARY, "items.txt")), dtype=object).astype(str)
     users_path = fileio.join(base_dir, VOCABULARY, "users.txt")
-    old_users = _read_lines(users_path) if users is not None and fileio.exists(users_path) else None
+    old_users = fileio.read_lines(users_path) if users is not None and fileio.exists(users_path) else None
     if users is not None and old_users is None:
         raise ValueError(f"--trainer.warm_start_from {base_dir!r}: this run has a user vocabulary, the base none")
     old_catalogue = ItemCatalogue(np.sort(old_items), np.zeros(len(old_items), np.int64),
