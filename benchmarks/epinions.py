@@ -1,7 +1,7 @@
 """Does cluster OOB help at 296k items? Epinions (a real, long-tailed catalogue without text), 3 seeds.
 
     python -m benchmarks.epinions [--seeds 0,1,2] [--split leave_last_out] [--no-regimes]
-        [--data-root ../shared/data]
+        [--regime-seeds 0,1,2] [--data-root ../shared/data]
 
 Data (read from --data-root or $DATA_ROOT, never copied): epinions-2012, 922,267 ratings of 296,277 products
 by 22,164 users, 27 categories, time as 11 ordered periods, no product text. Protocol: example_gen's defaults
@@ -14,11 +14,13 @@ the long tail, where the paper's claim lives.
 main, per seed: in_batch, oob and cluster_oob with the category clusters (27, the catalogue's own), cluster_oob
 with per-example, per-cluster and shared draws, then behavioural clusters (k-means, sqrt(items) clusters, of the item
 embeddings of that seed's in_batch model, as benchmarks.larger_catalogues does) for in_batch and cluster_oob.
-regimes (first seed, category clusters): random:cluster 1:31 (the paper's Amazon ratio) and no logQ correction
-(the paper's baseline corrects in-batch negatives only; `in_batch` here is the mixture's in-batch case).
-Verdict per cluster_oob row: its HR@50 gain over in_batch and over oob against twice the larger of the two
-rows' seed standard deviations. `full` (the exact softmax over 296k items) is not run: see `FULL_NOTE`.
-Writes benchmarks/results/epinions_<split>.{json,md,png} after every run (reruns reuse finished trainings).
+regimes (every seed of --regime-seeds, category clusters, per-example draws): random:cluster 1:31 (the paper's
+Amazon ratio), no logQ correction (the paper's baseline corrects in-batch negatives only; `in_batch` here is the
+mixture's in-batch case), and batch 128 instead of 1024 for in_batch, oob and cluster_oob.
+Verdict per cluster_oob row: its HR@50 gain over in_batch and over oob of the same regime against twice the larger
+of the two rows' seed standard deviations. `full` (the exact softmax over 296k items) is not run: see `FULL_NOTE`.
+Writes benchmarks/results/epinions_<split>.{json,md,png} after every run. A rerun resumes: the (row, seed) runs
+already in the JSON are kept, not trained again (and a finished training in benchmarks/work is reused).
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ MAIN = {  # name: (strategy, cluster source, overrides), in the order they are t
     "in_batch behavioural": ("in_batch", "behavioural", {}),
     "cluster_oob behavioural shared": ("cluster_oob", "behavioural", SHARED),
 }
-REGIMES = {  # first seed only; per-example draws, the trainer's default
+BATCH_128 = {"batch_size": 128}
+REGIMES = {  # per-example draws
     "cluster_oob category per-example, random:cluster 1:31": ("cluster_oob", "category",
                                                               {**PER_EXAMPLE, "num_negatives": 32, "random_ratio": 1,
                                                                "cluster_ratio": 31}),
@@ -56,7 +59,21 @@ REGIMES = {  # first seed only; per-example draws, the trainer's default
     "oob, no logQ correction": ("oob", "category", {**PER_EXAMPLE, "logq_correction": "none"}),
     "cluster_oob category per-example, no logQ correction": ("cluster_oob", "category",
                                                              {**PER_EXAMPLE, "logq_correction": "none"}),
+    "in_batch, batch 128": ("in_batch", "category", BATCH_128),
+    "oob, batch 128": ("oob", "category", {**PER_EXAMPLE, **BATCH_128}),
+    "cluster_oob category per-example, batch 128": ("cluster_oob", "category", {**PER_EXAMPLE, **BATCH_128}),
 }
+BASELINES = {  # cluster_oob row: (in_batch row, oob row) with the same cluster features and regime
+    "cluster_oob category shared": ("in_batch", "oob"),
+    "cluster_oob category per-example": ("in_batch", "oob"),
+    "cluster_oob category per-cluster": ("in_batch", "oob"),
+    "cluster_oob behavioural shared": ("in_batch behavioural", None),
+    "cluster_oob category per-example, random:cluster 1:31": ("in_batch", "oob"),
+    "cluster_oob category per-example, no logQ correction": ("in_batch, no logQ correction",
+                                                             "oob, no logQ correction"),
+    "cluster_oob category per-example, batch 128": ("in_batch, batch 128", "oob, batch 128"),
+}
+RUN_KEYS = ("seed", *METRICS, "by_frequency", "popularity", "mass", "examples_per_second")
 FULL_NOTE = ("`full` (the exact softmax) is not run: its step embeds all 296,277 items and scores [1024, 296,277] "
              "logits. Measured at 35,118 items (Amazon CDs, benchmarks.negative_sharing) it trained at 805 "
              "examples/s; its cost grows with the catalogue, so at 296k about 100 examples/s, 7 h for 3 epochs on "
@@ -88,23 +105,23 @@ def aggregate(runs: list[dict]) -> dict:
     return out
 
 
-def verdicts(rows: dict) -> None:
-    """Each cluster_oob row's HR@50 gain over in_batch and oob with the same cluster features (the category
-    rows against `in_batch` and `oob`, the behavioural ones against `in_batch behavioural`), against 2 x the
-    larger seed std."""
+def verdicts(result: dict) -> None:
+    """Each cluster_oob row's HR@50 gain over the in_batch and oob rows of `BASELINES` (same cluster features,
+    same regime), against 2 x the larger seed std."""
+    rows = {**result.get("main", {}), **result.get("regimes", {})}
     for name, row in rows.items():
-        if not name.startswith("cluster_oob"):
+        if name not in BASELINES:
             continue
-        behavioural = MAIN[name][1] == "behavioural"
         row.pop("vs_in_batch", None), row.pop("vs_oob", None)
-        for key, base_name in (("in_batch", "in_batch behavioural" if behavioural else "in_batch"),
-                               ("oob", None if behavioural else "oob")):
+        for key, base_name in zip(("in_batch", "oob"), BASELINES[name]):
             base = rows.get(base_name)
             if base is None:
                 continue
             gain = row["hr50"]["mean"] - base["hr50"]["mean"]
             noise = 2 * max(row["hr50"]["pstdev"], base["hr50"]["pstdev"])
             word = "beats" if gain > noise else "below" if gain < -noise else "within 2 std of"
+            if min(len(row["seeds"]), len(base["seeds"])) < 2:
+                word = "no verdict (one seed, no spread)"
             row[f"vs_{key}"] = {"against": base_name, "gain": gain, "relative": gain / base["hr50"]["mean"],
                                 "two_std": noise, "verdict": word}
 
@@ -129,8 +146,9 @@ def markdown(result: dict) -> str:
             lines.append(f"| {name} | {len(r['seeds'])} | {cells} | {groups} | {share:.3f} | {distinct:,.0f} | "
                          f"{mass_cell(r['mass'])} | {speed} |")
     lines += ["", "Queries per group: " + ", ".join(f"{g}: {n:,}" for g, n in result["group_queries"].items()), ""]
-    lines += ["| cluster_oob row | HR@50 gain over in_batch (same cluster features) | over oob |", "|---|---|---|"]
-    for name, r in result.get("main", {}).items():
+    lines += ["| cluster_oob row | HR@50 gain over in_batch (same cluster features and regime) | over oob |",
+              "|---|---|---|"]
+    for name, r in {**result.get("main", {}), **result.get("regimes", {})}.items():
         if "vs_in_batch" in r:
             cells = [f"{r[k]['gain']:+.4f} ({100 * r[k]['relative']:+.1f}%, 2 std {r[k]['two_std']:.4f}): "
                      f"{r[k]['verdict']}" if k in r else "-" for k in ("vs_in_batch", "vs_oob")]
@@ -175,6 +193,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--split", default="leave_last_out", choices=("leave_last_out", "time"))
     parser.add_argument("--no-regimes", action="store_true", help="the main rows only")
+    parser.add_argument("--regime-seeds", default=None, help="the regime rows on these seeds (default: --seeds)")
     parser.add_argument("--rows", default=",".join(MAIN), help="main: these rows, in this order (in_batch first)")
     parser.add_argument("--data-root", default=os.environ.get("DATA_ROOT", os.path.join("..", "shared", "data")))
     parser.add_argument("--render", action="store_true", help="the Markdown and plot again from the JSON")
@@ -183,7 +202,7 @@ def main() -> None:
     if args.render:
         with open(path + ".json", encoding="utf-8") as f:
             result = json.load(f)
-        verdicts(result["main"])
+        verdicts(result)
         write_results(os.path.basename(path), result, markdown(result))
         plot(result, path + ".png")
         return
@@ -195,38 +214,67 @@ def main() -> None:
     data = os.path.join(os.path.abspath(args.data_root), "epinions-2012")
     if not os.path.exists(os.path.join(data, "interactions.csv.gz")):
         raise SystemExit(f"no Epinions data in {data}: pass --data-root (the folder holding epinions-2012/)")
-    started = time.monotonic()
+    started = [time.monotonic()]
     examples, clusters = prepare(f"epinions_{args.split}", ExampleGenConfig(
         source="generic", interactions=os.path.join(data, "interactions.csv.gz"),
         items=os.path.join(data, "items.csv.gz"), split=args.split))
-    result = {"split": args.split, "seeds": seeds, "main": {}, "regimes": {}}
-    runs: dict[str, list[dict]] = {}
+    result, runs = previous_runs(path + ".json", args.split)
+    result["seeds"] = sorted(set(result.get("seeds", [])) | set(seeds))
 
     def record(part: str, name: str, run: dict) -> None:
-        runs.setdefault(name, []).append(run)
+        runs.setdefault(name, []).append({k: run[k] for k in RUN_KEYS})
         result[part][name] = aggregate(runs[name])
-        first = runs["in_batch"][0]
-        result["groups"] = list(first["by_frequency"])
-        result["group_queries"] = {g: v["queries"] for g, v in first["by_frequency"].items()}
+        result["runs"] = runs
+        result["groups"] = list(run["by_frequency"])
+        result["group_queries"] = {g: v["queries"] for g, v in run["by_frequency"].items()}
         result["queries"] = sum(result["group_queries"].values())
-        result["items"] = first["corpus_size"]
-        verdicts(result["main"])
-        result["wall_seconds"] = time.monotonic() - started
+        result["items"] = run["corpus_size"]
+        verdicts(result)
+        result["wall_seconds"] = result.get("wall_seconds", 0.0) + time.monotonic() - started[0]
+        started[0] = time.monotonic()
         write_results(os.path.basename(path), result, markdown(result))
         plot(result, path + ".png")
 
+    def done(part: str, name: str, seed: int) -> bool:
+        """In the JSON already: a run of `runs`, or a seed of an older multi-seed row kept without its runs."""
+        return (any(r["seed"] == seed for r in runs.get(name, []))
+                or (name not in runs and seed in result[part].get(name, {}).get("seeds", [])))
+
+    regime_seeds = seeds if args.regime_seeds is None else [int(s) for s in args.regime_seeds.split(",")]
     for seed in seeds:  # seeds outermost: an interrupted run leaves whole seeds
         tables = {"category": clusters}
         for name in names:
             spec = MAIN[name]
-            if spec[1] == "behavioural" and "behavioural" not in tables:
-                tables["behavioural"] = behavioural(runs["in_batch"][-1]["model_dir"], examples,
-                                                    f"epinions_{args.split}", seed)
+            if done("main", name, seed):
+                continue
+            if spec[1] == "behavioural" and "behavioural" not in tables:  # from this seed's in_batch model
+                in_batch = _run("in_batch", MAIN["in_batch"], seed, examples, tables, args.split)  # reused if trained
+                tables["behavioural"] = behavioural(in_batch["model_dir"], examples, f"epinions_{args.split}", seed)
             record("main", name, _run(name, spec, seed, examples, tables, args.split))
-        if seed == seeds[0] and not args.no_regimes:
+        if seed in regime_seeds and not args.no_regimes:
             for name, spec in REGIMES.items():
-                record("regimes", name, _run(name, spec, seed, examples, tables, args.split))
+                if not done("regimes", name, seed):
+                    record("regimes", name, _run(name, spec, seed, examples, tables, args.split))
 
+
+def previous_runs(path: str, split: str) -> tuple[dict, dict]:
+    """The results JSON of an earlier run of this split (empty if none) and its runs by row name. A one-seed
+    row written before runs were kept is its own run; an older row of several seeds keeps its aggregate only."""
+    result = {"split": split, "main": {}, "regimes": {}}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            result = json.load(f)
+    runs = result.get("runs", {})
+    for part in ("main", "regimes"):
+        for name, row in result.get(part, {}).items():
+            if name not in runs and len(row["seeds"]) == 1:
+                runs[name] = [{"seed": row["seeds"][0], **{m: row[m]["mean"] for m in METRICS},
+                               "by_frequency": {g: {"queries": v["queries"],
+                                                    **{f"hit_rate@{k}": v[f"hr{k}"] for k in KS}}
+                                                for g, v in row["by_frequency"].items()},
+                               "popularity": row["popularity"], "mass": row["mass"],
+                               "examples_per_second": row["examples_per_second"]}]
+    return result, runs
 
 if __name__ == "__main__":
     main()
