@@ -1,7 +1,7 @@
 """Continuous training over time windows: warm-started per-window training against retraining from scratch.
 
     python -m benchmarks.windows [--windows 4] [--first-fraction 0.8] [--seeds 0] [--warm-epochs 3]
-        [--ml1m-dir ../shared/data/ml-1m]
+        [--ml1m-dir ../shared/data/ml-1m] [--dataset ml1m|epinions]
 
 ML-1M (the `make run` file), time line cut by example_gen.core.window_bounds: the first 80% of the
 interactions (by time) are window 0, the rest `--windows` windows of equal interaction counts.
@@ -16,6 +16,16 @@ Both models of a window are scored on the same evaluation examples over the full
 split by the target's training examples in all data before the window (0 = an item new in the evaluation
 window, 1-4, 5+) and by user (returning: with interactions before the window's end; new: without).
 Writes benchmarks/results/windows.{json,md,png}.
+
+`--dataset epinions`: Epinions (296,277 items, most rated once: a catalogue whose items keep arriving),
+time as 11 periods; window 0 is periods 1-7 (the time split's cut at 8), evaluated on period 8, then one
+window per period (9, 10, 11). Category clusters. Besides scratch and warm (whose vocabulary is the whole
+item table, `item_vocabulary catalogue`), two warm chains whose vocabulary is what was trained on:
+`warm_trained` (`item_vocabulary trained`: the vocabulary grows, an item first rated in window t gets its
+row, at its cluster's mean, in window t's model) and `warm_base` (`item_vocabulary base`: frozen at window 0's
+trained items, every later item on the shared unknown-item row: the out-of-vocabulary baseline). Both chains
+start from one window-0 model trained from scratch with `item_vocabulary trained`. Writes
+benchmarks/results/windows_epinions.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -36,6 +46,8 @@ from llm_hardneg.components.example_gen import ExampleGenConfig, core, run_examp
 from llm_hardneg.components.trainer import TrainerConfig, run_trainer
 
 KS = (10, 50, 100)
+EPINIONS_BOUNDS = (8, 9, 10, 11, 12)
+VOCABULARY_CHAINS = {"warm_trained": "trained", "warm_base": "base"}  # chain: its item_vocabulary
 
 
 def ml1m_timestamps(path: str) -> np.ndarray:
@@ -70,7 +82,7 @@ def train(config: TrainerConfig, examples_dir: str, clusters: str, tag: str, eva
             "queries_by_frequency": {g: v["queries"] for g, v in by.items()},
             "hr50_by_user": {g: v["hit_rate@50"] for g, v in metrics["by_user"].items()},
             "queries_by_user": {g: v["queries"] for g, v in metrics["by_user"].items()},
-            "warm_start": summary.get("warm_start")}
+            "warm_start": summary.get("warm_start"), "item_vocabulary": summary.get("item_vocabulary")}
 
 
 def main() -> None:
@@ -81,38 +93,57 @@ def main() -> None:
     parser.add_argument("--warm-epochs", type=int, default=3)
     parser.add_argument("--ml1m-dir", default=os.path.join(os.environ.get("DATA_ROOT", os.path.join("..", "shared",
                                                                                                     "data")), "ml-1m"))
+    parser.add_argument("--dataset", default="ml1m", choices=("ml1m", "epinions"))
+    parser.add_argument("--data-root", default=os.environ.get("DATA_ROOT", os.path.join("..", "shared", "data")))
     args = parser.parse_args()
-    base = ExampleGenConfig.movielens(args.ml1m_dir)
-    bounds = core.window_bounds(ml1m_timestamps(base.interactions), args.windows, args.first_fraction)
-    print(f"[windows] bounds {bounds}", flush=True)
-    _, clusters = prepare("ml1m", base)  # LLM clusters of the catalogue (the same items in every window)
+    if args.dataset == "ml1m":
+        base = ExampleGenConfig.movielens(args.ml1m_dir)
+        bounds = core.window_bounds(ml1m_timestamps(base.interactions), args.windows, args.first_fraction)
+        _, clusters = prepare("ml1m", base)  # LLM clusters of the catalogue (the same items in every window)
+        trainer, chains, name = TrainerConfig(), {}, "windows"
+    else:
+        data = os.path.join(os.path.abspath(args.data_root), "epinions-2012")
+        base = ExampleGenConfig(source="generic", interactions=os.path.join(data, "interactions.csv.gz"),
+                                items=os.path.join(data, "items.csv.gz"), split="time")
+        bounds = list(EPINIONS_BOUNDS)  # periods 1-11: window 0 ends at the time split's cut (8), then one a period
+        args.windows = len(bounds) - 1
+        _, clusters = prepare("epinions_time", base)  # the catalogue's 27 categories
+        trainer, chains, name = TrainerConfig(cluster_source="category"), VOCABULARY_CHAINS, "windows_epinions"
+    print(f"[windows] {args.dataset}: bounds {bounds}", flush=True)
     runs = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        previous = None
+        previous = {"warm": None, **{chain: None for chain in chains}}
         for t in range(args.windows):  # the model trained through window t, evaluated on window t + 1
             cut, end = bounds[t], bounds[t + 1]
-            scratch_examples = examples(f"scratch_{t}", dataclasses.replace(base, cut_timestamp=cut, window_end=end))
-            scratch = train(TrainerConfig(seed=seed), scratch_examples, clusters, f"windows-scratch-{t}-{seed}",
-                            scratch_examples)
+            scratch_examples = examples(f"{args.dataset}_scratch_{t}", dataclasses.replace(
+                base, cut_timestamp=cut, window_end=end))
+            scratch = train(dataclasses.replace(trainer, seed=seed), scratch_examples, clusters,
+                            f"{name}-scratch-{t}-{seed}", scratch_examples)
             row = {"seed": seed, "window": t, "train_until": cut, "eval_until": end, "scratch": scratch}
-            if previous is None:
-                row["warm"], previous = scratch, scratch["model_dir"]
+            if t == 0:
+                row["warm"], previous["warm"] = scratch, scratch["model_dir"]
+                if chains:  # one window-0 model of the trained items starts both vocabulary chains
+                    first = train(dataclasses.replace(trainer, seed=seed, item_vocabulary="trained"),
+                                  scratch_examples, clusters, f"{name}-scratch_trained-{t}-{seed}", scratch_examples)
+                    for chain in chains:
+                        row[chain], previous[chain] = first, first["model_dir"]
             else:
-                warm_examples = examples(f"warm_{t}", dataclasses.replace(
+                warm_examples = examples(f"{args.dataset}_warm_{t}", dataclasses.replace(
                     base, window_start=bounds[t - 1], cut_timestamp=cut, window_end=end))
-                config = TrainerConfig(seed=seed, epochs=args.warm_epochs, warm_start_from=previous)
-                row["warm"] = train(config, warm_examples, clusters, f"windows-warm{args.warm_epochs}-{t}-{seed}",
-                                    scratch_examples)
-                previous = row["warm"]["model_dir"]
-            print(f"[windows] seed {seed} window {t}: HR@50 scratch {row['scratch']['hr50']:.4f} "
-                  f"({row['scratch']['train_seconds']:.0f}s) warm {row['warm']['hr50']:.4f} "
-                  f"({row['warm']['train_seconds']:.0f}s)", flush=True)
+                for chain, vocabulary in {"warm": "catalogue", **chains}.items():
+                    config = dataclasses.replace(trainer, seed=seed, epochs=args.warm_epochs,
+                                                 warm_start_from=previous[chain], item_vocabulary=vocabulary)
+                    row[chain] = train(config, warm_examples, clusters,
+                                       f"{name}-{chain}{args.warm_epochs}-{t}-{seed}", scratch_examples)
+                    previous[chain] = row[chain]["model_dir"]
+            print(f"[windows] seed {seed} window {t}: HR@50 " + ", ".join(
+                f"{m} {row[m]['hr50']:.4f} ({row[m]['train_seconds']:.0f}s)" for m in ("scratch", "warm", *chains)),
+                flush=True)
             runs.append(row)
-    result = {"dataset": "ml1m", "bounds": bounds, "windows": args.windows, "first_fraction": args.first_fraction,
-              "warm_epochs": args.warm_epochs, "runs": runs}
-    write_results("windows", result, markdown(result))
-    plot(result)
-
+    result = {"dataset": args.dataset, "bounds": bounds, "windows": args.windows, "first_fraction": args.first_fraction,
+              "warm_epochs": args.warm_epochs, "chains": list(chains), "runs": runs}
+    write_results(name, result, markdown(result))
+    plot(result, name)
 
 def _mean(rows: list[dict], path: tuple) -> float:
     values = []
@@ -124,9 +155,14 @@ def _mean(rows: list[dict], path: tuple) -> float:
 
 
 def markdown(result: dict) -> str:
-    lines = [f"Continuous training on ML-1M (`python -m benchmarks.windows`): the first "
-             f"{result['first_fraction']:.0%} of the interactions, then {result['windows']} windows of equal "
-             "interaction counts; the model trained through window t is evaluated on window t + 1 over the "
+    if result.get("dataset", "ml1m") == "ml1m":
+        intro = (f"Continuous training on ML-1M (`python -m benchmarks.windows`): the first "
+                 f"{result['first_fraction']:.0%} of the interactions, then {result['windows']} windows of equal "
+                 "interaction counts")
+    else:
+        intro = ("Continuous training on Epinions (`python -m benchmarks.windows --dataset epinions`): periods 1-7, "
+                 f"then one window a period (bounds {result['bounds']})")
+    lines = [intro + "; the model trained through window t is evaluated on window t + 1 over the "
              "full catalogue. scratch: 3 epochs on all data so far; warm: "
              f"{result['warm_epochs']} epochs on window t only, warm-started from window t - 1 (window 0 is the "
              "scratch model). HR@50 by the target's training examples in all data so far: 0 (new item) / 1-4 / "
@@ -148,10 +184,26 @@ def markdown(result: dict) -> str:
         lines.append(f"| {t} | {rows[0]['train_until']} | {queries:,} ({new['new']:,})"
                      f" | {s:.4f} | {w:.4f} | {w / s:.3f} | {by['scratch']} | {by['warm']} | {users['scratch']} | "
                      f"{users['warm']} | {st:,.0f} | {wt:,.0f} | {wt / st:.2f} |")
+    if result.get("chains"):
+        lines += ["", "Item vocabulary (`--trainer.item_vocabulary`): catalogue = every item of the table has a row "
+                  "from the start (scratch, warm); trained = the items trained on so far, growing (warm_trained); base "
+                  "= window 0's trained items, frozen, later items on the unknown-item row (warm_base).", "",
+                  "| window | model | item vocabulary | items with rows (new to the base) | HR@10 | HR@50 | "
+                  "HR@50 0 / 1-4 / 5+ | train (s) |", "|---|---|---|---|---|---|---|---|"]
+        for t in range(result["windows"]):
+            rows = [r for r in result["runs"] if r["window"] == t]
+            for m in ("scratch", "warm", *result["chains"]):
+                vocabulary = rows[0][m].get("item_vocabulary") or {"kind": "catalogue"}
+                size = (f"{vocabulary['items']:,}" + (f" ({vocabulary['new_items']:,})" if "new_items" in vocabulary
+                                                      else "")) if "items" in vocabulary else "all"
+                groups = rows[0][m]["hr50_by_frequency"].keys()
+                by = " / ".join(f"{_mean(rows, (m, 'hr50_by_frequency', g)):.4f}" for g in groups)
+                lines.append(f"| {t} | {m} | {vocabulary['kind']} | {size} | {_mean(rows, (m, 'hr10')):.4f} | "
+                             f"{_mean(rows, (m, 'hr50')):.4f} | {by} | {_mean(rows, (m, 'train_seconds')):,.0f} |")
     return "\n".join(lines) + "\n"
 
 
-def plot(result: dict) -> None:
+def plot(result: dict, name: str = "windows") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -159,7 +211,8 @@ def plot(result: dict) -> None:
 
     windows = list(range(result["windows"]))
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    for mode, colour in (("scratch", "tab:blue"), ("warm", "tab:red")):
+    colours = ("tab:blue", "tab:red", "tab:green", "tab:grey")
+    for mode, colour in zip(("scratch", "warm", *result.get("chains", [])), colours):
         rows = [[r for r in result["runs"] if r["window"] == t] for t in windows]
         a.plot(windows, [_mean(r, (mode, "hr50")) for r in rows], marker="o", color=colour, label=mode)
         b.plot(windows, [_mean(r, (mode, "train_seconds")) for r in rows], marker="o", color=colour, label=mode)
@@ -169,7 +222,7 @@ def plot(result: dict) -> None:
         ax.set_xticks(windows)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(RESULTS, "windows.png"), dpi=120)
+    fig.savefig(os.path.join(RESULTS, f"{name}.png"), dpi=120)
     plt.close(fig)
 
 

@@ -5,13 +5,14 @@ import json
 import os
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import tensorflow as tf
 
 from llm_hardneg.components.trainer import run_trainer
 from llm_hardneg.components.trainer.data import ItemCatalogue, load_catalogue
 from llm_hardneg.components.trainer.model import TwoTowerModel
-from llm_hardneg.components.trainer.warm_start import grown_users, warm_start
+from llm_hardneg.components.trainer.warm_start import grown_users, item_vocabulary, warm_start
 from tests.test_trainer import tiny_config
 
 
@@ -113,3 +114,73 @@ def test_the_user_vocabulary_grows_and_a_user_absent_from_the_window_keeps_their
     absent = old_users[1]  # not among this window's users
     np.testing.assert_array_equal(rows[1 + grown.index(absent)], old_rows[1 + old_users.index(absent)])
     assert grown_users(str(os.path.dirname(out)), window) == window  # a base without a user vocabulary
+
+
+def test_item_vocabulary_catalogue_trained_grown_and_frozen(base_run, examples_dir, clusters_dir):
+    """'catalogue' keeps every item; 'trained' the items with training examples, plus the base's when
+    warm-started (the vocabulary grows); 'base' exactly the base's items; clusters and counts stay aligned."""
+    config, out = base_run
+    table = load_catalogue(os.path.join(examples_dir, "items"), os.path.join(clusters_dir, "llm"))
+    base_items = set(open(os.path.join(out, "vocabulary", "items.txt")).read().split())
+    counts = table.train_counts.copy()
+    counts[::3] = 0  # a third of the items without training examples in this window
+    extra = np.array(["zz_new_a", "zz_new_b", "zz_unseen"])  # two new with examples, one never trained on
+    ids = np.concatenate([table.item_ids, extra])
+    order = np.argsort(ids)
+    catalogue = ItemCatalogue(ids[order], np.concatenate([table.cluster_ids, [0, 1, 2]])[order],
+                              np.concatenate([counts, [4, 1, 0]])[order], table.num_clusters)
+
+    same, report = item_vocabulary(catalogue, dataclasses.replace(config, item_vocabulary="catalogue"))
+    assert same is catalogue and report["items"] == len(ids) and report["outside"] == 0
+
+    trained, report = item_vocabulary(catalogue, dataclasses.replace(config, item_vocabulary="trained"))
+    assert set(trained.item_ids) == {i for i, c in zip(catalogue.item_ids, catalogue.train_counts) if c > 0}
+    assert report["outside"] == len(ids) - len(trained.item_ids) > 0
+
+    warm = dataclasses.replace(config, item_vocabulary="trained", warm_start_from=out)
+    grown, report = item_vocabulary(catalogue, warm)
+    assert set(grown.item_ids) == base_items | {"zz_new_a", "zz_new_b"}
+    assert report["new_items"] == 2 and report["outside"] == 1  # zz_unseen: no examples, not in the base
+    assert list(grown.item_ids) == sorted(grown.item_ids)
+    position = {item: i for i, item in enumerate(catalogue.item_ids)}
+    for item, cluster, count in zip(grown.item_ids, grown.cluster_ids, grown.train_counts):
+        assert catalogue.cluster_ids[position[item]] == cluster and catalogue.train_counts[position[item]] == count
+
+    frozen, report = item_vocabulary(catalogue, dataclasses.replace(warm, item_vocabulary="base"))
+    assert set(frozen.item_ids) == base_items and report["new_items"] == 0 and report["outside"] == 3
+    with pytest.raises(ValueError, match="needs warm_start_from"):
+        item_vocabulary(catalogue, dataclasses.replace(config, item_vocabulary="base"))
+    with pytest.raises(ValueError, match="item_vocabulary must be one of"):
+        dataclasses.replace(config, item_vocabulary="everything")
+
+
+def test_a_frozen_vocabulary_trains_later_items_on_the_unknown_row_and_a_trained_one_grows(examples_dir, clusters_dir,
+                                                                                          tmp_path):
+    """Window 0 knows only its trained items; 'base' keeps exactly those rows while the window's examples
+    name items outside them (they train the unknown-item row); 'trained' gives those items their rows."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    early = str(tmp_path / "early")  # the same examples, a third of the items not trained on "yet"
+    shutil.copytree(examples_dir, early)
+    (path,) = [os.path.join(early, "items", f) for f in os.listdir(os.path.join(early, "items"))
+               if f.endswith(".parquet")]
+    table = pq.read_table(path)
+    counts = table.column("train_count").to_numpy().copy()
+    later = {str(i) for i in table.column("item_id").to_pylist()[::3]}
+    counts[::3] = 0
+    pq.write_table(table.set_column(table.schema.get_field_index("train_count"), "train_count",
+                                    pa.array(counts, pa.int64())), path)
+    first = run_trainer(tiny_config(epochs=1, item_vocabulary="trained"), early, clusters_dir, str(tmp_path / "w0"))
+    first_items = open(tmp_path / "w0" / "vocabulary" / "items.txt").read().split()
+    assert first["item_vocabulary"]["outside"] == len(later) and not later & set(first_items)
+
+    frozen = run_trainer(tiny_config(epochs=1, item_vocabulary="base", warm_start_from=str(tmp_path / "w0")),
+                         examples_dir, clusters_dir, str(tmp_path / "frozen"))
+    assert open(tmp_path / "frozen" / "vocabulary" / "items.txt").read().split() == first_items
+    assert frozen["item_vocabulary"]["outside"] == len(later) and np.isfinite(frozen["final_metrics"]["loss"])
+    grown = run_trainer(tiny_config(epochs=1, item_vocabulary="trained", warm_start_from=str(tmp_path / "w0")),
+                        examples_dir, clusters_dir, str(tmp_path / "grown"))
+    assert set(open(tmp_path / "grown" / "vocabulary" / "items.txt").read().split()) == set(first_items) | later
+    assert grown["warm_start"]["items_new"] == grown["item_vocabulary"]["new_items"] == len(later)

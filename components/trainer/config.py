@@ -13,6 +13,7 @@ QUERY_TOWERS = ("pooled", "transformer")  # see model.QueryTower and model.Trans
 CANDIDATE_TOWERS = ("mlp", "embedding")  # see model.CandidateTower
 SIMILARITIES = ("cosine", "dot")
 CLUSTER_SOURCES = ("llm", "category", "behavioural")  # tables of item_clusterer's output
+ITEM_VOCABULARIES = ("catalogue", "trained", "base")  # which items get rows (warm_start.item_vocabulary)
 LOGQ_CORRECTIONS = ("mixture", "in_batch", "none")  # see losses.py
 OPTIMIZERS = ("lazy_adam", "adam")  # see optimizer.py
 DISTRIBUTE = ("none", "mirrored", "multi_worker")  # see distribute.py
@@ -124,6 +125,14 @@ class TrainerConfig:
       row, new users at the mean user row, other weights as they are, the optimizer reset. Its towers must
       have this run's shape (embedding_dim, tower kinds, history, clusters), or the run stops naming the
       mismatch. Ignored when the output directory holds checkpoints (the run resumes from those).
+    item_vocabulary: which items of the item table get an embedding row (and pool slots). 'catalogue'
+      (default): every item, also those without training examples yet (a catalogue feed that runs
+      ahead of interactions). 'trained': the items with training examples in this run and, warm-started,
+      the base's items: the vocabulary grows window by window as the user vocabulary does, a new item
+      gets its row (at its cluster's mean) in the first model trained on it. 'base' (warm start only):
+      the base's items, frozen: an item new since then falls back to the shared unknown-item row (the
+      out-of-vocabulary baseline that 'trained' is measured against). An item outside the vocabulary
+      is still scored in evaluation and serving, with the unknown-item row and the unknown cluster.
     checkpoint_every_steps, checkpoint_every_minutes: also write a checkpoint inside an epoch every
       N steps and/or M minutes (0 = at epoch ends only). A restarted run resumes at the step of the
       last checkpoint (model, optimizer, pool, random state, input position): a preempted worker
@@ -172,12 +181,15 @@ class TrainerConfig:
     seed: int = 0
     log_every_steps: int = 100
     warm_start_from: str = ""
+    item_vocabulary: str = "catalogue"
     checkpoint_every_steps: int = 0
     checkpoint_every_minutes: float = 0.0
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.item_vocabulary not in ITEM_VOCABULARIES:
+            raise ValueError(f"item_vocabulary must be one of {ITEM_VOCABULARIES}, got {self.item_vocabulary!r}")
         if self.cluster_source not in CLUSTER_SOURCES:
             raise ValueError(f"cluster_source must be one of {CLUSTER_SOURCES}, got {self.cluster_source!r}")
         for name in ("embedding_dim", "batch_size", "epochs", "history_length", "log_every_steps"):

@@ -292,7 +292,11 @@ class TwoTowerModel(tf_keras.Model):
         self.pool = None
         if config.uses_pool:
             slots = config.slots_for(len(catalogue.item_ids), catalogue.num_clusters)
-            self.pool = ClusterPool(catalogue.num_clusters, slots, {"item_index": ((), "int64")},
+            # A vocabulary that leaves items out (item_vocabulary 'trained' or 'base') has training targets on
+            # the unknown-item row, whose cluster is the extra one, C: it gets a segment of its own (holding only
+            # that row, so such an example's cluster draws find nothing but its own positive, which is masked)
+            segments = catalogue.num_clusters + (config.item_vocabulary != "catalogue")
+            self.pool = ClusterPool(segments, slots, {"item_index": ((), "int64")},
                                     sampling=config.pool_sampling, seed=config.seed, key_feature="item_index",
                                     name="pool")
         # negative_embeddings 'cached': pool draws read their rows here instead of through the tower

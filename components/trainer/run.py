@@ -31,7 +31,7 @@ from llm_hardneg.components.trainer.distribute import (
 )
 from llm_hardneg.components.trainer.model import CandidateTower, TwoTowerModel
 from llm_hardneg.components.trainer.optimizer import make_optimizer
-from llm_hardneg.components.trainer.warm_start import grown_users, warm_start, write_vocabulary
+from llm_hardneg.components.trainer.warm_start import grown_users, item_vocabulary, warm_start, write_vocabulary
 
 
 class _Progress(tf_keras.callbacks.Callback):
@@ -142,7 +142,7 @@ ADDED_FIELDS = {"mask_user_positives": False, "optimizer": "adam", "user_id_buck
                 "query_tower": "pooled", "transformer_blocks": 2, "transformer_heads": 1, "transformer_dropout": 0.2,
                 "sequence_training": False, "sequence_batch_size": 64, "candidate_tower": "mlp",
                 "similarity": "cosine", "negative_embeddings": "recompute", "cache_refresh_rows": 1024,
-                "warm_start_from": ""}
+                "warm_start_from": "", "item_vocabulary": "catalogue"}
 
 
 SHARING_WORDS = {"shared": "shared by each step", "per_cluster": "per example, shared by the examples of a cluster",
@@ -203,6 +203,7 @@ def _train(config: TrainerConfig, strategy: tf.distribute.Strategy, examples_dir
     tf_keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     catalogue = load_catalogue(os.path.join(examples_dir, "items"), os.path.join(clusters_dir, config.cluster_source))
+    catalogue, vocabulary = item_vocabulary(catalogue, config)
     users_path = os.path.join(examples_dir, "users.txt")
     # hashed ids and the transformer tower (no user embedding) need no vocabulary
     users = None if config.user_id_buckets or config.query_tower == "transformer" else fileio.read_lines(users_path)
@@ -321,6 +322,7 @@ def _train(config: TrainerConfig, strategy: tf.distribute.Strategy, examples_dir
         },
         "final_metrics": {k: float(v.result()) for k, v in model.trackers.items()},
         "warm_start": warm,
+        "item_vocabulary": vocabulary,
     }
     with open(os.path.join(write_dir, "train_summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)

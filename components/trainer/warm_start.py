@@ -50,6 +50,35 @@ def grown_users(base_dir: str, users: list[str]) -> list[str]:
     return sorted(set(users).union(fileio.read_lines(path))) if fileio.exists(path) else users
 
 
+def item_vocabulary(catalogue: ItemCatalogue, config: TrainerConfig) -> tuple[ItemCatalogue, dict]:
+    """The items of `catalogue` that get rows under `config.item_vocabulary` (see TrainerConfig), and a
+    report: how many of the table's items, how many new to the base, how many left to the unknown row."""
+    total = len(catalogue.item_ids)
+    report = {"kind": config.item_vocabulary, "catalogue_items": total}
+    if config.item_vocabulary == "catalogue":
+        return catalogue, {**report, "items": total, "outside": 0}
+    if config.item_vocabulary == "base" and not config.warm_start_from:
+        raise ValueError("item_vocabulary 'base' keeps a base model's items: it needs warm_start_from (or --base-model)")
+    keep = catalogue.train_counts > 0 if config.item_vocabulary == "trained" else np.zeros(total, bool)
+    if config.warm_start_from:
+        path = fileio.join(config.warm_start_from, VOCABULARY, "items.txt")
+        if not fileio.exists(path):
+            raise ValueError(f"--trainer.warm_start_from {config.warm_start_from!r}: no {VOCABULARY}/items.txt")
+        in_base = np.isin(catalogue.item_ids, np.asarray(fileio.read_lines(path), dtype=object).astype(str))
+        report["new_items"] = int((keep & ~in_base).sum())
+        keep |= in_base
+    if not keep.any():
+        raise ValueError(f"item_vocabulary {config.item_vocabulary!r}: none of the {total:,} items of the item "
+                         "table has training examples" + (" or a row in the base" if config.warm_start_from else ""))
+    selected = ItemCatalogue(catalogue.item_ids[keep], catalogue.cluster_ids[keep], catalogue.train_counts[keep],
+                             catalogue.num_clusters)
+    report.update(items=int(keep.sum()), outside=int(total - keep.sum()))
+    print(f"[trainer] item vocabulary {config.item_vocabulary!r}: {report['items']:,} of {total:,} items get rows"
+          + (f" ({report['new_items']:,} new to the base)" if "new_items" in report else "")
+          + f"; {report['outside']:,} fall back to the unknown-item row", flush=True)
+    return selected, report
+
+
 def _base(base_dir: str, config: TrainerConfig, num_clusters: int) -> tuple[dict, str]:
     """The base run's summary and last checkpoint, after checking that its towers fit this config."""
     summary_path = fileio.join(base_dir, "train_summary.json")
