@@ -47,7 +47,7 @@ from llm_hardneg.components.trainer import TrainerConfig, run_trainer
 
 KS = (10, 50, 100)
 EPINIONS_BOUNDS = (8, 9, 10, 11, 12)
-VOCABULARY_CHAINS = {"warm_trained": "trained", "warm_base": "base"}  # chain: its item_vocabulary
+VOCABULARY_CHAINS = {"warm_trained": {"item_vocabulary": "trained"}, "warm_base": {"item_vocabulary": "base"}}
 
 
 def ml1m_timestamps(path: str) -> np.ndarray:
@@ -82,7 +82,8 @@ def train(config: TrainerConfig, examples_dir: str, clusters: str, tag: str, eva
             "queries_by_frequency": {g: v["queries"] for g, v in by.items()},
             "hr50_by_user": {g: v["hit_rate@50"] for g, v in metrics["by_user"].items()},
             "queries_by_user": {g: v["queries"] for g, v in metrics["by_user"].items()},
-            "warm_start": summary.get("warm_start"), "item_vocabulary": summary.get("item_vocabulary")}
+            "warm_start": summary.get("warm_start"), "item_vocabulary": summary.get("item_vocabulary"),
+            "pool_new_item_share": (summary.get("pool") or {}).get("new_item_share")}
 
 
 def main() -> None:
@@ -94,13 +95,16 @@ def main() -> None:
     parser.add_argument("--ml1m-dir", default=os.path.join(os.environ.get("DATA_ROOT", os.path.join("..", "shared",
                                                                                                     "data")), "ml-1m"))
     parser.add_argument("--dataset", default="ml1m", choices=("ml1m", "epinions"))
+    parser.add_argument("--replay-windows", type=int, default=0,
+                        help="ml1m: also a warm chain that trains window t with the K windows before it (replay)")
     parser.add_argument("--data-root", default=os.environ.get("DATA_ROOT", os.path.join("..", "shared", "data")))
     args = parser.parse_args()
     if args.dataset == "ml1m":
         base = ExampleGenConfig.movielens(args.ml1m_dir)
         bounds = core.window_bounds(ml1m_timestamps(base.interactions), args.windows, args.first_fraction)
         _, clusters = prepare("ml1m", base)  # LLM clusters of the catalogue (the same items in every window)
-        trainer, chains, name = TrainerConfig(), {}, "windows"
+        trainer, name, prefix = TrainerConfig(), "windows", ""
+        chains = {f"warm_replay{args.replay_windows}": {"replay": args.replay_windows}} if args.replay_windows else {}
     else:
         data = os.path.join(os.path.abspath(args.data_root), "epinions-2012")
         base = ExampleGenConfig(source="generic", interactions=os.path.join(data, "interactions.csv.gz"),
@@ -109,32 +113,43 @@ def main() -> None:
         args.windows = len(bounds) - 1
         _, clusters = prepare("epinions_time", base)  # the catalogue's 27 categories
         trainer, chains, name = TrainerConfig(cluster_source="category"), VOCABULARY_CHAINS, "windows_epinions"
+        prefix = "epinions_"
     print(f"[windows] {args.dataset}: bounds {bounds}", flush=True)
     runs = []
     for seed in (int(s) for s in args.seeds.split(",")):
         previous = {"warm": None, **{chain: None for chain in chains}}
         for t in range(args.windows):  # the model trained through window t, evaluated on window t + 1
             cut, end = bounds[t], bounds[t + 1]
-            scratch_examples = examples(f"{args.dataset}_scratch_{t}", dataclasses.replace(
+            scratch_examples = examples(f"{prefix}scratch_{t}", dataclasses.replace(
                 base, cut_timestamp=cut, window_end=end))
             scratch = train(dataclasses.replace(trainer, seed=seed), scratch_examples, clusters,
                             f"{name}-scratch-{t}-{seed}", scratch_examples)
             row = {"seed": seed, "window": t, "train_until": cut, "eval_until": end, "scratch": scratch}
             if t == 0:
                 row["warm"], previous["warm"] = scratch, scratch["model_dir"]
-                if chains:  # one window-0 model of the trained items starts both vocabulary chains
-                    first = train(dataclasses.replace(trainer, seed=seed, item_vocabulary="trained"),
-                                  scratch_examples, clusters, f"{name}-scratch_trained-{t}-{seed}", scratch_examples)
-                    for chain in chains:
-                        row[chain], previous[chain] = first, first["model_dir"]
+                for chain, spec in chains.items():  # one window-0 model of the trained items starts both
+                    first = scratch  # vocabulary chains; the others start from the scratch model
+                    if spec.get("item_vocabulary", "catalogue") != "catalogue":
+                        first = train(dataclasses.replace(trainer, seed=seed, item_vocabulary="trained"),
+                                      scratch_examples, clusters, f"{name}-scratch_trained-{t}-{seed}",
+                                      scratch_examples)
+                    row[chain], previous[chain] = first, first["model_dir"]
             else:
-                warm_examples = examples(f"{args.dataset}_warm_{t}", dataclasses.replace(
+                warm_examples = examples(f"{prefix}warm_{t}", dataclasses.replace(
                     base, window_start=bounds[t - 1], cut_timestamp=cut, window_end=end))
-                for chain, vocabulary in {"warm": "catalogue", **chains}.items():
+                for chain, spec in {"warm": {}, **chains}.items():
                     config = dataclasses.replace(trainer, seed=seed, epochs=args.warm_epochs,
-                                                 warm_start_from=previous[chain], item_vocabulary=vocabulary)
-                    row[chain] = train(config, warm_examples, clusters,
-                                       f"{name}-{chain}{args.warm_epochs}-{t}-{seed}", scratch_examples)
+                                                 warm_start_from=previous[chain],
+                                                 item_vocabulary=spec.get("item_vocabulary", "catalogue"))
+                    data = warm_examples
+                    if spec.get("replay") and t - 1 - spec["replay"] < 0:  # no K whole windows before yet
+                        row[chain], previous[chain] = row["warm"], row["warm"]["model_dir"]
+                        continue
+                    if spec.get("replay"):  # also the K windows before
+                        data = examples(f"{prefix}replay{spec['replay']}_{t}", dataclasses.replace(
+                            base, window_start=bounds[t - 1 - spec["replay"]], cut_timestamp=cut, window_end=end))
+                    row[chain] = train(config, data, clusters, f"{name}-{chain}{args.warm_epochs}-{t}-{seed}",
+                                       scratch_examples)
                     previous[chain] = row[chain]["model_dir"]
             print(f"[windows] seed {seed} window {t}: HR@50 " + ", ".join(
                 f"{m} {row[m]['hr50']:.4f} ({row[m]['train_seconds']:.0f}s)" for m in ("scratch", "warm", *chains)),
@@ -187,9 +202,11 @@ def markdown(result: dict) -> str:
     if result.get("chains"):
         lines += ["", "Item vocabulary (`--trainer.item_vocabulary`): catalogue = every item of the table has a row "
                   "from the start (scratch, warm); trained = the items trained on so far, growing (warm_trained); base "
-                  "= window 0's trained items, frozen, later items on the unknown-item row (warm_base).", "",
-                  "| window | model | item vocabulary | items with rows (new to the base) | HR@10 | HR@50 | "
-                  "HR@50 0 / 1-4 / 5+ | train (s) |", "|---|---|---|---|---|---|---|---|"]
+                  "= window 0's trained items, frozen, later items on the unknown-item row (warm_base). warm_replayK: "
+                  "warm-started like warm, trained on window t and the K windows before it (window t's own "
+                  "model where fewer precede it).", "",
+                  "| window | model | item vocabulary | items with rows (new to the base) | pool's share of new items "
+                  "| HR@10 | HR@50 | HR@50 0 / 1-4 / 5+ | train (s) |", "|---|---|---|---|---|---|---|---|---|"]
         for t in range(result["windows"]):
             rows = [r for r in result["runs"] if r["window"] == t]
             for m in ("scratch", "warm", *result["chains"]):
@@ -198,8 +215,11 @@ def markdown(result: dict) -> str:
                                                       else "")) if "items" in vocabulary else "all"
                 groups = rows[0][m]["hr50_by_frequency"].keys()
                 by = " / ".join(f"{_mean(rows, (m, 'hr50_by_frequency', g)):.4f}" for g in groups)
-                lines.append(f"| {t} | {m} | {vocabulary['kind']} | {size} | {_mean(rows, (m, 'hr10')):.4f} | "
-                             f"{_mean(rows, (m, 'hr50')):.4f} | {by} | {_mean(rows, (m, 'train_seconds')):,.0f} |")
+                share = rows[0][m].get("pool_new_item_share")
+                share = "-" if share is None else f"{share:.3f}"
+                lines.append(f"| {t} | {m} | {vocabulary['kind']} | {size} | {share} | "
+                             f"{_mean(rows, (m, 'hr10')):.4f} | {_mean(rows, (m, 'hr50')):.4f} | {by} | "
+                             f"{_mean(rows, (m, 'train_seconds')):,.0f} |")
     return "\n".join(lines) + "\n"
 
 

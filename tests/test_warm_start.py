@@ -12,7 +12,7 @@ import tensorflow as tf
 from llm_hardneg.components.trainer import run_trainer
 from llm_hardneg.components.trainer.data import ItemCatalogue, load_catalogue
 from llm_hardneg.components.trainer.model import TwoTowerModel
-from llm_hardneg.components.trainer.warm_start import grown_users, item_vocabulary, warm_start
+from llm_hardneg.components.trainer.warm_start import grown_users, item_vocabulary, pool_new_item_share, warm_start
 from tests.test_trainer import tiny_config
 
 
@@ -184,3 +184,14 @@ def test_a_frozen_vocabulary_trains_later_items_on_the_unknown_row_and_a_trained
                         examples_dir, clusters_dir, str(tmp_path / "grown"))
     assert set(open(tmp_path / "grown" / "vocabulary" / "items.txt").read().split()) == set(first_items) | later
     assert grown["warm_start"]["items_new"] == grown["item_vocabulary"]["new_items"] == len(later)
+    # the new items entered the pool (preloaded at step 1, then written as the window's positives)
+    assert frozen["pool"]["new_item_share"] == 0.0 < grown["pool"]["new_item_share"] < 1.0
+
+
+def test_pool_new_item_share_counts_filled_slots_only():
+    class Pool:  # the two variables the share reads
+        stored = {"item_index": tf.Variable([2, 3, 4, 3, 1, 0], dtype=tf.int64)}
+        valid = tf.Variable([True, True, True, True, True, False])
+
+    is_new = np.array([False, True, False])  # catalogue positions 0, 1, 2 = vocabulary rows 2, 3, 4
+    assert pool_new_item_share(Pool(), is_new) == pytest.approx(2 / 5)  # rows 3, 3 of 2, 3, 4, 3, 1 (unknown)

@@ -31,7 +31,14 @@ from llm_hardneg.components.trainer.distribute import (
 )
 from llm_hardneg.components.trainer.model import CandidateTower, TwoTowerModel
 from llm_hardneg.components.trainer.optimizer import make_optimizer
-from llm_hardneg.components.trainer.warm_start import grown_users, item_vocabulary, warm_start, write_vocabulary
+from llm_hardneg.components.trainer.warm_start import (
+    grown_users,
+    item_vocabulary,
+    new_items,
+    pool_new_item_share,
+    warm_start,
+    write_vocabulary,
+)
 
 
 class _Progress(tf_keras.callbacks.Callback):
@@ -319,6 +326,10 @@ def _train(config: TrainerConfig, strategy: tf.distribute.Strategy, examples_dir
         "pool": None if model.pool is None else {
             "clusters": model.pool.num_clusters, "slots_per_cluster": model.pool.slots_per_cluster,
             "fill_rate": float(model.pool.fill_rate()),
+            # warm-started: how much of the pool the items new to the base hold at the end (they enter at step 1)
+            **({"new_item_share": pool_new_item_share(model.pool, new_items(config.warm_start_from,
+                                                                            catalogue.item_ids))}
+               if config.warm_start_from else {}),
         },
         "final_metrics": {k: float(v.result()) for k, v in model.trackers.items()},
         "warm_start": warm,

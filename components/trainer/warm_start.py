@@ -50,6 +50,23 @@ def grown_users(base_dir: str, users: list[str]) -> list[str]:
     return sorted(set(users).union(fileio.read_lines(path))) if fileio.exists(path) else users
 
 
+def new_items(base_dir: str, item_ids: np.ndarray) -> np.ndarray:
+    """[V] bool: which of `item_ids` have no row in the base run `base_dir` (its vocabulary/items.txt)."""
+    path = fileio.join(base_dir, VOCABULARY, "items.txt")
+    if not fileio.exists(path):
+        raise ValueError(f"--trainer.warm_start_from {base_dir!r}: no {VOCABULARY}/items.txt")
+    return ~np.isin(item_ids, np.asarray(fileio.read_lines(path), dtype=object).astype(str))
+
+
+def pool_new_item_share(pool, is_new: np.ndarray) -> float:
+    """Share of the pool's filled slots that hold an item new to the base: `is_new` [V] by catalogue
+    position (vocabulary index - 2); the padding and unknown rows count as not new."""
+    index = pool.stored["item_index"].numpy()[pool.valid.numpy()]
+    if not len(index):
+        return 0.0
+    return float(np.concatenate([[False, False], is_new])[index].mean())
+
+
 def item_vocabulary(catalogue: ItemCatalogue, config: TrainerConfig) -> tuple[ItemCatalogue, dict]:
     """The items of `catalogue` that get rows under `config.item_vocabulary` (see TrainerConfig), and a
     report: how many of the table's items, how many new to the base, how many left to the unknown row."""
@@ -58,13 +75,11 @@ def item_vocabulary(catalogue: ItemCatalogue, config: TrainerConfig) -> tuple[It
     if config.item_vocabulary == "catalogue":
         return catalogue, {**report, "items": total, "outside": 0}
     if config.item_vocabulary == "base" and not config.warm_start_from:
-        raise ValueError("item_vocabulary 'base' keeps a base model's items: it needs warm_start_from (or --base-model)")
+        raise ValueError("item_vocabulary 'base' keeps a base model's items: it needs warm_start_from "
+                         "(or --base-model)")
     keep = catalogue.train_counts > 0 if config.item_vocabulary == "trained" else np.zeros(total, bool)
     if config.warm_start_from:
-        path = fileio.join(config.warm_start_from, VOCABULARY, "items.txt")
-        if not fileio.exists(path):
-            raise ValueError(f"--trainer.warm_start_from {config.warm_start_from!r}: no {VOCABULARY}/items.txt")
-        in_base = np.isin(catalogue.item_ids, np.asarray(fileio.read_lines(path), dtype=object).astype(str))
+        in_base = ~new_items(config.warm_start_from, catalogue.item_ids)
         report["new_items"] = int((keep & ~in_base).sum())
         keep |= in_base
     if not keep.any():
