@@ -196,3 +196,98 @@ def test_sequence_training_names_what_it_needs(examples_dir, sequence_examples, 
                   "--trainer.history_length", "200", "--example_gen.history_length", "200",
                   "--example_gen.sequence_length", "200"])
     assert both.trainer.sequence_training and both.example_gen.sequence_length == 200
+
+
+MIRRORED_SEQUENCES = """
+import json, os, sys, numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import tf_keras
+from llm_hardneg.components.trainer import TrainerConfig
+from llm_hardneg.components.trainer.data import example_files, load_catalogue, make_dataset
+from llm_hardneg.components.trainer.distribute import epoch_batches
+from llm_hardneg.components.trainer.model import TwoTowerModel
+examples, clusters = sys.argv[1:3]
+files = example_files(examples, "train_sequences")
+catalogue = load_catalogue(os.path.join(examples, "items"), os.path.join(clusters, "llm"))
+base = dict(strategy="in_batch", query_tower="transformer", sequence_training=True, sequence_batch_size=9,
+            history_length=4, embedding_dim=8, transformer_dropout=0.0, shuffle_buffer=0)
+
+def build(config, strategy):
+    with strategy.scope():
+        model = TwoTowerModel(config, catalogue, None)
+        model.compile(optimizer=tf_keras.optimizers.SGD(0.05))
+        model.query_tower(tf.constant(["1"]), tf.constant([["3", "", "", ""]]))  # the variables, in the scope
+        model.candidate_tower(tf.constant([2], tf.int64))
+    return model
+
+single = build(TrainerConfig(**base), tf.distribute.get_strategy())
+start = single.get_weights()
+before = [w.numpy() for w in single.trainable_weights]
+single_loss = single.fit(make_dataset(files, 9, 4, sequences=True), steps_per_epoch=1, verbose=0).history["loss"][0]
+moved = max(float(np.abs(w.numpy() - b).max()) for w, b in zip(single.trainable_weights, before))
+report = {"single": single_loss, "moved": moved}
+mirrored = tf.distribute.MirroredStrategy()
+for flag in (True, False):
+    config = TrainerConfig(**base, distribute="mirrored", global_in_batch_negatives=flag)
+    model = build(config, mirrored)
+    model.set_weights(start)
+    loss = model.fit(epoch_batches(mirrored, files, config, seed=0, skip=0), steps_per_epoch=1,
+                     verbose=0).history["loss"][0]
+    difference = max(float(np.abs(a.numpy() - b.numpy()).max())
+                     for a, b in zip(model.trainable_weights, single.trainable_weights))
+    report[str(flag)] = {"loss": loss, "weight_difference": difference}
+print(json.dumps(report))
+"""
+MIRRORED_SEQUENCE_RUN = """
+import json, sys, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from llm_hardneg.components.trainer import TrainerConfig, run_trainer
+examples, clusters, out = sys.argv[1:4]
+config = TrainerConfig(strategy="cluster_oob", query_tower="transformer", sequence_training=True, sequence_batch_size=9,
+                       history_length=4, embedding_dim=8, shuffle_buffer=0, distribute="mirrored", epochs=1,
+                       num_negatives=4)
+summary = run_trainer(config, examples, clusters, out)
+print(json.dumps({"replicas": summary["replicas"], "loss": summary["final_metrics"]["loss"],
+                  "targets_per_step": summary["final_metrics"]["targets_per_step"]}))
+"""
+
+
+def test_sequence_training_under_two_replicas_trains_as_one_on_the_global_batch(sequence_examples, clusters_dir,
+                                                                                tmp_path):
+    """Two replicas, each on half of a batch of 9 sequence chunks (their target counts differ), with global
+    in-batch negatives: the loss and one SGD step equal one replica's on all 9 chunks; with per-replica
+    negatives they differ. A mirrored cluster_oob run trains end to end."""
+    import subprocess
+    import sys
+
+    outputs = []
+    for script in (MIRRORED_SEQUENCES, MIRRORED_SEQUENCE_RUN):  # one strategy per process
+        result = subprocess.run([sys.executable, "-c", script, sequence_examples, clusters_dir, str(tmp_path)],
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    report = {**outputs[0], "run": outputs[1]}
+    assert report["moved"] > 0.01
+    np.testing.assert_allclose(report["True"]["loss"], report["single"], rtol=1e-5)
+    assert report["True"]["weight_difference"] < 1e-5
+    assert abs(report["False"]["loss"] - report["single"]) > 1e-3
+    assert report["False"]["weight_difference"] > 0.01 * report["moved"]
+    assert report["run"]["replicas"] == 2 and np.isfinite(report["run"]["loss"])
+    assert report["run"]["targets_per_step"] > 9  # targets of the global batch (figures are global)
+
+
+def test_replica_slices_of_a_sequence_batch_hold_equal_chunk_counts(sequence_examples):
+    """A global batch of 9 chunks over 2 replicas: slices of 4 + 1 empty chunk and 5, the empty one holding no
+    item and no target; together the slices hold exactly the batch's chunks, in order."""
+    files = sorted(glob.glob(os.path.join(sequence_examples, "train_sequences", "*.tfrecord")))
+    whole = next(iter(make_dataset(files, 9, 4, sequences=True)))
+    parts = [next(iter(make_dataset(files, 9, 4, sequences=True, slices=(r,), num_slices=2))) for r in (0, 1)]
+    assert [len(p["user_id"]) for p in parts] == [5, 5]
+    empty = {k: v.numpy()[-1] for k, v in parts[0].items()}
+    assert empty["sequence_length"] == 0 and empty["user_id"] == b"" and (empty["sequence_item_ids"] == b"").all()
+    assert (parts[1]["sequence_length"].numpy() > 0).all()
+    for key in whole:
+        np.testing.assert_array_equal(np.concatenate([parts[0][key].numpy()[:4], parts[1][key].numpy()]),
+                                      whole[key].numpy())

@@ -238,11 +238,9 @@ class TrainerConfig:
             if self.query_tower != "transformer":
                 raise ValueError(f"sequence_training trains every position of a sequence with causal attention: it "
                                  f"needs query_tower 'transformer', got {self.query_tower!r}")
-            if self.mask_history_negatives or self.global_in_batch_negatives or self.distribute != "none":
-                raise ValueError("sequence_training does not support mask_history_negatives, "
-                                 "global_in_batch_negatives or a distribution strategy yet (got "
-                                 f"{self.mask_history_negatives}, {self.global_in_batch_negatives}, "
-                                 f"{self.distribute!r}): train on per-interaction examples for those")
+            if self.mask_history_negatives:
+                raise ValueError("sequence_training does not support mask_history_negatives yet (a target's history "
+                                 "is its chunk's earlier positions): train on per-interaction examples for it")
             if self.sequence_batch_size < 1:
                 raise ValueError(f"sequence_batch_size must be >= 1, got {self.sequence_batch_size}")
         if not 0.0 <= self.transformer_dropout < 1.0:

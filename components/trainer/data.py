@@ -109,6 +109,15 @@ def parse_sequences(serialized: tf.Tensor, window: int) -> dict[str, tf.Tensor]:
     }
 
 
+def pad_sequences(chunks: dict[str, tf.Tensor], size: tf.Tensor) -> dict[str, tf.Tensor]:
+    """parse_sequences' output topped up to `size` chunks with empty ones (length 0: no item, no target)."""
+    missing = tf.maximum(size - tf.shape(chunks["user_id"], out_type=tf.int64)[0], 0)
+    fill = {"user_id": "", "sequence_item_ids": "", "sequence_timestamps": tf.int64.max, "target_from": 1,
+            "sequence_length": 0}
+    return {k: tf.pad(v, [[0, missing]] + [[0, 0]] * (len(v.shape) - 1), constant_values=fill[k])
+            for k, v in chunks.items()}
+
+
 def make_dataset(files: list[str], batch_size: int, history_length: int, shuffle_buffer: int = 0,
                  seed: int = 0, positives_only: bool = False, reshuffle: bool = True, skip: int = 0,
                  slices: tuple[int, ...] = (0,), num_slices: int = 1, sequences: bool = False) -> tf.data.Dataset:
@@ -136,11 +145,21 @@ def make_dataset(files: list[str], batch_size: int, history_length: int, shuffle
     if num_slices > 1:
         def cut(serialized: tf.Tensor) -> tf.data.Dataset:
             rows = tf.shape(serialized, out_type=tf.int64)[0]
+            size = -(-rows // num_slices)  # the largest slice's rows
             return tf.data.Dataset.from_tensor_slices(tf.constant(slices, tf.int64)).map(
-                lambda s: serialized[s * rows // num_slices:(s + 1) * rows // num_slices])
+                lambda s: (serialized[s * rows // num_slices:(s + 1) * rows // num_slices], size))
         ds = ds.flat_map(cut)
-    def parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
-        return parse_sequences(serialized, history_length + 1) if sequences else parse_batch(serialized, history_length)
+    else:
+        ds = ds.map(lambda serialized: (serialized, tf.shape(serialized, out_type=tf.int64)[0]))
+
+    def parse(serialized: tf.Tensor, size: tf.Tensor) -> dict[str, tf.Tensor]:
+        if not sequences:
+            return parse_batch(serialized, history_length)
+        # Every replica gets the same number of sequence chunks: a smaller slice is topped up with empty
+        # chunks (no item, no target). With unequal chunk counts the strategy's all-gather of the sparse
+        # embedding gradients failed (TF 2.20: a shape mismatch in CollectiveGatherV2); unequal target
+        # counts, and the per-interaction path's unequal slices, train fine.
+        return pad_sequences(parse_sequences(serialized, history_length + 1), size)
 
     ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if positives_only:
