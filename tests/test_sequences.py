@@ -291,3 +291,28 @@ def test_replica_slices_of_a_sequence_batch_hold_equal_chunk_counts(sequence_exa
     for key in whole:
         np.testing.assert_array_equal(np.concatenate([parts[0][key].numpy()[:4], parts[1][key].numpy()]),
                                       whole[key].numpy())
+
+
+def test_sequence_training_on_two_workers_trains_what_two_local_replicas_train(sequence_examples, clusters_dir,
+                                                                               tmp_path):
+    """multi_worker (two processes, TF_CONFIG) with sequence training: identical pool copies, and the model of
+    one process with two replicas (the same global batches of 9 chunks, the same slices)."""
+    import subprocess
+    import sys
+
+    from tests.test_multi_worker import MIRRORED, arguments, embeddings, fingerprint, finish, start_workers
+
+    overrides = dict(strategy="cluster_oob", query_tower="transformer", sequence_training=True, sequence_batch_size=9,
+                     history_length=4, transformer_dropout=0.0, epochs=1)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    workers = str(tmp_path / "workers")
+    logs = finish(start_workers(sequence_examples, clusters_dir, workers, str(scratch), **overrides))
+    assert fingerprint(logs[0]) == fingerprint(logs[1])
+    mirrored = str(tmp_path / "mirrored")
+    result = subprocess.run([sys.executable, "-c", MIRRORED,
+                             *arguments(sequence_examples, clusters_dir, mirrored, distribute="mirrored", **overrides)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert fingerprint(result.stdout) == fingerprint(logs[0])
+    np.testing.assert_allclose(embeddings(workers), embeddings(mirrored), atol=1e-5)
