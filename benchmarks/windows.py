@@ -212,7 +212,7 @@ def markdown(result: dict) -> str:
             for m in ("scratch", "warm", *result["chains"]):
                 vocabulary = rows[0][m].get("item_vocabulary") or {"kind": "catalogue"}
                 size = (f"{vocabulary['items']:,}" + (f" ({vocabulary['new_items']:,})" if "new_items" in vocabulary
-                                                      else "")) if "items" in vocabulary else "all"
+                                                      else "")) if vocabulary["kind"] != "catalogue" else "all"
                 groups = rows[0][m]["hr50_by_frequency"].keys()
                 by = " / ".join(f"{_mean(rows, (m, 'hr50_by_frequency', g)):.4f}" for g in groups)
                 share = rows[0][m].get("pool_new_item_share")
