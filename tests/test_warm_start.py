@@ -9,10 +9,16 @@ import pyarrow as pa
 import pytest
 import tensorflow as tf
 
-from llm_hardneg.components.trainer import run_trainer
+from llm_hardneg.components.trainer import TrainerConfig, run_trainer
 from llm_hardneg.components.trainer.data import ItemCatalogue, load_catalogue
 from llm_hardneg.components.trainer.model import TwoTowerModel
-from llm_hardneg.components.trainer.warm_start import grown_users, item_vocabulary, pool_new_item_share, warm_start
+from llm_hardneg.components.trainer.warm_start import (
+    grown_users,
+    idle_counts,
+    item_vocabulary,
+    pool_new_item_share,
+    warm_start,
+)
 from tests.test_trainer import tiny_config
 
 
@@ -103,8 +109,8 @@ def test_the_user_vocabulary_grows_and_a_user_absent_from_the_window_keeps_their
     config, out = base_run
     old_users = [u for u in open(os.path.join(out, "vocabulary", "users.txt")).read().split("\n") if u]
     window = old_users[::2] + ["zz_new_user"]  # half the base's users train in this window, one is new
-    grown = grown_users(out, window)
-    assert grown == sorted(set(old_users) | {"zz_new_user"})
+    grown, evicted = grown_users(out, window)
+    assert grown == sorted(set(old_users) | {"zz_new_user"}) and evicted == 0
     catalogue = load_catalogue(os.path.join(examples_dir, "items"), os.path.join(clusters_dir, "llm"))
     warm = dataclasses.replace(config, warm_start_from=out)
     model = TwoTowerModel(warm, catalogue, grown)
@@ -113,7 +119,7 @@ def test_the_user_vocabulary_grows_and_a_user_absent_from_the_window_keeps_their
     old_rows, rows = _checkpoint_table(out, "user_embedding"), model.query_tower.user_embedding.embeddings.numpy()
     absent = old_users[1]  # not among this window's users
     np.testing.assert_array_equal(rows[1 + grown.index(absent)], old_rows[1 + old_users.index(absent)])
-    assert grown_users(str(os.path.dirname(out)), window) == window  # a base without a user vocabulary
+    assert grown_users(str(os.path.dirname(out)), window) == (window, 0)  # a base without a user vocabulary
 
 
 def test_item_vocabulary_catalogue_trained_grown_and_frozen(base_run, examples_dir, clusters_dir):
@@ -195,3 +201,40 @@ def test_pool_new_item_share_counts_filled_slots_only():
 
     is_new = np.array([False, True, False])  # catalogue positions 0, 1, 2 = vocabulary rows 2, 3, 4
     assert pool_new_item_share(Pool(), is_new) == pytest.approx(2 / 5)  # rows 3, 3 of 2, 3, 4, 3, 1 (unknown)
+
+
+def _base_vocabulary(directory, items, items_idle, users, users_idle):
+    os.makedirs(os.path.join(directory, "vocabulary"))
+    for name, values in (("items", items), ("items_idle", items_idle), ("users", users), ("users_idle", users_idle)):
+        with open(os.path.join(directory, "vocabulary", f"{name}.txt"), "w") as f:
+            f.write("".join(f"{v}\n" for v in values))
+    return str(directory)
+
+
+def test_idle_counts_and_eviction_after_n_runs_without_training_examples(tmp_path):
+    base = _base_vocabulary(tmp_path / "base", ["a", "b", "c", "d"], [0, 1, 0, 2], ["u1", "u2", "u3"], [0, 1, 0])
+    ids = np.array(["a", "b", "c", "d", "e", "f"])
+    trained = np.array([True, False, False, False, True, False])
+    # trained: 0; carried without examples: the base's count + 1; new and untrained: 1
+    np.testing.assert_array_equal(idle_counts(base, "items", ids, trained), [0, 2, 1, 3, 0, 1])
+    np.testing.assert_array_equal(idle_counts("", "items", ids, trained), [0, 1, 1, 1, 0, 1])
+    older = _base_vocabulary(tmp_path / "older", ["a", "b"], [], ["u1"], [])
+    os.remove(os.path.join(older, "vocabulary", "items_idle.txt"))  # a base written before the idle counts
+    np.testing.assert_array_equal(idle_counts(older, "items", np.array(["a", "b", "z"]), np.array([0, 0, 0], bool)),
+                                  [1, 1, 1])
+
+    counts = np.array([3, 0, 0, 0, 1, 0], np.int64)  # this window's training examples of a..f
+    catalogue = ItemCatalogue(ids, np.arange(6) % 2, counts, 2)
+    config = TrainerConfig(item_vocabulary="trained", warm_start_from=base)
+    kept, report = item_vocabulary(catalogue, config)
+    assert list(kept.item_ids) == ["a", "b", "c", "d", "e"] and "evicted" not in report
+    kept, report = item_vocabulary(catalogue, dataclasses.replace(config, evict_idle_windows=2))
+    assert list(kept.item_ids) == ["a", "c", "e"] and report["evicted"] == 2  # b (2 runs idle) and d (3)
+    kept, report = item_vocabulary(catalogue, dataclasses.replace(config, evict_idle_windows=1))
+    assert list(kept.item_ids) == ["a", "e"] and report["evicted"] == 3
+
+    assert grown_users(base, ["u1", "u4"]) == (["u1", "u2", "u3", "u4"], 0)
+    assert grown_users(base, ["u1", "u4"], evict_idle_windows=2) == (["u1", "u3", "u4"], 1)  # u2: idle 1 + 1
+    assert grown_users(base, ["u1", "u4"], evict_idle_windows=1) == (["u1", "u4"], 2)
+    with pytest.raises(ValueError, match="evict_idle_windows must be >= 0"):
+        TrainerConfig(evict_idle_windows=-1)

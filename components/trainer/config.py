@@ -133,6 +133,11 @@ class TrainerConfig:
       the base's items, frozen: an item new since then falls back to the shared unknown-item row (the
       out-of-vocabulary baseline that 'trained' is measured against). An item outside the vocabulary
       is still scored in evaluation and serving, with the unknown-item row and the unknown cluster.
+    evict_idle_windows: warm-started, drop the rows of users (and, with item_vocabulary 'trained', of
+      items) that have had no training example for this many runs of the chain in a row, this one
+      included (0: never). The trainer output's vocabulary/*_idle.txt holds each id's count. An
+      evicted id falls back to the unknown row; a row costs 3 x 4 x embedding_dim bytes with Adam's
+      two moments.
     checkpoint_every_steps, checkpoint_every_minutes: also write a checkpoint inside an epoch every
       N steps and/or M minutes (0 = at epoch ends only). A restarted run resumes at the step of the
       last checkpoint (model, optimizer, pool, random state, input position): a preempted worker
@@ -182,12 +187,15 @@ class TrainerConfig:
     log_every_steps: int = 100
     warm_start_from: str = ""
     item_vocabulary: str = "catalogue"
+    evict_idle_windows: int = 0
     checkpoint_every_steps: int = 0
     checkpoint_every_minutes: float = 0.0
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.evict_idle_windows < 0:
+            raise ValueError(f"evict_idle_windows must be >= 0 (0: never evict), got {self.evict_idle_windows}")
         if self.item_vocabulary not in ITEM_VOCABULARIES:
             raise ValueError(f"item_vocabulary must be one of {ITEM_VOCABULARIES}, got {self.item_vocabulary!r}")
         if self.cluster_source not in CLUSTER_SOURCES:

@@ -149,7 +149,7 @@ ADDED_FIELDS = {"mask_user_positives": False, "optimizer": "adam", "user_id_buck
                 "query_tower": "pooled", "transformer_blocks": 2, "transformer_heads": 1, "transformer_dropout": 0.2,
                 "sequence_training": False, "sequence_batch_size": 64, "candidate_tower": "mlp",
                 "similarity": "cosine", "negative_embeddings": "recompute", "cache_refresh_rows": 1024,
-                "warm_start_from": "", "item_vocabulary": "catalogue"}
+                "warm_start_from": "", "item_vocabulary": "catalogue", "evict_idle_windows": 0}
 
 
 SHARING_WORDS = {"shared": "shared by each step", "per_cluster": "per example, shared by the examples of a cluster",
@@ -214,8 +214,12 @@ def _train(config: TrainerConfig, strategy: tf.distribute.Strategy, examples_dir
     users_path = os.path.join(examples_dir, "users.txt")
     # hashed ids and the transformer tower (no user embedding) need no vocabulary
     users = None if config.user_id_buckets or config.query_tower == "transformer" else fileio.read_lines(users_path)
+    training_users, users_evicted = users, 0
     if users is not None and config.warm_start_from:  # known users keep their rows (warm_start.grown_users)
-        users = grown_users(config.warm_start_from, users)
+        users, users_evicted = grown_users(config.warm_start_from, users, config.evict_idle_windows)
+        vocabulary["users_evicted"] = users_evicted
+    row_bytes = 3 * 4 * config.embedding_dim  # a row and Adam's two moments, float32
+    vocabulary["evicted_bytes"] = row_bytes * (vocabulary.get("evicted", 0) + users_evicted)
     with open(os.path.join(examples_dir, "summary.json"), encoding="utf-8") as f:
         examples_summary = json.load(f)
     train_examples = examples_summary["train_examples"]
@@ -305,7 +309,8 @@ def _train(config: TrainerConfig, strategy: tf.distribute.Strategy, examples_dir
             raise RuntimeError(f"the pool copies of the {len(digests)} replicas differ (fingerprints {digests})")
         print(f"[trainer] pool copies identical on {len(digests)} replicas (fingerprint {digests[0]})", flush=True)
 
-    write_vocabulary(write_dir, catalogue, users)  # what a later run's warm start maps rows by
+    # what a later run's warm start maps rows by, with each id's idle count (eviction)
+    write_vocabulary(write_dir, catalogue, users, config.warm_start_from, training_users)
     tf.saved_model.save(QueryServing(model.query_tower), os.path.join(write_dir, "query_model"))
     tf.saved_model.save(CandidateServing(model.candidate_tower), os.path.join(write_dir, "candidate_model"))
     summary = {

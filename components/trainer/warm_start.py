@@ -37,17 +37,57 @@ SHAPING_FIELDS = ("embedding_dim", "query_tower", "candidate_tower", "history_po
 VOCABULARY = "vocabulary"
 
 
-def write_vocabulary(output_dir: str, catalogue: ItemCatalogue, users: list[str] | None) -> None:
-    """The item of each item row (from row 2) and the user of each user row (from row 1) of this run."""
+def write_vocabulary(output_dir: str, catalogue: ItemCatalogue, users: list[str] | None, base_dir: str = "",
+                     training_users: list[str] | None = None) -> None:
+    """The item of each item row (from row 2) and the user of each user row (from row 1) of this run, and
+    beside them each id's idle count (`idle_counts`: 0 when it has training examples in this run)."""
+    items_idle = idle_counts(base_dir, "items", catalogue.item_ids, catalogue.train_counts > 0)
     fileio.write_text(fileio.join(output_dir, VOCABULARY, "items.txt"), "".join(f"{i}\n" for i in catalogue.item_ids))
+    fileio.write_text(fileio.join(output_dir, VOCABULARY, "items_idle.txt"), "".join(f"{n}\n" for n in items_idle))
     if users is not None:
+        trained = np.isin(np.asarray(users, dtype=object), np.asarray(training_users or users, dtype=object))
+        users_idle = idle_counts(base_dir, "users", np.asarray(users, dtype=object), trained)
         fileio.write_text(fileio.join(output_dir, VOCABULARY, "users.txt"), "".join(f"{u}\n" for u in users))
+        fileio.write_text(fileio.join(output_dir, VOCABULARY, "users_idle.txt"), "".join(f"{n}\n" for n in users_idle))
 
 
-def grown_users(base_dir: str, users: list[str]) -> list[str]:
-    """This run's user vocabulary when warm-started: the base's users and this run's, sorted."""
+def idle_counts(base_dir: str, name: str, ids: np.ndarray, trained: np.ndarray) -> np.ndarray:
+    """Per id of `ids`: how many runs of the warm-start chain in a row it has had no training example in,
+    this one included: 0 when `trained`, else the base's count + 1 (1 for an id the base has no row for).
+    name: 'items' or 'users' (the base's vocabulary/<name>.txt and <name>_idle.txt; a base written before
+    the idle counts counts 0 for each of its ids)."""
+    idle = np.where(trained, 0, 1).astype(np.int64)
+    path = fileio.join(base_dir, VOCABULARY, f"{name}.txt") if base_dir else ""
+    if not path or not fileio.exists(path):
+        return idle
+    base_ids = np.asarray(fileio.read_lines(path), dtype=object)
+    idle_path = fileio.join(base_dir, VOCABULARY, f"{name}_idle.txt")
+    base_idle = (np.asarray(fileio.read_lines(idle_path), np.int64) if fileio.exists(idle_path)
+                 else np.zeros(len(base_ids), np.int64))
+    order = np.argsort(base_ids)
+    ids = np.asarray(ids, dtype=object)
+    at = np.minimum(np.searchsorted(base_ids[order], ids), len(base_ids) - 1) if len(base_ids) else None
+    if at is None:
+        return idle
+    in_base = base_ids[order][at] == ids
+    carried = in_base & ~np.asarray(trained, bool)
+    idle[carried] = base_idle[order][at[carried]] + 1
+    return idle
+
+
+def grown_users(base_dir: str, users: list[str], evict_idle_windows: int = 0) -> tuple[list[str], int]:
+    """This run's user vocabulary when warm-started: the base's users and this run's, sorted, less the base's
+    users that have gone `evict_idle_windows` runs without a training example (0: none evicted); and how many
+    were evicted."""
     path = fileio.join(base_dir, VOCABULARY, "users.txt")
-    return sorted(set(users).union(fileio.read_lines(path))) if fileio.exists(path) else users
+    if not fileio.exists(path):
+        return users, 0
+    grown = np.asarray(sorted(set(users).union(fileio.read_lines(path))), dtype=object)
+    if not evict_idle_windows:
+        return grown.tolist(), 0
+    idle = idle_counts(base_dir, "users", grown, np.isin(grown, np.asarray(users, dtype=object)))
+    keep = idle < evict_idle_windows
+    return grown[keep].tolist(), int((~keep).sum())
 
 
 def new_items(base_dir: str, item_ids: np.ndarray) -> np.ndarray:
@@ -82,6 +122,11 @@ def item_vocabulary(catalogue: ItemCatalogue, config: TrainerConfig) -> tuple[It
         in_base = ~new_items(config.warm_start_from, catalogue.item_ids)
         report["new_items"] = int((keep & ~in_base).sum())
         keep |= in_base
+        if config.evict_idle_windows and config.item_vocabulary == "trained":
+            idle = idle_counts(config.warm_start_from, "items", catalogue.item_ids, catalogue.train_counts > 0)
+            evicted = keep & (idle >= config.evict_idle_windows)
+            report["evicted"] = int(evicted.sum())
+            keep &= ~evicted
     if not keep.any():
         raise ValueError(f"item_vocabulary {config.item_vocabulary!r}: none of the {total:,} items of the item "
                          "table has training examples" + (" or a row in the base" if config.warm_start_from else ""))
@@ -90,6 +135,8 @@ def item_vocabulary(catalogue: ItemCatalogue, config: TrainerConfig) -> tuple[It
     report.update(items=int(keep.sum()), outside=int(total - keep.sum()))
     print(f"[trainer] item vocabulary {config.item_vocabulary!r}: {report['items']:,} of {total:,} items get rows"
           + (f" ({report['new_items']:,} new to the base)" if "new_items" in report else "")
+          + (f", {report['evicted']:,} evicted (idle for {config.evict_idle_windows} runs)" if "evicted" in report
+             else "")
           + f"; {report['outside']:,} fall back to the unknown-item row", flush=True)
     return selected, report
 
