@@ -17,14 +17,15 @@ split by the target's training examples in all data before the window (0 = an it
 window, 1-4, 5+) and by user (returning: with interactions before the window's end; new: without).
 Writes benchmarks/results/windows.{json,md,png}.
 
-`--dataset epinions`: Epinions (296,277 items, most rated once: a catalogue whose items keep arriving),
+`--dataset epinions [--evict N]`: Epinions (296,277 items, most rated once: a catalogue whose items keep arriving),
 time as 11 periods; window 0 is periods 1-7 (the time split's cut at 8), evaluated on period 8, then one
 window per period (9, 10, 11). Category clusters. Besides scratch and warm (whose vocabulary is the whole
 item table, `item_vocabulary catalogue`), two warm chains whose vocabulary is what was trained on:
 `warm_trained` (`item_vocabulary trained`: the vocabulary grows, an item first rated in window t gets its
 row, at its cluster's mean, in window t's model) and `warm_base` (`item_vocabulary base`: frozen at window 0's
 trained items, every later item on the shared unknown-item row: the out-of-vocabulary baseline). Both chains
-start from one window-0 model trained from scratch with `item_vocabulary trained`. Writes
+start from one window-0 model trained from scratch with `item_vocabulary trained`; `--evict N` adds a
+warm_trained chain that evicts ids idle for N windows (`evict_idle_windows`). Writes
 benchmarks/results/windows_epinions.{json,md,png}.
 """
 
@@ -95,6 +96,8 @@ def main() -> None:
     parser.add_argument("--ml1m-dir", default=os.path.join(os.environ.get("DATA_ROOT", os.path.join("..", "shared",
                                                                                                     "data")), "ml-1m"))
     parser.add_argument("--dataset", default="ml1m", choices=("ml1m", "epinions"))
+    parser.add_argument("--evict", type=int, default=0,
+                        help="epinions: also a warm_trained chain that evicts ids idle for this many windows")
     parser.add_argument("--replay-windows", type=int, default=0,
                         help="ml1m: also a warm chain that trains window t with the K windows before it (replay)")
     parser.add_argument("--data-root", default=os.environ.get("DATA_ROOT", os.path.join("..", "shared", "data")))
@@ -112,8 +115,10 @@ def main() -> None:
         bounds = list(EPINIONS_BOUNDS)  # periods 1-11: window 0 ends at the time split's cut (8), then one a period
         args.windows = len(bounds) - 1
         _, clusters = prepare("epinions_time", base)  # the catalogue's 27 categories
-        trainer, chains, name = TrainerConfig(cluster_source="category"), VOCABULARY_CHAINS, "windows_epinions"
+        trainer, chains, name = TrainerConfig(cluster_source="category"), dict(VOCABULARY_CHAINS), "windows_epinions"
         prefix = "epinions_"
+        if args.evict:
+            chains[f"warm_trained_evict{args.evict}"] = {"item_vocabulary": "trained", "evict_idle_windows": args.evict}
     print(f"[windows] {args.dataset}: bounds {bounds}", flush=True)
     runs = []
     for seed in (int(s) for s in args.seeds.split(",")):
@@ -140,7 +145,8 @@ def main() -> None:
                 for chain, spec in {"warm": {}, **chains}.items():
                     config = dataclasses.replace(trainer, seed=seed, epochs=args.warm_epochs,
                                                  warm_start_from=previous[chain],
-                                                 item_vocabulary=spec.get("item_vocabulary", "catalogue"))
+                                                 item_vocabulary=spec.get("item_vocabulary", "catalogue"),
+                                                 evict_idle_windows=spec.get("evict_idle_windows", 0))
                     data = warm_examples
                     if spec.get("replay") and t - 1 - spec["replay"] < 0:  # no K whole windows before yet
                         row[chain], previous[chain] = row["warm"], row["warm"]["model_dir"]
@@ -205,8 +211,9 @@ def markdown(result: dict) -> str:
                   "= window 0's trained items, frozen, later items on the unknown-item row (warm_base). warm_replayK: "
                   "warm-started like warm, trained on window t and the K windows before it (window t's own "
                   "model where fewer precede it).", "",
-                  "| window | model | item vocabulary | items with rows (new to the base) | pool's share of new items "
-                  "| HR@10 | HR@50 | HR@50 0 / 1-4 / 5+ | train (s) |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| window | model | item vocabulary | items with rows (new to the base) | evicted items / users (MB "
+                  "freed) | pool's share of new items | HR@10 | HR@50 | HR@50 0 / 1-4 / 5+ | train (s) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for t in range(result["windows"]):
             rows = [r for r in result["runs"] if r["window"] == t]
             for m in ("scratch", "warm", *result["chains"]):
@@ -217,7 +224,10 @@ def markdown(result: dict) -> str:
                 by = " / ".join(f"{_mean(rows, (m, 'hr50_by_frequency', g)):.4f}" for g in groups)
                 share = rows[0][m].get("pool_new_item_share")
                 share = "-" if share is None else f"{share:.3f}"
-                lines.append(f"| {t} | {m} | {vocabulary['kind']} | {size} | {share} | "
+                evicted = (f"{vocabulary.get('evicted', 0):,} / {vocabulary.get('users_evicted', 0):,} "
+                           f"({vocabulary.get('evicted_bytes', 0) / 2**20:.1f})") if "evicted_bytes" in vocabulary \
+                    else "-"
+                lines.append(f"| {t} | {m} | {vocabulary['kind']} | {size} | {evicted} | {share} | "
                              f"{_mean(rows, (m, 'hr10')):.4f} | {_mean(rows, (m, 'hr50')):.4f} | {by} | "
                              f"{_mean(rows, (m, 'train_seconds')):,.0f} |")
     return "\n".join(lines) + "\n"
