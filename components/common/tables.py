@@ -1,4 +1,5 @@
-"""Reading the item table (items/*.parquet) that example_gen writes, for the TF-side steps."""
+"""Reading the item table (items/*.parquet) that example_gen writes, for the TF-side steps, and looking ids up
+in sorted id arrays."""
 
 from __future__ import annotations
 
@@ -26,3 +27,9 @@ def read_item_table(items_path: str, columns=("item_id", "train_count")) -> dict
         raise ValueError(f"item table {items_path} has duplicate item ids")
     order = np.argsort(ids, kind="stable")
     return {c: (ids if c == "item_id" else np.asarray(table.column(c).to_pylist()))[order] for c in columns}
+
+
+def sorted_lookup(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each of `keys` its position in `sorted_keys` (clipped) and whether it is there: O(B log U)."""
+    at = np.minimum(np.searchsorted(sorted_keys, keys), max(0, len(sorted_keys) - 1))
+    return at, (sorted_keys[at] == keys) if len(sorted_keys) else np.zeros(len(keys), bool)

@@ -10,6 +10,8 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
+from llm_hardneg.components.common.tables import sorted_lookup
+
 
 @dataclasses.dataclass(frozen=True)
 class EvaluatorConfig:
@@ -126,12 +128,6 @@ class SeenItems:
         first = np.repeat(np.cumsum(counts) - counts, counts)  # each row's first position in the output
         position = np.repeat(starts, counts) + np.arange(int(counts.sum())) - first
         return np.stack([rows, self.items[position]], axis=1)
-
-
-def sorted_lookup(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each of `keys` its position in `sorted_keys` (clipped) and whether it is there: O(B log U)."""
-    at = np.minimum(np.searchsorted(sorted_keys, keys), max(0, len(sorted_keys) - 1))
-    return at, (sorted_keys[at] == keys) if len(sorted_keys) else np.zeros(len(keys), bool)
 
 
 def fingerprints(user_ids: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ import tensorflow as tf
 from llm_hardneg.components.common.fileio import read_lines
 from llm_hardneg.components.common.models import embed_items, load_towers
 from llm_hardneg.components.common.progress import Progress
-from llm_hardneg.components.common.tables import read_item_table
+from llm_hardneg.components.common.tables import read_item_table, sorted_lookup
 from llm_hardneg.components.evaluator.core import (
     NO_EXCLUSION,
     EvaluatorConfig,
@@ -20,7 +20,6 @@ from llm_hardneg.components.evaluator.core import (
     evaluate,
     fingerprints,
     popularity_figures,
-    sorted_lookup,
 )
 from llm_hardneg.components.trainer.data import example_files, make_dataset
 

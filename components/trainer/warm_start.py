@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from llm_hardneg.components.common import fileio
+from llm_hardneg.components.common.tables import sorted_lookup
 from llm_hardneg.components.trainer.config import TrainerConfig
 from llm_hardneg.components.trainer.data import ItemCatalogue
 
@@ -65,11 +66,7 @@ def idle_counts(base_dir: str, name: str, ids: np.ndarray, trained: np.ndarray) 
     base_idle = (np.asarray(fileio.read_lines(idle_path), np.int64) if fileio.exists(idle_path)
                  else np.zeros(len(base_ids), np.int64))
     order = np.argsort(base_ids)
-    ids = np.asarray(ids, dtype=object)
-    at = np.minimum(np.searchsorted(base_ids[order], ids), len(base_ids) - 1) if len(base_ids) else None
-    if at is None:
-        return idle
-    in_base = base_ids[order][at] == ids
+    at, in_base = sorted_lookup(base_ids[order], np.asarray(ids, dtype=object))
     carried = in_base & ~np.asarray(trained, bool)
     idle[carried] = base_idle[order][at[carried]] + 1
     return idle
