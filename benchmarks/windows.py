@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
 import json
 import os
 import statistics
@@ -65,8 +66,44 @@ def examples(name: str, config: ExampleGenConfig) -> str:
     return out
 
 
-def train(config: TrainerConfig, examples_dir: str, clusters: str, tag: str, eval_examples: str) -> dict:
-    """Trains (or reuses the finished run of `tag`), evaluates on `eval_examples`; metrics and wall time."""
+def window_new_items(scratch_examples: str, warm_examples: str, name: str) -> str | None:
+    """Evaluation examples (of `scratch_examples`) whose target is an item new in window t: every training
+    example of it so far is in window t (`warm_examples`' training examples). Written once under
+    benchmarks/work/windows/<name> (eval/ filtered, items/ and users.txt as they are); None without any."""
+    import shutil
+
+    import tensorflow as tf
+
+    from llm_hardneg.components.common.tables import read_item_table
+
+    out = os.path.join(WORK, "windows", name)
+    if os.path.exists(os.path.join(out, "summary.json")):
+        return out if json.load(open(os.path.join(out, "summary.json")))["eval_examples"] else None
+    so_far, window = (read_item_table(os.path.join(d, "items")) for d in (scratch_examples, warm_examples))
+    assert (so_far["item_id"] == window["item_id"]).all()  # the same item table, in the same order
+    new = set(so_far["item_id"][(window["train_count"] > 0) & (window["train_count"] == so_far["train_count"])])
+    os.makedirs(os.path.join(out, "eval"), exist_ok=True)
+    kept = 0
+    with tf.io.TFRecordWriter(os.path.join(out, "eval", "part-00000.tfrecord")) as writer:
+        for path in sorted(glob.glob(os.path.join(scratch_examples, "eval", "*.tfrecord"))):
+            for record in tf.data.TFRecordDataset(path):
+                example = tf.train.Example.FromString(record.numpy())
+                if example.features.feature["item_id"].bytes_list.value[0].decode() in new:
+                    writer.write(record.numpy())
+                    kept += 1
+    shutil.copytree(os.path.join(scratch_examples, "items"), os.path.join(out, "items"), dirs_exist_ok=True)
+    shutil.copy(os.path.join(scratch_examples, "users.txt"), os.path.join(out, "users.txt"))
+    with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
+        json.dump({"eval_examples": kept, "new_items": len(new)}, f)
+    print(f"[windows] {name}: {len(new):,} items new in the window, {kept:,} evaluation examples target one",
+          flush=True)
+    return out if kept else None
+
+
+def train(config: TrainerConfig, examples_dir: str, clusters: str, tag: str, eval_examples: str,
+          new_items: str | None = None) -> dict:
+    """Trains (or reuses the finished run of `tag`), evaluates on `eval_examples` (and on `new_items`' examples:
+    `window_new_items`); metrics and wall time."""
     out = os.path.join(WORK, "models", tag)
     done = os.path.join(out, "eval", "metrics.json")
     summary_path = os.path.join(out, "train_summary.json")
@@ -74,6 +111,11 @@ def train(config: TrainerConfig, examples_dir: str, clusters: str, tag: str, eva
         run_trainer(config, examples_dir, clusters, out)
     if not os.path.exists(done) or "by_user" not in json.load(open(done, encoding="utf-8")):
         run_evaluator(EvaluatorConfig(ks=KS), out, eval_examples, os.path.join(out, "eval"), config.history_length)
+    new_done = os.path.join(out, "eval_new_items", "metrics.json")
+    if new_items and not os.path.exists(new_done):
+        run_evaluator(EvaluatorConfig(ks=KS), out, new_items, os.path.join(out, "eval_new_items"),
+                      config.history_length)
+    new_metrics = json.load(open(new_done, encoding="utf-8")) if new_items else None
     metrics = json.load(open(done, encoding="utf-8"))
     summary = json.load(open(summary_path, encoding="utf-8"))
     by = metrics["by_target_frequency"]
@@ -84,7 +126,9 @@ def train(config: TrainerConfig, examples_dir: str, clusters: str, tag: str, eva
             "hr50_by_user": {g: v["hit_rate@50"] for g, v in metrics["by_user"].items()},
             "queries_by_user": {g: v["queries"] for g, v in metrics["by_user"].items()},
             "warm_start": summary.get("warm_start"), "item_vocabulary": summary.get("item_vocabulary"),
-            "pool_new_item_share": (summary.get("pool") or {}).get("new_item_share")}
+            "pool_new_item_share": (summary.get("pool") or {}).get("new_item_share"),
+            **({"hr50_new_items": new_metrics["hit_rate@50"], "queries_new_items": new_metrics["num_queries"]}
+               if new_metrics else {})}
 
 
 def main() -> None:
@@ -142,6 +186,11 @@ def main() -> None:
             else:
                 warm_examples = examples(f"{prefix}warm_{t}", dataclasses.replace(
                     base, window_start=bounds[t - 1], cut_timestamp=cut, window_end=end))
+                new_items = window_new_items(scratch_examples, warm_examples, f"{prefix}new_items_{t}") \
+                    if chains and args.dataset == "epinions" else None
+                if new_items:  # the scratch model on the window's new items too
+                    row["scratch"] = train(dataclasses.replace(trainer, seed=seed), scratch_examples, clusters,
+                                           f"{name}-scratch-{t}-{seed}", scratch_examples, new_items)
                 for chain, spec in {"warm": {}, **chains}.items():
                     config = dataclasses.replace(trainer, seed=seed, epochs=args.warm_epochs,
                                                  warm_start_from=previous[chain],
@@ -155,7 +204,7 @@ def main() -> None:
                         data = examples(f"{prefix}replay{spec['replay']}_{t}", dataclasses.replace(
                             base, window_start=bounds[t - 1 - spec["replay"]], cut_timestamp=cut, window_end=end))
                     row[chain] = train(config, data, clusters, f"{name}-{chain}{args.warm_epochs}-{t}-{seed}",
-                                       scratch_examples)
+                                       scratch_examples, new_items)
                     previous[chain] = row[chain]["model_dir"]
             print(f"[windows] seed {seed} window {t}: HR@50 " + ", ".join(
                 f"{m} {row[m]['hr50']:.4f} ({row[m]['train_seconds']:.0f}s)" for m in ("scratch", "warm", *chains)),
@@ -212,8 +261,8 @@ def markdown(result: dict) -> str:
                   "warm-started like warm, trained on window t and the K windows before it (window t's own "
                   "model where fewer precede it).", "",
                   "| window | model | item vocabulary | items with rows (new to the base) | evicted items / users (MB "
-                  "freed) | pool's share of new items | HR@10 | HR@50 | HR@50 0 / 1-4 / 5+ | train (s) |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "freed) | pool's share of new items | HR@10 | HR@50 | HR@50 0 / 1-4 / 5+ | HR@50 on the window's new "
+                  "items (queries) | train (s) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for t in range(result["windows"]):
             rows = [r for r in result["runs"] if r["window"] == t]
             for m in ("scratch", "warm", *result["chains"]):
@@ -227,8 +276,10 @@ def markdown(result: dict) -> str:
                 evicted = (f"{vocabulary.get('evicted', 0):,} / {vocabulary.get('users_evicted', 0):,} "
                            f"({vocabulary.get('evicted_bytes', 0) / 2**20:.1f})") if "evicted_bytes" in vocabulary \
                     else "-"
+                fresh = (f"{_mean(rows, (m, 'hr50_new_items')):.4f} ({rows[0][m]['queries_new_items']:,})"
+                         if "hr50_new_items" in rows[0][m] else "-")
                 lines.append(f"| {t} | {m} | {vocabulary['kind']} | {size} | {evicted} | {share} | "
-                             f"{_mean(rows, (m, 'hr10')):.4f} | {_mean(rows, (m, 'hr50')):.4f} | {by} | "
+                             f"{_mean(rows, (m, 'hr10')):.4f} | {_mean(rows, (m, 'hr50')):.4f} | {by} | {fresh} | "
                              f"{_mean(rows, (m, 'train_seconds')):,.0f} |")
     return "\n".join(lines) + "\n"
 
