@@ -74,3 +74,31 @@ def save_tiny_llama(directory: str) -> str:
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128)
     LlamaModel(config).save_pretrained(directory)
     return directory
+
+
+def one_step_on_one_and_two_replicas(build, base: dict, single, single_data, files: list[str]) -> dict:
+    """For the two-replica scripts (run in a process with 2 logical CPUs): one SGD step of `single` (a model
+    `build(config, strategy)` made on one replica) on `single_data`, and of models built under MirroredStrategy
+    with global in-batch negatives on and off, on the same global batch (from `files`), from single's weights
+    before its step. Returns single's loss and largest weight move, and per flag the loss and the largest
+    weight difference to single after the step."""
+    import tensorflow as tf
+
+    from llm_hardneg.components.trainer import TrainerConfig
+    from llm_hardneg.components.trainer.distribute import epoch_batches
+
+    start = single.get_weights()
+    before = [w.numpy() for w in single.trainable_weights]
+    report = {"single": single.fit(single_data, steps_per_epoch=1, verbose=0).history["loss"][0],
+              "moved": max(float(np.abs(w.numpy() - b).max()) for w, b in zip(single.trainable_weights, before))}
+    mirrored = tf.distribute.MirroredStrategy()
+    for flag in (True, False):
+        config = TrainerConfig(**base, distribute="mirrored", global_in_batch_negatives=flag)
+        model = build(config, mirrored)
+        model.set_weights(start)
+        loss = model.fit(epoch_batches(mirrored, files, config, seed=0, skip=0), steps_per_epoch=1,
+                         verbose=0).history["loss"][0]
+        difference = max(float(np.abs(a.numpy() - b.numpy()).max())
+                         for a, b in zip(model.trainable_weights, single.trainable_weights))
+        report[str(flag)] = {"loss": loss, "weight_difference": difference}
+    return report

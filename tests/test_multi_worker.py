@@ -63,27 +63,34 @@ def fingerprint(log):
     return lines[0].split("fingerprint ")[1]
 
 
-def test_two_workers_train_what_two_local_replicas_train_and_resume_after_sigkill(examples_dir, clusters_dir,
-                                                                                   tmp_path):
+def two_workers_and_two_replicas(examples_dir, clusters_dir, tmp_path, **overrides):
+    """The trainer on two multi_worker processes (into tmp_path/workers) and in one process with two replicas
+    (tmp_path/mirrored): their pool copies are identical and so are their candidate embeddings. Returns the
+    workers' logs and the two output directories."""
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     workers = str(tmp_path / "workers")
-    logs = finish(start_workers(examples_dir, clusters_dir, workers, str(scratch)))
+    logs = finish(start_workers(examples_dir, clusters_dir, workers, str(scratch), **overrides))
     assert fingerprint(logs[0]) == fingerprint(logs[1])  # every worker's pool copy holds the same items
-    assert "worker 0 of 2 tasks, 2 replicas" in logs[0] and "worker 1 of 2 tasks, 2 replicas" in logs[1]
     assert list(scratch.iterdir()) == []  # worker 1's scratch outputs were removed
-    with open(os.path.join(workers, "train_summary.json"), encoding="utf-8") as f:
-        summary = json.load(f)
-    assert summary["replicas"] == 2 and summary["config"]["distribute"] == "multi_worker"
-
     # one process, two replicas (2 logical CPUs): the same global batches, slices and replica random streams
     mirrored = str(tmp_path / "mirrored")
     result = subprocess.run([sys.executable, "-c", MIRRORED,
-                             *arguments(examples_dir, clusters_dir, mirrored, distribute="mirrored")],
+                             *arguments(examples_dir, clusters_dir, mirrored, distribute="mirrored", **overrides)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert fingerprint(result.stdout) == fingerprint(logs[0])
     np.testing.assert_allclose(embeddings(workers), embeddings(mirrored), atol=1e-5)
+    return logs, workers, mirrored
+
+
+def test_two_workers_train_what_two_local_replicas_train_and_resume_after_sigkill(examples_dir, clusters_dir,
+                                                                                   tmp_path):
+    logs, workers, mirrored = two_workers_and_two_replicas(examples_dir, clusters_dir, tmp_path)
+    assert "worker 0 of 2 tasks, 2 replicas" in logs[0] and "worker 1 of 2 tasks, 2 replicas" in logs[1]
+    with open(os.path.join(workers, "train_summary.json"), encoding="utf-8") as f:
+        summary = json.load(f)
+    assert summary["replicas"] == 2 and summary["config"]["distribute"] == "multi_worker"
     with open(os.path.join(mirrored, "train_summary.json"), encoding="utf-8") as f:
         local = json.load(f)["final_metrics"]
     final = summary["final_metrics"]  # the global batch's figures, not the replicas' sum
@@ -94,7 +101,7 @@ def test_two_workers_train_what_two_local_replicas_train_and_resume_after_sigkil
 
     # both workers SIGKILLed mid-epoch, started again: they resume and end where the uninterrupted run ended
     killed = str(tmp_path / "killed")
-    processes = start_workers(examples_dir, clusters_dir, killed, str(scratch))
+    processes = start_workers(examples_dir, clusters_dir, killed, str(tmp_path / "scratch"))
     seen = []
     for line in processes[0].stdout:  # the chief; the checkpoint of epoch 2, step 2 is written before step 3
         seen.append(line)
@@ -107,7 +114,7 @@ def test_two_workers_train_what_two_local_replicas_train_and_resume_after_sigkil
     assert processes[0].returncode == -signal.SIGKILL, "".join(seen[-20:])
     assert not os.path.exists(os.path.join(killed, "candidate_model"))
 
-    logs = finish(start_workers(examples_dir, clusters_dir, killed, str(scratch)))
+    logs = finish(start_workers(examples_dir, clusters_dir, killed, str(tmp_path / "scratch")))
     for log in logs:  # both workers resume from the chief's checkpoint
         assert "resumed from" in log and "(epoch 1, step 2/" in log, log[-3000:]
     progress = [line for line in logs[0].splitlines() if " step " in line and "examples/s" in line]

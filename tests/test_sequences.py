@@ -205,8 +205,8 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import tf_keras
 from llm_hardneg.components.trainer import TrainerConfig
 from llm_hardneg.components.trainer.data import example_files, load_catalogue, make_dataset
-from llm_hardneg.components.trainer.distribute import epoch_batches
 from llm_hardneg.components.trainer.model import TwoTowerModel
+from tests.helpers import one_step_on_one_and_two_replicas
 examples, clusters = sys.argv[1:3]
 files = example_files(examples, "train_sequences")
 catalogue = load_catalogue(os.path.join(examples, "items"), os.path.join(clusters, "llm"))
@@ -222,21 +222,7 @@ def build(config, strategy):
     return model
 
 single = build(TrainerConfig(**base), tf.distribute.get_strategy())
-start = single.get_weights()
-before = [w.numpy() for w in single.trainable_weights]
-single_loss = single.fit(make_dataset(files, 9, 4, sequences=True), steps_per_epoch=1, verbose=0).history["loss"][0]
-moved = max(float(np.abs(w.numpy() - b).max()) for w, b in zip(single.trainable_weights, before))
-report = {"single": single_loss, "moved": moved}
-mirrored = tf.distribute.MirroredStrategy()
-for flag in (True, False):
-    config = TrainerConfig(**base, distribute="mirrored", global_in_batch_negatives=flag)
-    model = build(config, mirrored)
-    model.set_weights(start)
-    loss = model.fit(epoch_batches(mirrored, files, config, seed=0, skip=0), steps_per_epoch=1,
-                     verbose=0).history["loss"][0]
-    difference = max(float(np.abs(a.numpy() - b.numpy()).max())
-                     for a, b in zip(model.trainable_weights, single.trainable_weights))
-    report[str(flag)] = {"loss": loss, "weight_difference": difference}
+report = one_step_on_one_and_two_replicas(build, base, single, make_dataset(files, 9, 4, sequences=True), files)
 print(json.dumps(report))
 """
 MIRRORED_SEQUENCE_RUN = """
@@ -297,22 +283,8 @@ def test_sequence_training_on_two_workers_trains_what_two_local_replicas_train(s
                                                                                tmp_path):
     """multi_worker (two processes, TF_CONFIG) with sequence training: identical pool copies, and the model of
     one process with two replicas (the same global batches of 9 chunks, the same slices)."""
-    import subprocess
-    import sys
+    from tests.test_multi_worker import two_workers_and_two_replicas
 
-    from tests.test_multi_worker import MIRRORED, arguments, embeddings, fingerprint, finish, start_workers
-
-    overrides = dict(strategy="cluster_oob", query_tower="transformer", sequence_training=True, sequence_batch_size=9,
-                     history_length=4, transformer_dropout=0.0, epochs=1)
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    workers = str(tmp_path / "workers")
-    logs = finish(start_workers(sequence_examples, clusters_dir, workers, str(scratch), **overrides))
-    assert fingerprint(logs[0]) == fingerprint(logs[1])
-    mirrored = str(tmp_path / "mirrored")
-    result = subprocess.run([sys.executable, "-c", MIRRORED,
-                             *arguments(sequence_examples, clusters_dir, mirrored, distribute="mirrored", **overrides)],
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert fingerprint(result.stdout) == fingerprint(logs[0])
-    np.testing.assert_allclose(embeddings(workers), embeddings(mirrored), atol=1e-5)
+    two_workers_and_two_replicas(sequence_examples, clusters_dir, tmp_path, strategy="cluster_oob",
+                                 query_tower="transformer", sequence_training=True, sequence_batch_size=9,
+                                 history_length=4, transformer_dropout=0.0, epochs=1)

@@ -343,8 +343,8 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import tf_keras
 from llm_hardneg.components.trainer import TrainerConfig
 from llm_hardneg.components.trainer.data import example_files, load_catalogue, make_dataset
-from llm_hardneg.components.trainer.distribute import epoch_batches
 from llm_hardneg.components.trainer.model import TwoTowerModel
+from tests.helpers import one_step_on_one_and_two_replicas
 from tests.test_losses import numpy_loss
 examples, clusters = sys.argv[1:3]
 files = example_files(examples, "train")
@@ -363,26 +363,12 @@ def build(config, strategy):
 
 single = build(TrainerConfig(**base), tf.distribute.get_strategy())
 index, cluster = single.items(batch["item_id"])
-start = single.get_weights()
-before = [w.numpy() for w in single.trainable_weights]
 query = single.query_tower(batch["user_id"], batch["history_item_ids"]).numpy()
 positive = single.candidate_tower(index).numpy()
 log_count, _ = single._log_counts(index, cluster, None)
 oracle, _ = numpy_loss(query, positive, index.numpy(), 0.05, np.broadcast_to(log_count.numpy(), (33, 33)),
                        w=batch["label"].numpy())
-single_loss = single.fit(make_dataset(files, 33, 5), steps_per_epoch=1, verbose=0).history["loss"][0]
-moved = max(float(np.abs(w.numpy() - b).max()) for w, b in zip(single.trainable_weights, before))
-report = {"oracle": oracle, "single": single_loss, "moved": moved}
-mirrored = tf.distribute.MirroredStrategy()
-for flag in (True, False):
-    config = TrainerConfig(**base, distribute="mirrored", global_in_batch_negatives=flag)
-    model = build(config, mirrored)
-    model.set_weights(start)
-    loss = model.fit(epoch_batches(mirrored, files, config, seed=0, skip=0), steps_per_epoch=1,
-                     verbose=0).history["loss"][0]
-    difference = max(float(np.abs(a.numpy() - b.numpy()).max())
-                     for a, b in zip(model.trainable_weights, single.trainable_weights))
-    report[str(flag)] = {"loss": loss, "weight_difference": difference}
+report = {"oracle": oracle, **one_step_on_one_and_two_replicas(build, base, single, make_dataset(files, 33, 5), files)}
 print(json.dumps(report))
 """
 
