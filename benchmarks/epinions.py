@@ -155,7 +155,7 @@ def markdown(result: dict) -> str:
             cells = [f"{r[k]['gain']:+.4f} ({100 * r[k]['relative']:+.1f}%, 2 std {r[k]['two_std']:.4f}): "
                      f"{r[k]['verdict']}" if k in r else "-" for k in ("vs_in_batch", "vs_oob")]
             lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
-    lines += ["", FULL_NOTE, ""]
+    lines += ["", FULL_NOTE, ""] if split == "leave_last_out" else [""]
     return "\n".join(lines)
 
 
