@@ -1,6 +1,6 @@
 """Continuous training over time windows: warm-started per-window training against retraining from scratch.
 
-    python -m benchmarks.windows [--windows 4] [--first-fraction 0.8] [--seeds 0] [--warm-epochs 3]
+    python -m benchmarks.windows [--windows 4] [--first-fraction 0.8] [--seeds 0] [--warm-epochs 1[,3,6]]
         [--ml1m-dir ../shared/data/ml-1m] [--dataset ml1m|epinions]
 
 ML-1M (the `make run` file), time line cut by example_gen.core.window_bounds: the first 80% of the
@@ -136,7 +136,8 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=4)
     parser.add_argument("--first-fraction", type=float, default=0.8)
     parser.add_argument("--seeds", default="0")
-    parser.add_argument("--warm-epochs", type=int, default=3)
+    parser.add_argument("--warm-epochs", default="1", help="epochs of a warm-started window; a list (1,3,6) adds a "
+                        "warm chain per further value (warm_3ep, ...)")
     parser.add_argument("--ml1m-dir", default=os.path.join(os.environ.get("DATA_ROOT", os.path.join("..", "shared",
                                                                                                     "data")), "ml-1m"))
     parser.add_argument("--dataset", default="ml1m", choices=("ml1m", "epinions"))
@@ -146,12 +147,15 @@ def main() -> None:
                         help="ml1m: also a warm chain that trains window t with the K windows before it (replay)")
     parser.add_argument("--data-root", default=os.environ.get("DATA_ROOT", os.path.join("..", "shared", "data")))
     args = parser.parse_args()
+    epochs = [int(e) for e in args.warm_epochs.split(",")]
+    args.warm_epochs = epochs[0]
     if args.dataset == "ml1m":
         base = ExampleGenConfig.movielens(args.ml1m_dir)
         bounds = core.window_bounds(ml1m_timestamps(base.interactions), args.windows, args.first_fraction)
         _, clusters = prepare("ml1m", base)  # LLM clusters of the catalogue (the same items in every window)
         trainer, name, prefix = TrainerConfig(), "windows", ""
         chains = {f"warm_replay{args.replay_windows}": {"replay": args.replay_windows}} if args.replay_windows else {}
+        chains.update({f"warm_{e}ep": {"epochs": e, "tag": f"warm{e}"} for e in epochs[1:]})
     else:
         data = os.path.join(os.path.abspath(args.data_root), "epinions-2012")
         base = ExampleGenConfig(source="generic", interactions=os.path.join(data, "interactions.csv.gz"),
@@ -192,7 +196,7 @@ def main() -> None:
                     row["scratch"] = train(dataclasses.replace(trainer, seed=seed), scratch_examples, clusters,
                                            f"{name}-scratch-{t}-{seed}", scratch_examples, new_items)
                 for chain, spec in {"warm": {}, **chains}.items():
-                    config = dataclasses.replace(trainer, seed=seed, epochs=args.warm_epochs,
+                    config = dataclasses.replace(trainer, seed=seed, epochs=spec.get("epochs", args.warm_epochs),
                                                  warm_start_from=previous[chain],
                                                  item_vocabulary=spec.get("item_vocabulary", "catalogue"),
                                                  evict_idle_windows=spec.get("evict_idle_windows", 0))
@@ -203,7 +207,8 @@ def main() -> None:
                     if spec.get("replay"):  # also the K windows before
                         data = examples(f"{prefix}replay{spec['replay']}_{t}", dataclasses.replace(
                             base, window_start=bounds[t - 1 - spec["replay"]], cut_timestamp=cut, window_end=end))
-                    row[chain] = train(config, data, clusters, f"{name}-{chain}{args.warm_epochs}-{t}-{seed}",
+                    tag = spec.get("tag", f"{chain}{args.warm_epochs}")  # warm3: a warm chain of 3 epochs
+                    row[chain] = train(config, data, clusters, f"{name}-{tag}-{t}-{seed}",
                                        scratch_examples, new_items)
                     previous[chain] = row[chain]["model_dir"]
             print(f"[windows] seed {seed} window {t}: HR@50 " + ", ".join(

@@ -104,6 +104,8 @@ def test_compiles_to_pipeline_ir(tmp_path, movielens_dir):
         parse(["--data-dir", str(tmp_path), "--base-model", "a", "--trainer.warm_start_from", "b"])
     with pytest.raises(ValueError, match="two or more increasing timestamps"):
         parse(["--data-dir", str(tmp_path), "--window-bounds", "5,3"])
+    with pytest.raises(ValueError, match="--window-epochs must be >= 1, got 0"):
+        parse(["--data-dir", str(tmp_path), "--window-epochs", "0"])
 
 
 def test_local_run_end_to_end(tmp_path, movielens_dir, tiny_bert, capsys):
@@ -164,7 +166,7 @@ def test_local_run_end_to_end(tmp_path, movielens_dir, tiny_bert, capsys):
     stamps = [int(line.rsplit("::", 1)[1]) for line in open(os.path.join(movielens_dir, "ratings.dat")) if line.strip()]
     bounds = core.window_bounds(stamps, 2, 0.6)
     capsys.readouterr()
-    assert local_runner.main(args + ["--window-bounds", ",".join(map(str, bounds))]) == 0
+    assert local_runner.main(args + ["--window-bounds", ",".join(map(str, bounds)), "--window-epochs", "2"]) == 0
     out = capsys.readouterr().out
     assert "continuous training, one model per window" in out and out.count("[pipeline] window ") == 2
     windows = sorted((p for p in os.listdir(tmp_path / "runs") if p not in ("cache", "logs")),
@@ -177,6 +179,7 @@ def test_local_run_end_to_end(tmp_path, movielens_dir, tiny_bert, capsys):
     first, second = (json.load(open(tmp_path / "runs" / w / "trainer" / "model" / "train_summary.json"))
                      for w in windows)
     assert first["warm_start"] is None
+    assert (first["config"]["epochs"], second["config"]["epochs"]) == (1, 2)  # --window-epochs: warm windows only
     assert second["warm_start"]["items_carried"] == first["items"] and second["users"] >= first["users"]
     base_rows = json.load(open(os.path.join(second["warm_start"]["base"], "train_summary.json")))
     assert base_rows["train_examples_per_epoch"] == first["train_examples_per_epoch"]  # the imported window-0 model

@@ -74,7 +74,9 @@ class PipelineConfig:
     `base_model`: URI of a previous trainer output; the trainer warm-starts from it (imported as an input
     artifact; trainer `warm_start_from` semantics). `window_bounds`: local continuous training: timestamps
     T0 < T1 < ... < Tn; the local runner runs n pipelines, window t training on [T(t-1), Tt) (window 0 on
-    everything before T0) warm-started from window t - 1's model, and evaluating on [Tt, T(t+1))."""
+    everything before T0) warm-started from window t - 1's model, and evaluating on [Tt, T(t+1)).
+    `window_epochs`: the epochs of each warm-started window (window 0 trains `trainer.epochs`); on ML-1M one
+    epoch beat three and six on every window (benchmarks.windows), which over-fit the window."""
 
     example_gen: ExampleGenConfig
     item_embedder: ItemEmbedderConfig = ItemEmbedderConfig()
@@ -90,12 +92,15 @@ class PipelineConfig:
     trainer_job: TrainerJobConfig = TrainerJobConfig()
     base_model: str = ""
     window_bounds: tuple[int, ...] = ()
+    window_epochs: int = 1
 
     def __post_init__(self):
         eg, trainer = self.example_gen, self.trainer
         if self.base_model and trainer.warm_start_from:
             raise ValueError(f"--base-model {self.base_model!r} and --trainer.warm_start_from "
                              f"{trainer.warm_start_from!r} both name a base model: give one")
+        if self.window_epochs < 1:
+            raise ValueError(f"--window-epochs must be >= 1, got {self.window_epochs}")
         if self.window_bounds:
             bounds = list(self.window_bounds)
             if len(bounds) < 2 or bounds != sorted(set(bounds)):
@@ -144,6 +149,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window-bounds", default="", help="local continuous training: comma-separated "
                         "timestamps T0,...,Tn; runs one pipeline per window, each warm-started from the last "
                         "(example_gen.core.window_bounds computes them from a share and a count)")
+    parser.add_argument("--window-epochs", type=int, default=1, help="epochs of each warm-started window "
+                        "(window 0 trains --trainer.epochs)")
     parser.add_argument("--beam-arg", action="append", default=None,
                         help="a Beam option for the data steps, as --beam-arg=--runner=DataflowRunner; repeatable")
 
@@ -171,7 +178,7 @@ def from_flags(args: argparse.Namespace, resolve_paths: bool = True) -> Pipeline
                           os.path.join(_resolve(args.pipeline_root, True), "cache"),
                           trainer_job=TrainerJobConfig(**config_overrides(args, TrainerJobConfig, "trainer_job.")),
                           base_model=_resolve(args.base_model, resolve_paths) if args.base_model else "",
-                          window_bounds=_bounds(args.window_bounds), **sections)
+                          window_bounds=_bounds(args.window_bounds), window_epochs=args.window_epochs, **sections)
 
 
 def _bounds(text: str) -> tuple[int, ...]:
@@ -189,7 +196,8 @@ def windows(config: PipelineConfig) -> list[PipelineConfig]:
     for t in range(len(bounds) - 1):
         eg = dataclasses.replace(config.example_gen, cut_timestamp=bounds[t], window_end=bounds[t + 1],
                                  window_start=bounds[t - 1] if t else 0)
-        out.append(dataclasses.replace(config, example_gen=eg, window_bounds=(), base_model=""))
+        trainer = dataclasses.replace(config.trainer, epochs=config.window_epochs) if t else config.trainer
+        out.append(dataclasses.replace(config, example_gen=eg, trainer=trainer, window_bounds=(), base_model=""))
     return out
 
 
