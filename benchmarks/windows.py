@@ -23,7 +23,9 @@ window per period (9, 10, 11). Category clusters. Besides scratch and warm (whos
 item table, `item_vocabulary catalogue`), two warm chains whose vocabulary is what was trained on:
 `warm_trained` (`item_vocabulary trained`: the vocabulary grows, an item first rated in window t gets its
 row, at its cluster's mean, in window t's model) and `warm_base` (`item_vocabulary base`: frozen at window 0's
-trained items, every later item on the shared unknown-item row: the out-of-vocabulary baseline). Both chains
+trained items, every later item on the shared unknown-item row: the out-of-vocabulary baseline), and
+`warm_trained_late_pool` (as warm_trained, but the pool is preloaded with the base's items only: a new item
+enters it with its first batch instead of at step 1, `preload_new_items false`). The vocabulary chains
 start from one window-0 model trained from scratch with `item_vocabulary trained`; `--evict N` adds a
 warm_trained chain that evicts ids idle for N windows (`evict_idle_windows`). Writes
 benchmarks/results/windows_epinions.{json,md,png}.
@@ -49,7 +51,8 @@ from llm_hardneg.components.trainer import TrainerConfig, run_trainer
 
 KS = (10, 50, 100)
 EPINIONS_BOUNDS = (8, 9, 10, 11, 12)
-VOCABULARY_CHAINS = {"warm_trained": {"item_vocabulary": "trained"}, "warm_base": {"item_vocabulary": "base"}}
+VOCABULARY_CHAINS = {"warm_trained": {"item_vocabulary": "trained"}, "warm_base": {"item_vocabulary": "base"},
+                     "warm_trained_late_pool": {"item_vocabulary": "trained", "preload_new_items": False}}
 
 
 def ml1m_timestamps(path: str) -> np.ndarray:
@@ -199,7 +202,8 @@ def main() -> None:
                     config = dataclasses.replace(trainer, seed=seed, epochs=spec.get("epochs", args.warm_epochs),
                                                  warm_start_from=previous[chain],
                                                  item_vocabulary=spec.get("item_vocabulary", "catalogue"),
-                                                 evict_idle_windows=spec.get("evict_idle_windows", 0))
+                                                 evict_idle_windows=spec.get("evict_idle_windows", 0),
+                                                 preload_new_items=spec.get("preload_new_items", True))
                     data = warm_examples
                     if spec.get("replay") and t - 1 - spec["replay"] < 0:  # no K whole windows before yet
                         row[chain], previous[chain] = row["warm"], row["warm"]["model_dir"]
@@ -262,9 +266,10 @@ def markdown(result: dict) -> str:
     if result.get("chains"):
         lines += ["", "Item vocabulary (`--trainer.item_vocabulary`): catalogue = every item of the table has a row "
                   "from the start (scratch, warm); trained = the items trained on so far, growing (warm_trained); base "
-                  "= window 0's trained items, frozen, later items on the unknown-item row (warm_base). warm_replayK: "
-                  "warm-started like warm, trained on window t and the K windows before it (window t's own "
-                  "model where fewer precede it).", "",
+                  "= window 0's trained items, frozen, later items on the unknown-item row (warm_base); "
+                  "warm_trained_late_pool: new items enter the pool with their first batch, not at step 1. "
+                  "warm_replayK: warm-started like warm, trained on window t and the K windows before it "
+                  "(window t's own model where fewer precede it). warm_Nep: warm with N epochs a window.", "",
                   "| window | model | item vocabulary | items with rows (new to the base) | evicted items / users (MB "
                   "freed) | pool's share of new items | HR@10 | HR@50 | HR@50 0 / 1-4 / 5+ | HR@50 on the window's new "
                   "items (queries) | train (s) |", "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -17,6 +17,7 @@ from llm_hardneg.components.trainer.warm_start import (
     idle_counts,
     item_vocabulary,
     pool_new_item_share,
+    preload_items,
     warm_start,
 )
 from tests.test_trainer import tiny_config
@@ -151,6 +152,11 @@ def test_item_vocabulary_catalogue_trained_grown_and_frozen(base_run, examples_d
     position = {item: i for i, item in enumerate(catalogue.item_ids)}
     for item, cluster, count in zip(grown.item_ids, grown.cluster_ids, grown.train_counts):
         assert catalogue.cluster_ids[position[item]] == cluster and catalogue.train_counts[position[item]] == count
+
+    assert preload_items(grown, warm) is grown  # new items are in the pool from step 1
+    later = preload_items(grown, dataclasses.replace(warm, preload_new_items=False))
+    assert set(later.item_ids) == base_items and set(grown.item_ids) - set(later.item_ids) == {"zz_new_a", "zz_new_b"}
+    assert preload_items(trained, dataclasses.replace(config, preload_new_items=False)) is trained  # no base
 
     frozen, report = item_vocabulary(catalogue, dataclasses.replace(warm, item_vocabulary="base"))
     assert set(frozen.item_ids) == base_items and report["new_items"] == 0 and report["outside"] == 3

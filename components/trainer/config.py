@@ -133,6 +133,9 @@ class TrainerConfig:
       the base's items, frozen: an item new since then falls back to the shared unknown-item row (the
       out-of-vocabulary baseline that 'trained' is measured against). An item outside the vocabulary
       is still scored in evaluation and serving, with the unknown-item row and the unknown cluster.
+    preload_new_items: warm-started, the pool is preloaded with every item of the vocabulary, so items new
+      to the base are drawn as negatives from step 1 (the paper's pre-loading); false: with the base's items
+      only, a new item entering the pool when it first appears in a batch (for comparison).
     evict_idle_windows: warm-started, drop the rows of users (and, with item_vocabulary 'trained', of
       items) that have had no training example for this many runs of the chain in a row, this one
       included (0: never). The trainer output's vocabulary/*_idle.txt holds each id's count. An
@@ -188,6 +191,7 @@ class TrainerConfig:
     warm_start_from: str = ""
     item_vocabulary: str = "catalogue"
     evict_idle_windows: int = 0
+    preload_new_items: bool = True
     checkpoint_every_steps: int = 0
     checkpoint_every_minutes: float = 0.0
 

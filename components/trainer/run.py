@@ -36,6 +36,7 @@ from llm_hardneg.components.trainer.warm_start import (
     item_vocabulary,
     new_items,
     pool_new_item_share,
+    preload_items,
     warm_start,
     write_vocabulary,
 )
@@ -149,7 +150,8 @@ ADDED_FIELDS = {"mask_user_positives": False, "optimizer": "adam", "user_id_buck
                 "query_tower": "pooled", "transformer_blocks": 2, "transformer_heads": 1, "transformer_dropout": 0.2,
                 "sequence_training": False, "sequence_batch_size": 64, "candidate_tower": "mlp",
                 "similarity": "cosine", "negative_embeddings": "recompute", "cache_refresh_rows": 1024,
-                "warm_start_from": "", "item_vocabulary": "catalogue", "evict_idle_windows": 0}
+                "warm_start_from": "", "item_vocabulary": "catalogue", "evict_idle_windows": 0,
+                "preload_new_items": True}
 
 
 SHARING_WORDS = {"shared": "shared by each step", "per_cluster": "per example, shared by the examples of a cluster",
@@ -273,7 +275,7 @@ def _train(config: TrainerConfig, strategy: tf.distribute.Strategy, examples_dir
                 print(f"[trainer] warm start from {warm['base_checkpoint']}: "
                       + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in warm.items() if isinstance(v, int))
                       + "; optimizer reset", flush=True)
-            model.preload_pool(catalogue)
+            model.preload_pool(preload_items(catalogue, config))
         if chief:
             os.makedirs(manager.directory, exist_ok=True)
             with open(os.path.join(manager.directory, "config.json"), "w", encoding="utf-8") as f:

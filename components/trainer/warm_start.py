@@ -104,6 +104,16 @@ def pool_new_item_share(pool, is_new: np.ndarray) -> float:
     return float(np.concatenate([[False, False], is_new])[index].mean())
 
 
+def preload_items(catalogue: ItemCatalogue, config: TrainerConfig) -> ItemCatalogue:
+    """The items the pool is preloaded with before step 1: the whole vocabulary, or warm-started with
+    `preload_new_items` false the base's items only (a new item then enters with its first batch)."""
+    if not config.warm_start_from or config.preload_new_items:
+        return catalogue
+    carried = ~new_items(config.warm_start_from, catalogue.item_ids)
+    return ItemCatalogue(catalogue.item_ids[carried], catalogue.cluster_ids[carried], catalogue.train_counts[carried],
+                         catalogue.num_clusters)
+
+
 def item_vocabulary(catalogue: ItemCatalogue, config: TrainerConfig) -> tuple[ItemCatalogue, dict]:
     """The items of `catalogue` that get rows under `config.item_vocabulary` (see TrainerConfig), and a
     report: how many of the table's items, how many new to the base, how many left to the unknown row."""
