@@ -243,9 +243,10 @@ def markdown(result: dict) -> str:
                  f"then one window a period (bounds {result['bounds']})")
     lines = [intro + "; the model trained through window t is evaluated on window t + 1 over the "
              "full catalogue. scratch: 3 epochs on all data so far; warm: "
-             f"{result['warm_epochs']} epochs on window t only, warm-started from window t - 1 (window 0 is the "
+             f"{result['warm_epochs']} epoch{'s' if result['warm_epochs'] != 1 else ''} on window t only, "
+             "warm-started from window t - 1 (window 0 is the "
              "scratch model). HR@50 by the target's training examples in all data so far: 0 (new item) / 1-4 / "
-             "5+. Mean over seeds.", "",
+             f"5+. Mean over seeds {sorted({r['seed'] for r in result['runs']})}.", "",
              "| window | trained until | eval queries (new users) | scratch HR@50 | warm HR@50 | warm / scratch "
              "| scratch HR@50 0 / 1-4 / 5+ | warm HR@50 0 / 1-4 / 5+ | scratch HR@50 returning / new users "
              "| warm HR@50 returning / new users | scratch train (s) | warm train (s) | warm / scratch time |",
