@@ -86,7 +86,7 @@ def window_new_items(scratch_examples: str, warm_examples: str, name: str) -> st
     assert (so_far["item_id"] == window["item_id"]).all()  # the same item table, in the same order
     new = set(so_far["item_id"][(window["train_count"] > 0) & (window["train_count"] == so_far["train_count"])])
     os.makedirs(os.path.join(out, "eval"), exist_ok=True)
-    kept = 0
+    kept = positives = 0
     with tf.io.TFRecordWriter(os.path.join(out, "eval", "part-00000.tfrecord")) as writer:
         for path in sorted(glob.glob(os.path.join(scratch_examples, "eval", "*.tfrecord"))):
             for record in tf.data.TFRecordDataset(path):
@@ -94,10 +94,11 @@ def window_new_items(scratch_examples: str, warm_examples: str, name: str) -> st
                 if example.features.feature["item_id"].bytes_list.value[0].decode() in new:
                     writer.write(record.numpy())
                     kept += 1
+                    positives += example.features.feature["label"].int64_list.value[0] > 0
     shutil.copytree(os.path.join(scratch_examples, "items"), os.path.join(out, "items"), dirs_exist_ok=True)
     shutil.copy(os.path.join(scratch_examples, "users.txt"), os.path.join(out, "users.txt"))
     with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump({"eval_examples": kept, "new_items": len(new)}, f)
+        json.dump({"eval_examples": kept, "eval_positives": int(positives), "new_items": len(new)}, f)
     print(f"[windows] {name}: {len(new):,} items new in the window, {kept:,} evaluation examples target one",
           flush=True)
     return out if kept else None
