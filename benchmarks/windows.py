@@ -220,10 +220,13 @@ def main() -> None:
                 f"{m} {row[m]['hr50']:.4f} ({row[m]['train_seconds']:.0f}s)" for m in ("scratch", "warm", *chains)),
                 flush=True)
             runs.append(row)
-    result = {"dataset": args.dataset, "bounds": bounds, "windows": args.windows, "first_fraction": args.first_fraction,
-              "warm_epochs": args.warm_epochs, "chains": list(chains), "runs": runs}
-    write_results(name, result, markdown(result))
-    plot(result, name)
+            # after every window: an interrupted run leaves the windows it finished (a rerun reuses their models)
+            result = {"dataset": args.dataset, "bounds": bounds, "windows": len({r["window"] for r in runs}),
+                      "first_fraction": args.first_fraction, "warm_epochs": args.warm_epochs,
+                      "chains": list(chains), "runs": runs}
+            write_results(name, result, markdown(result))
+            plot(result, name)
+
 
 def _mean(rows: list[dict], path: tuple) -> float:
     values = []
