@@ -244,3 +244,13 @@ def test_idle_counts_and_eviction_after_n_runs_without_training_examples(tmp_pat
     assert grown_users(base, ["u1", "u4"], evict_idle_windows=1) == (["u1", "u4"], 2)
     with pytest.raises(ValueError, match="evict_idle_windows must be >= 0"):
         TrainerConfig(evict_idle_windows=-1)
+
+
+def test_is_in_matches_set_membership_across_array_kinds():
+    from llm_hardneg.components.common.tables import is_in
+
+    ids = np.array(["10", "2", "x", "", "2"], dtype=object)  # object ids against a list of str, as the trainer has
+    values = ["2", "x", "11"]
+    expected = [i in set(values) for i in ids]
+    assert is_in(ids, values).tolist() == expected == is_in(ids.astype(str), np.array(values, dtype=object)).tolist()
+    assert is_in([], values).tolist() == [] and is_in(ids, []).tolist() == [False] * 5

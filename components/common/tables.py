@@ -33,3 +33,10 @@ def sorted_lookup(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray
     """For each of `keys` its position in `sorted_keys` (clipped) and whether it is there: O(B log U)."""
     at = np.minimum(np.searchsorted(sorted_keys, keys), max(0, len(sorted_keys) - 1))
     return at, (sorted_keys[at] == keys) if len(sorted_keys) else np.zeros(len(keys), bool)
+
+
+def is_in(ids, values) -> np.ndarray:
+    """[N] bool: which of the string `ids` are among `values`. Both become fixed-width unicode arrays, so
+    np.isin sorts (O((N + M) log(N + M))); with an object array on either side it compares pairs, O(N x M):
+    ten minutes for a 296k-item catalogue."""
+    return np.isin(np.asarray(ids, dtype=str), np.asarray(values, dtype=str))

@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from llm_hardneg.components.common import fileio
-from llm_hardneg.components.common.tables import sorted_lookup
+from llm_hardneg.components.common.tables import is_in, sorted_lookup
 from llm_hardneg.components.trainer.config import TrainerConfig
 from llm_hardneg.components.trainer.data import ItemCatalogue
 
@@ -46,7 +46,7 @@ def write_vocabulary(output_dir: str, catalogue: ItemCatalogue, users: list[str]
     fileio.write_text(fileio.join(output_dir, VOCABULARY, "items.txt"), "".join(f"{i}\n" for i in catalogue.item_ids))
     fileio.write_text(fileio.join(output_dir, VOCABULARY, "items_idle.txt"), "".join(f"{n}\n" for n in items_idle))
     if users is not None:
-        trained = np.isin(np.asarray(users, dtype=object), np.asarray(training_users or users, dtype=object))
+        trained = is_in(users, training_users or users)
         users_idle = idle_counts(base_dir, "users", np.asarray(users, dtype=object), trained)
         fileio.write_text(fileio.join(output_dir, VOCABULARY, "users.txt"), "".join(f"{u}\n" for u in users))
         fileio.write_text(fileio.join(output_dir, VOCABULARY, "users_idle.txt"), "".join(f"{n}\n" for n in users_idle))
@@ -61,12 +61,12 @@ def idle_counts(base_dir: str, name: str, ids: np.ndarray, trained: np.ndarray) 
     path = fileio.join(base_dir, VOCABULARY, f"{name}.txt") if base_dir else ""
     if not path or not fileio.exists(path):
         return idle
-    base_ids = np.asarray(fileio.read_lines(path), dtype=object)
+    base_ids = np.asarray(fileio.read_lines(path), dtype=str)
     idle_path = fileio.join(base_dir, VOCABULARY, f"{name}_idle.txt")
     base_idle = (np.asarray(fileio.read_lines(idle_path), np.int64) if fileio.exists(idle_path)
                  else np.zeros(len(base_ids), np.int64))
     order = np.argsort(base_ids)
-    at, in_base = sorted_lookup(base_ids[order], np.asarray(ids, dtype=object))
+    at, in_base = sorted_lookup(base_ids[order], np.asarray(ids, dtype=str))
     carried = in_base & ~np.asarray(trained, bool)
     idle[carried] = base_idle[order][at[carried]] + 1
     return idle
@@ -82,7 +82,7 @@ def grown_users(base_dir: str, users: list[str], evict_idle_windows: int = 0) ->
     grown = np.asarray(sorted(set(users).union(fileio.read_lines(path))), dtype=object)
     if not evict_idle_windows:
         return grown.tolist(), 0
-    idle = idle_counts(base_dir, "users", grown, np.isin(grown, np.asarray(users, dtype=object)))
+    idle = idle_counts(base_dir, "users", grown, is_in(grown, users))
     keep = idle < evict_idle_windows
     return grown[keep].tolist(), int((~keep).sum())
 
@@ -92,7 +92,7 @@ def new_items(base_dir: str, item_ids: np.ndarray) -> np.ndarray:
     path = fileio.join(base_dir, VOCABULARY, "items.txt")
     if not fileio.exists(path):
         raise ValueError(f"--trainer.warm_start_from {base_dir!r}: no {VOCABULARY}/items.txt")
-    return ~np.isin(item_ids, np.asarray(fileio.read_lines(path), dtype=object).astype(str))
+    return ~is_in(item_ids, fileio.read_lines(path))
 
 
 def pool_new_item_share(pool, is_new: np.ndarray) -> float:
