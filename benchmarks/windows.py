@@ -296,6 +296,11 @@ def markdown(result: dict) -> str:
                 lines.append(f"| {t} | {m} | {vocabulary['kind']} | {size} | {evicted} | {share} | "
                              f"{_mean(rows, (m, 'hr10')):.4f} | {_mean(rows, (m, 'hr50')):.4f} | {by} | {fresh} | "
                              f"{_mean(rows, (m, 'train_seconds')):,.0f} |")
+    if "warm_base" in result.get("chains", []):
+        lines += ["", "warm_base's HR is not a measurement: every item outside its frozen vocabulary shares the "
+                  "unknown-item row, so such a target ties with every other one (100k+ items), and the evaluator "
+                  "counts only candidates scoring strictly higher (ties do not count against the target). With any "
+                  "tie-breaking a list of K slots cannot tell those items apart: read its HR on new items as 0."]
     return "\n".join(lines) + "\n"
 
 
