@@ -31,6 +31,10 @@ class ItemCatalogue:
         """P(item in a training example), the in-batch logQ probability: [V] float32."""
         return (self.train_counts / max(1, self.train_counts.sum())).astype(np.float32)
 
+    def subset(self, keep: np.ndarray) -> ItemCatalogue:
+        """The items where `keep` [V] bool is true, in the same order, with their clusters and counts."""
+        return ItemCatalogue(self.item_ids[keep], self.cluster_ids[keep], self.train_counts[keep], self.num_clusters)
+
 
 def load_catalogue(items_path: str, clusters_path: str) -> ItemCatalogue:
     """Joins the item table with a cluster table; every item must have a cluster."""

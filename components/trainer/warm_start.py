@@ -104,14 +104,13 @@ def pool_new_item_share(pool, is_new: np.ndarray) -> float:
     return float(np.concatenate([[False, False], is_new])[index].mean())
 
 
-def preload_items(catalogue: ItemCatalogue, config: TrainerConfig) -> ItemCatalogue:
+def preload_items(catalogue: ItemCatalogue, config: TrainerConfig, is_new: np.ndarray | None = None) -> ItemCatalogue:
     """The items the pool is preloaded with before step 1: the whole vocabulary, or warm-started with
-    `preload_new_items` false the base's items only (a new item then enters with its first batch)."""
+    `preload_new_items` false the base's items only (a new item then enters with its first batch).
+    is_new: `new_items` of the catalogue, when the caller has it already."""
     if not config.warm_start_from or config.preload_new_items:
         return catalogue
-    carried = ~new_items(config.warm_start_from, catalogue.item_ids)
-    return ItemCatalogue(catalogue.item_ids[carried], catalogue.cluster_ids[carried], catalogue.train_counts[carried],
-                         catalogue.num_clusters)
+    return catalogue.subset(~(new_items(config.warm_start_from, catalogue.item_ids) if is_new is None else is_new))
 
 
 def item_vocabulary(catalogue: ItemCatalogue, config: TrainerConfig) -> tuple[ItemCatalogue, dict]:
@@ -137,8 +136,7 @@ def item_vocabulary(catalogue: ItemCatalogue, config: TrainerConfig) -> tuple[It
     if not keep.any():
         raise ValueError(f"item_vocabulary {config.item_vocabulary!r}: none of the {total:,} items of the item "
                          "table has training examples" + (" or a row in the base" if config.warm_start_from else ""))
-    selected = ItemCatalogue(catalogue.item_ids[keep], catalogue.cluster_ids[keep], catalogue.train_counts[keep],
-                             catalogue.num_clusters)
+    selected = catalogue.subset(keep)
     report.update(items=int(keep.sum()), outside=int(total - keep.sum()))
     print(f"[trainer] item vocabulary {config.item_vocabulary!r}: {report['items']:,} of {total:,} items get rows"
           + (f" ({report['new_items']:,} new to the base)" if "new_items" in report else "")
