@@ -113,10 +113,10 @@ def train(config: TrainerConfig, examples_dir: str, clusters: str, tag: str, eva
     summary_path = os.path.join(out, "train_summary.json")
     if not os.path.exists(summary_path):
         run_trainer(config, examples_dir, clusters, out)
-    if not os.path.exists(done) or "by_user" not in json.load(open(done, encoding="utf-8")):
+    if stale(done, "by_user"):  # scored before the tie rule or the split by user: scored again
         run_evaluator(EvaluatorConfig(ks=KS), out, eval_examples, os.path.join(out, "eval"), config.history_length)
     new_done = os.path.join(out, "eval_new_items", "metrics.json")
-    if new_items and not os.path.exists(new_done):
+    if new_items and stale(new_done):
         run_evaluator(EvaluatorConfig(ks=KS), out, new_items, os.path.join(out, "eval_new_items"),
                       config.history_length)
     new_metrics = json.load(open(new_done, encoding="utf-8")) if new_items else None
@@ -133,6 +133,14 @@ def train(config: TrainerConfig, examples_dir: str, clusters: str, tag: str, eva
             "pool_new_item_share": (summary.get("pool") or {}).get("new_item_share"),
             **({"hr50_new_items": new_metrics["hit_rate@50"], "queries_new_items": new_metrics["num_queries"]}
                if new_metrics else {})}
+
+
+def stale(metrics_path: str, *keys: str) -> bool:
+    """Whether an evaluation is missing, lacks one of `keys`, or ranked ties by another rule than today's."""
+    if not os.path.exists(metrics_path):
+        return True
+    metrics = json.load(open(metrics_path, encoding="utf-8"))
+    return metrics.get("ties") != EvaluatorConfig().ties or any(key not in metrics for key in keys)
 
 
 def main() -> None:
@@ -297,10 +305,10 @@ def markdown(result: dict) -> str:
                              f"{_mean(rows, (m, 'hr10')):.4f} | {_mean(rows, (m, 'hr50')):.4f} | {by} | {fresh} | "
                              f"{_mean(rows, (m, 'train_seconds')):,.0f} |")
     if "warm_base" in result.get("chains", []):
-        lines += ["", "warm_base's HR is not a measurement: every item outside its frozen vocabulary shares the "
-                  "unknown-item row, so such a target ties with every other one (100k+ items), and the evaluator "
-                  "counts only candidates scoring strictly higher (ties do not count against the target). With any "
-                  "tie-breaking a list of K slots cannot tell those items apart: read its HR on new items as 0."]
+        lines += ["", "warm_base is the OOV-fallback baseline: every item outside its frozen vocabulary shares the "
+                  "unknown-item row, so such a target ties with every other such item. The evaluator counts tied "
+                  "candidates ahead of the target (`--evaluator.ties pessimistic`, the default): a list of K slots "
+                  "cannot tell those items apart."]
     return "\n".join(lines) + "\n"
 
 

@@ -219,10 +219,11 @@ def test_exclude_seen_matches_numpy_oracle(seed):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize("search", ["exact", "scann"])
-def test_shared_queries_give_the_figures_of_one_query_per_target(seed, search):
+@pytest.mark.parametrize("search,ties", [("exact", "pessimistic"), ("exact", "optimistic"), ("scann", "pessimistic")])
+def test_shared_queries_give_the_figures_of_one_query_per_target(seed, search, ties):
     """Targets sharing a query (QueryBatch.rows), with exclusions and tied scores: the same figures as the same
-    queries repeated for every target; exact ranks count the candidates scoring strictly higher (ties too)."""
+    queries repeated for every target; exact ranks count the candidates scoring higher, and with pessimistic
+    ties those scoring the same too."""
     from llm_hardneg.components.evaluator.core import QueryBatch
 
     rng = np.random.default_rng(seed)
@@ -232,7 +233,7 @@ def test_shared_queries_give_the_figures_of_one_query_per_target(seed, search):
     rows = rng.integers(0, 30, size=110)
     targets = rng.integers(-1, 150, size=110)
     excluded = np.unique(np.stack([rng.integers(0, 30, size=200), rng.integers(0, 150, size=200)], 1), axis=0)
-    config = EvaluatorConfig(ks=(5, 20), exclude_seen=True, search=search, recall_sample=30)
+    config = EvaluatorConfig(ks=(5, 20), exclude_seen=True, search=search, recall_sample=30, ties=ties)
     shared = evaluate([QueryBatch(queries, targets, excluded, rows)], candidates, config)
     per_target = np.array([(i, item) for i, row in enumerate(rows) for r, item in excluded if r == row], np.int64)
     repeated = evaluate([(queries[rows], targets, per_target)], candidates, config)
@@ -246,11 +247,42 @@ def test_shared_queries_give_the_figures_of_one_query_per_target(seed, search):
         scores[excluded[:, 0], excluded[:, 1]] = -np.inf
         known = targets >= 0
         target_scores = scores[rows, np.maximum(targets, 0)]
-        rank = np.where(known & np.isfinite(target_scores), (scores[rows] > target_scores[:, None]).sum(1), 10**9)
+        ahead = scores[rows] >= target_scores[:, None] if ties == "pessimistic" else \
+            scores[rows] > target_scores[:, None]
+        rank = np.where(known & np.isfinite(target_scores), ahead.sum(1) - (ties == "pessimistic"), 10**9)
         for k in (5, 20):
             assert shared["metrics"][f"hit_rate@{k}"] == pytest.approx((rank < k).mean())
             dcg = np.where(rank < k, 1 / np.log2(np.minimum(rank, k) + 2), 0.0)
             assert shared["metrics"][f"ndcg@{k}"] == pytest.approx(dcg.mean())
+
+
+@pytest.mark.parametrize("ties", ["pessimistic", "optimistic"])
+def test_tied_scores_rank_as_the_tie_rule_says(ties):
+    """Integer embeddings tie almost everywhere: ranks match a NumPy oracle under both rules, and a target
+    sharing its row with 40 items (one unknown-item row) is a miss when ties count against it."""
+    rng = np.random.default_rng(3)
+    candidates = rng.integers(-2, 3, size=(160, 3)).astype(np.float32)
+    candidates[99:140] = 5.0  # 41 items on one row
+    queries = rng.integers(-2, 3, size=(90, 3)).astype(np.float32)
+    targets = rng.integers(0, 160, size=90)
+    targets[:10] = np.arange(100, 110)  # targets on the shared row
+    queries[:10] = 1.0  # whose queries score that row highest (the target ties with 40 others)
+    result = evaluate([(queries[:45], targets[:45]), (queries[45:], targets[45:])], candidates,
+                      EvaluatorConfig(ks=(5, 6, 20), ties=ties))
+    scores = queries @ candidates.T
+    own = scores[np.arange(90), targets][:, None]
+    rank = (scores >= own).sum(1) - 1 if ties == "pessimistic" else (scores > own).sum(1)
+    for k in (5, 6, 20):
+        assert result["metrics"][f"hit_rate@{k}"] == pytest.approx((rank < k).mean())
+        assert result["metrics"][f"ndcg@{k}"] == pytest.approx(np.where(rank < k, 1 / np.log2(rank + 2), 0).mean())
+    assert (rank[:10] >= 40).all() if ties == "pessimistic" else (rank[:10] < 5).all()  # the shared row
+    assert result["metrics"]["ties"] == ties
+    # a tie group that fills the list exactly (3 higher + 3 tied, K = 6) is a hit at rank 5, one more a miss
+    base = np.array([[9.0], [9.0], [9.0], [5.0], [5.0], [5.0], [5.0], [1.0]], np.float32)
+    for members, expected in ((3, 1.0), (4, 0.0 if ties == "pessimistic" else 1.0)):
+        cands = np.concatenate([base[:3 + members], base[-1:]])
+        hr = evaluate([(np.ones([1, 1], np.float32), np.array([3]))], cands, EvaluatorConfig(ks=(6,), ties=ties))
+        assert hr["metrics"]["hit_rate@6"] == expected
 
 
 def test_seen_items_give_every_pair_of_each_batch_user():

@@ -35,7 +35,14 @@ class EvaluatorConfig:
       memory (16 bytes per training interaction).
     frequency_buckets: edges of the target-frequency groups that HR and NDCG are also reported for
       (`by_target_frequency`): a target's frequency is its item's training examples, and edges (1, 5)
-      give the groups '0' (never trained on), '1-4' and '5+', where the long tail's figures live."""
+      give the groups '0' (never trained on), '1-4' and '5+', where the long tail's figures live.
+    ties: how a candidate scoring exactly the target's score counts (exact search). 'pessimistic': it
+      ranks ahead of the target, so a target that ties with the whole list is a miss; 'optimistic':
+      only candidates scoring strictly higher count. Ties are rare between learned rows but certain
+      when items share one (every item outside a model's vocabulary is scored with the unknown-item
+      row): optimistic ranking then puts a target tied with 10^5 items at the top (Sun et al.,
+      RecSys 2020, show such ties inflating published figures). With search 'scann' the rank is the
+      target's position in what the index returns, whatever this says."""
 
     ks: tuple[int, ...] = (50, 100)
     batch_size: int = 4096
@@ -46,10 +53,13 @@ class EvaluatorConfig:
     recall_sample: int = 1000
     exclude_seen: bool = False
     frequency_buckets: tuple[int, ...] = (1, 5)
+    ties: str = "pessimistic"
 
     def __post_init__(self):
         if self.search not in ("exact", "scann"):
             raise ValueError(f"search must be 'exact' or 'scann', got {self.search!r}")
+        if self.ties not in ("pessimistic", "optimistic"):
+            raise ValueError(f"ties must be 'pessimistic' or 'optimistic', got {self.ties!r}")
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"ks must be positive, got {self.ks}")
         edges = self.frequency_buckets
@@ -79,26 +89,29 @@ NO_EXCLUSION = np.zeros([0, 2], np.int64)
 # One trace for every batch size and K (a smaller last batch used to retrace and warn).
 @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None, None], tf.float32),
                               tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int64),
-                              tf.TensorSpec([], tf.int32), tf.TensorSpec([None, 2], tf.int64)])
+                              tf.TensorSpec([], tf.int32), tf.TensorSpec([None, 2], tf.int64),
+                              tf.TensorSpec([], tf.bool)])
 def _batch_top_k(queries: tf.Tensor, candidates: tf.Tensor, rows: tf.Tensor, targets: tf.Tensor, k: tf.Tensor,
-                 excluded: tf.Tensor):
+                 excluded: tf.Tensor, pessimistic: tf.Tensor):
     """queries [U, d] (distinct), candidates [V, d], rows [B] the query of each target, targets [B] index,
-    excluded [E, 2] (query, item index) pairs left out of the ranking -> (rank of each target [B], top-k
-    indices of each query [U, k]).
+    excluded [E, 2] (query, item index) pairs left out of the ranking, pessimistic: whether tied candidates
+    count ahead of the target -> (rank of each target [B], top-k indices of each query [U, k]).
 
-    The rank is the number of ranked candidates scoring strictly higher than the target (0 = first), read off
-    the query's top-k: every candidate above a target that scores at least the k-th value is in it, and a
-    target below the k-th value has rank k (a miss at every K <= k). An excluded target has rank int32 max.
+    The rank is the number of ranked candidates scoring higher than the target (0 = first), read off the
+    query's top k + 1 values: when fewer than k + 1 of them score at least the target's score, every
+    candidate that does is among them (the target too), so the count is exact; otherwise the target's rank
+    is k or more, and k is returned (a miss at every K <= k). An excluded target has rank int32 max.
     """
     scores = tf.matmul(queries, candidates, transpose_b=True)  # [U, V]
     scores = tf.tensor_scatter_nd_update(scores, excluded, tf.fill(tf.shape(excluded)[:1], -np.inf))
-    values, indices = tf.math.top_k(scores, k=k)  # [U, k]
+    values, indices = tf.math.top_k(scores, k=tf.minimum(k + 1, tf.shape(scores)[1]))  # [U, k + 1]
     target_scores = tf.gather_nd(scores, tf.stack([rows, tf.cast(targets, tf.int32)], axis=1))[:, None]  # [B, 1]
-    above = tf.gather(values, rows)  # [B, k]
-    rank = tf.where(target_scores[:, 0] >= above[:, -1], tf.reduce_sum(tf.cast(above > target_scores, tf.int32), 1),
-                    k)
+    above = tf.gather(values, rows)  # [B, k + 1]
+    higher = tf.reduce_sum(tf.cast(above > target_scores, tf.int32), 1)
+    at_least = tf.reduce_sum(tf.cast(above >= target_scores, tf.int32), 1) - 1  # less the target itself
+    rank = tf.minimum(tf.where(pessimistic, at_least, higher), k)
     rank = tf.where(tf.math.is_inf(target_scores[:, 0]), tf.int32.max, rank)  # a miss at every K
-    return rank, indices
+    return rank, indices[:, :k]
 
 
 class SeenItems:
@@ -161,8 +174,8 @@ def evaluate(query_batches: Iterable[tuple], candidates: np.ndarray, config: Eva
     returning users (with training examples) and new ones.
 
     Returns hit rates and NDCG at every K (one relevant item per query: 1 / log2(rank + 2) when
-    rank < K; the rank counts the candidates scoring strictly higher, so a tie does not count against the
-    target), counts and per-item top-K appearance counts [V].
+    rank < K; the rank counts the candidates scoring higher, and with config.ties 'pessimistic' those scoring
+    the same too), counts and per-item top-K appearance counts [V].
     A target outside the corpus is a miss (it cannot be retrieved) and is counted apart.
     """
     k_max = min(max(config.ks), len(candidates))
@@ -172,6 +185,7 @@ def evaluate(query_batches: Iterable[tuple], candidates: np.ndarray, config: Eva
     appearances = np.zeros(len(candidates), np.int64)
     total = unknown = distinct = 0
     searcher = _scann_searcher(candidates, k_max) if config.search == "scann" else None
+    pessimistic = config.ties == "pessimistic"
     overlap, sampled, seen_targets = 0, 0, 0
     groups = config.frequency_groups()
     by_group = {g: [0, {k: 0 for k in config.ks}, {k: 0.0 for k in config.ks}] for g in groups}  # queries, hits, DCG
@@ -190,7 +204,7 @@ def evaluate(query_batches: Iterable[tuple], candidates: np.ndarray, config: Eva
         if searcher is None:
             rank, top = _batch_top_k(tf.constant(queries, tf.float32), candidates_t, tf.constant(rows, tf.int32),
                                      tf.constant(np.where(known, targets, 0), tf.int64), tf.constant(k_max, tf.int32),
-                                     tf.constant(excluded, tf.int64))
+                                     tf.constant(excluded, tf.int64), tf.constant(pessimistic))
             rank, top = rank.numpy(), top.numpy()
         else:  # ranks within what the index returns (k_max = not retrieved); recall on the first queries
             top = _scann_top_k(searcher, queries, k_max, excluded, len(candidates))
@@ -201,7 +215,8 @@ def evaluate(query_batches: Iterable[tuple], candidates: np.ndarray, config: Eva
                 inside = (excluded[:, 0] >= part.start) & (excluded[:, 0] < part.stop)
                 _, exact = _batch_top_k(tf.constant(queries[part], tf.float32), candidates_t,
                                         tf.zeros([0], tf.int32), tf.zeros([0], tf.int64), tf.constant(k_max, tf.int32),
-                                        tf.constant(excluded[inside] - [part.start, 0], tf.int64))
+                                        tf.constant(excluded[inside] - [part.start, 0], tf.int64),
+                                        tf.constant(pessimistic))
                 overlap += sum(len(set(a) & set(b)) for a, b in zip(exact.numpy(), top[part]))
             sampled += need
             found = top[rows] == np.where(known, targets, -1)[:, None]
@@ -234,7 +249,7 @@ def evaluate(query_batches: Iterable[tuple], candidates: np.ndarray, config: Eva
     metrics.update({f"ndcg@{k}": gains[k] / total for k in config.ks})
     metrics.update(num_queries=total, distinct_queries=distinct, targets_not_in_corpus=unknown,
                    corpus_size=len(candidates), search=config.search,
-                   exclude_seen=config.exclude_seen, targets_seen_in_training=seen_targets)
+                   exclude_seen=config.exclude_seen, targets_seen_in_training=seen_targets, ties=config.ties)
     if train_counts is not None:
         metrics["by_target_frequency"] = {
             name: {"queries": n, **{f"hit_rate@{k}": h[k] / max(1, n) for k in config.ks},
