@@ -125,7 +125,8 @@ def train(config: TrainerConfig, examples_dir: str, clusters: str, tag: str, eva
     by = metrics["by_target_frequency"]
     return {"model_dir": out, "train_seconds": summary["train_seconds"], "train_examples": summary[
         "train_examples_per_epoch"], **{f"hr{k}": metrics[f"hit_rate@{k}"] for k in KS},
-            "ndcg10": metrics["ndcg@10"], "hr50_by_frequency": {g: v["hit_rate@50"] for g, v in by.items()},
+            "ndcg10": metrics["ndcg@10"], "popularity": metrics.get("popularity"),
+            "hr50_by_frequency": {g: v["hit_rate@50"] for g, v in by.items()},
             "queries_by_frequency": {g: v["queries"] for g, v in by.items()},
             "hr50_by_user": {g: v["hit_rate@50"] for g, v in metrics["by_user"].items()},
             "queries_by_user": {g: v["queries"] for g, v in metrics["by_user"].items()},
@@ -284,8 +285,9 @@ def markdown(result: dict) -> str:
                   "warm_replayK: warm-started like warm, trained on window t and the K windows before it "
                   "(window t's own model where fewer precede it). warm_Nep: warm with N epochs a window.", "",
                   "| window | model | item vocabulary | items with rows (new to the base) | evicted items / users (MB "
-                  "freed) | pool's share of new items | HR@10 | HR@50 | HR@50 0 / 1-4 / 5+ | HR@50 on the window's new "
-                  "items (queries) | train (s) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "freed) | pool's share of new items | HR@10 | NDCG@10 | HR@50 | HR@50 0 / 1-4 / 5+ | HR@50 on the "
+                  "window's new items (queries) | top-100 items' share of lists / catalogue share listed | train (s) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for t in range(result["windows"]):
             rows = [r for r in result["runs"] if r["window"] == t]
             for m in ("scratch", "warm", *result["chains"]):
@@ -301,8 +303,12 @@ def markdown(result: dict) -> str:
                     else "-"
                 fresh = (f"{_mean(rows, (m, 'hr50_new_items')):.4f} ({rows[0][m]['queries_new_items']:,})"
                          if "hr50_new_items" in rows[0][m] else "-")
+                popularity = "-" if not rows[0][m].get("popularity") else (
+                    f"{_mean(rows, (m, 'popularity', 'top100_popular_share_of_top100')):.3f} / "
+                    f"{_mean(rows, (m, 'popularity', 'share_of_catalogue_recommended_at_least_1x')):.3f}")
                 lines.append(f"| {t} | {m} | {vocabulary['kind']} | {size} | {evicted} | {share} | "
-                             f"{_mean(rows, (m, 'hr10')):.4f} | {_mean(rows, (m, 'hr50')):.4f} | {by} | {fresh} | "
+                             f"{_mean(rows, (m, 'hr10')):.4f} | {_mean(rows, (m, 'ndcg10')):.4f} | "
+                             f"{_mean(rows, (m, 'hr50')):.4f} | {by} | {fresh} | {popularity} | "
                              f"{_mean(rows, (m, 'train_seconds')):,.0f} |")
     if "warm_base" in result.get("chains", []):
         lines += ["", "warm_base is the OOV-fallback baseline: every item outside its frozen vocabulary shares the "
