@@ -1,5 +1,6 @@
 """Sequence records (example_gen) and sequence training (trainer): chunks, leak-freedom, equivalence."""
 
+import dataclasses
 import functools
 import glob
 import json
@@ -16,20 +17,25 @@ from llm_hardneg.components.example_gen import ExampleGenConfig, core, run_examp
 from llm_hardneg.components.trainer import TrainerConfig, run_trainer
 from llm_hardneg.components.trainer.data import ItemCatalogue, make_dataset
 from llm_hardneg.components.trainer.model import TwoTowerModel
+from tests.test_example_gen import interactions_table
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(0, 700), st.integers(1, 60))
-def test_every_positive_but_the_first_is_a_target_once_with_half_a_window_of_context(positives, length):
-    chunks = core.sequence_chunks(positives, length)
+@given(st.integers(0, 700), st.integers(1, 60), st.integers(0, 40))
+def test_every_positive_but_the_first_is_a_target_once_with_half_a_window_of_context(positives, length, context):
+    """context: positives before a time window (context only); 0 and 1 both leave just the user's first out."""
+    chunks = core.sequence_chunks(positives, length, context)
+    first_target = max(1, context)
     targets = [j for start, end, first in chunks for j in range(first, end)]
-    assert sorted(targets) == list(range(1, positives))  # each once, the user's first never
+    assert sorted(targets) == list(range(first_target, positives))  # each once, the context never
     for start, end, first in chunks:
         assert 0 <= start < first < end <= positives and end - start <= length + 1
         assert first - start >= min(first, length // 2 + 1)  # context of the chunk's first target
-    if positives > 1:
+    if positives > first_target:
         tokens = sum(end - start for start, end, _ in chunks)
-        assert tokens / (positives - 1) <= (length + 1) / max(1, length - length // 2) + 1e-9
+        assert tokens <= (positives - first_target) * (length + 1) / max(1, length - length // 2) + length + 1e-9
+    if context <= 1:
+        assert chunks == core.sequence_chunks(positives, length)
 
 
 def _table(rng, users=6, rows=120):
@@ -71,6 +77,37 @@ def test_sequence_records_hold_each_users_training_positives_in_order(seed, spli
             assert list(zip(ids, stamps)) == expected[start:end]
     assert sum(r[2] for r in records) == int(train.sum()) - sum(
         1 for u in range(len(examples.users)) if (train & (examples.user == u)).any())
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("uvw"), st.sampled_from("abcdefgh"), st.integers(0, 20)), min_size=1,
+                max_size=70), st.lists(st.integers(1, 21), min_size=3, max_size=3, unique=True), st.integers(1, 7))
+def test_window_sequences_target_the_windows_positives_after_context_from_before_it(log, bounds, length):
+    """Targets: each user's training positives of the window (a user's first positive ever never); context: up
+    to length // 2 + 1 positives from before the window, never an evaluation or later row."""
+    start, cut, end = sorted(bounds)
+    table = interactions_table([(u, i, 5, t) for u, i, t in log])
+    examples = core.user_examples(table, cut, 3, 3.0, window_start=start, window_end=end)
+    got: dict[str, list] = {}
+    for _, record, targets, items in core.serialized_sequences(examples, length):
+        f = tf.train.Example.FromString(record).features.feature
+        stamps, begin = list(f["timestamps"].int64_list.value), f["target_from"].int64_list.value[0]
+        user = f["user_id"].bytes_list.value[0].decode()
+        assert items == len(stamps) <= length + 1 and targets == len(stamps) - begin
+        assert all(start <= t < cut for t in stamps[begin:])  # targets: the window's training rows
+        got.setdefault(user, []).append((stamps, begin))
+    positive = examples.label == 1
+    for u, user in enumerate(examples.users):
+        mine = positive & (examples.user == u)
+        window = np.flatnonzero(mine & examples.in_train)
+        before = np.flatnonzero(mine & (examples.timestamp < start))
+        expected_targets = [int(examples.order_key[r]) for r in window if len(before) or r != window[0]]
+        chunks = got.get(user, [])
+        assert [t for stamps, b in chunks for t in stamps[b:]] == expected_targets
+        if chunks:  # the first chunk's context: the last positives before the window (the first one without them)
+            stamps, begin = chunks[0]
+            kept = [int(examples.order_key[r]) for r in before[len(before) - min(len(before), length // 2 + 1):]]
+            assert stamps[:begin] == (kept if len(before) else [int(examples.order_key[window[0]])])
 
 
 @functools.cache
@@ -172,6 +209,40 @@ def test_sequence_training_trains_and_serves(sequence_examples, clusters_dir, tm
     served = tf.saved_model.load(str(tmp_path / "query_model"))
     out = served(tf.constant(["1"]), tf.constant([["3", "4"]]))["embedding"].numpy()
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+
+
+def test_a_window_of_sequence_records_warm_starts_sequence_training(movielens_dir, clusters_dir, tmp_path):
+    """Continuous training on the sequence path: window 1's records target its own positives only (context from
+    before it, never an evaluation row), and a sequence model warm-started from window 0's trains on them."""
+    stamps = [int(line.split("::")[3]) for line in open(os.path.join(movielens_dir, "ratings.dat"))]
+    bounds = core.window_bounds(np.array(stamps), 2, 0.6)
+    summaries, outs = [], []
+    for t in range(2):
+        out = str(tmp_path / f"examples{t}")
+        summaries.append(run_example_gen(ExampleGenConfig.movielens(
+            movielens_dir, history_length=4, sequence_length=4, window_start=bounds[t - 1] if t else 0,
+            cut_timestamp=bounds[t], window_end=bounds[t + 1]), out))
+        outs.append(out)
+    window = summaries[1]
+    chunks = list(make_dataset(sorted(glob.glob(os.path.join(outs[1], "train_sequences", "*"))), 1000, 4,
+                               sequences=True))
+    lengths = np.concatenate([b["sequence_length"].numpy() for b in chunks])
+    firsts = np.concatenate([b["target_from"].numpy() for b in chunks])
+    target_stamps = np.concatenate([b["sequence_timestamps"].numpy()[j, firsts[j]:lengths[j]]
+                                    for b in chunks for j in range(len(b["user_id"]))])
+    assert (lengths - firsts).sum() == window["train_sequence_targets"] <= window["train_positives"]
+    assert window["train_sequence_targets"] > 0.8 * window["train_positives"]  # most users rated before the window
+    assert ((target_stamps >= bounds[0]) & (target_stamps < bounds[1])).all()
+    context = np.concatenate([b["sequence_timestamps"].numpy()[j, :firsts[j]] for b in chunks
+                              for j in range(len(b["user_id"]))])
+    assert (context < bounds[1]).all() and (context < bounds[0]).mean() > 0.5  # context from before the window
+    config = TrainerConfig(query_tower="transformer", sequence_training=True, history_length=4, sequence_batch_size=8,
+                           embedding_dim=8, epochs=1, transformer_heads=2, shuffle_buffer=100)
+    run_trainer(config, outs[0], clusters_dir, str(tmp_path / "model0"))
+    warm = run_trainer(dataclasses.replace(config, warm_start_from=str(tmp_path / "model0")), outs[1], clusters_dir,
+                       str(tmp_path / "model1"))
+    assert warm["warm_start"] and warm["train_examples_per_epoch"] == window["train_sequences"]
+    assert np.isfinite(warm["final_metrics"]["loss"])
 
 
 def test_sequence_training_names_what_it_needs(examples_dir, sequence_examples, clusters_dir, tmp_path):

@@ -48,8 +48,10 @@ class ExampleGenConfig:
       user in that order, and after every training row under the time cut).
     sequence_length: L > 0 also writes train_sequences/: each user's training positives as sequence
       records of up to L + 1 items (core.sequence_chunks: consecutive chunks overlap by L // 2 + 1,
-      each positive but a user's first is a target once), for the trainer's `sequence_training`, which
-      reads each sequence once for all its targets instead of one L-item history per target; 0 = off.
+      each training positive but a user's first is a target once; with `window_start`, up to L // 2 + 1
+      of the user's positives before the window lead the first chunk as context only), for the trainer's
+      `sequence_training`, which reads each sequence once for all its targets instead of one L-item
+      history per target; 0 = off.
     user_shards: users are processed in this many groups (ranges of the user id, cut at quantiles of a
       sample, so about equal numbers of interactions each), each with array operations in one worker's
       memory (about 100 bytes per interaction): raise it when interactions / user_shards passes ~10^7, or
@@ -111,9 +113,6 @@ class ExampleGenConfig:
             raise ValueError(f"cut_timestamp {self.cut_timestamp} must be after window_start {self.window_start}")
         if self.window_end and self.cut_timestamp and self.window_end <= self.cut_timestamp:
             raise ValueError(f"window_end {self.window_end} must be after cut_timestamp {self.cut_timestamp}")
-        if self.window_start and self.sequence_length:
-            raise ValueError("sequence records of a window (window_start with sequence_length) are not built yet: "
-                             "set --example_gen.sequence_length 0 for windowed examples")
         if self.history_ties not in HISTORY_TIES:
             raise ValueError(f"history_ties must be one of {HISTORY_TIES}, got {self.history_ties!r}")
 

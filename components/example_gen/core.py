@@ -242,22 +242,46 @@ def serialized(examples: UserExamples) -> Iterator[tuple[int, bytes, bytes]]:
 
 
 # -- sequence records ---------------------------------------------------------------------------
-def sequence_chunks(positives: int, length: int) -> list[tuple[int, int, int]]:
-    """(start, end, first target) of the chunks of a user's `positives` training positives (in time order)
-    for windows of `length` history positions: each chunk holds up to length + 1 consecutive positives
-    [start, end); its targets are positions first..end - 1 (chunk-relative first - start), each
-    positive but the user's first is the target of exactly one chunk, and consecutive chunks overlap by
-    length // 2 + 1 positives, so every target has at least length // 2 earlier positives of context
-    (all of them, when it has fewer). Tokens written per target: about 2."""
+def sequence_chunks(positives: int, length: int, first_target: int = 1) -> list[tuple[int, int, int]]:
+    """(start, end, first target) of the chunks of a user's `positives` positives (in time order) for windows
+    of `length` history positions: each chunk holds up to length + 1 consecutive positives [start, end); its
+    targets are positions first..end - 1 (chunk-relative first - start). Every positive from `first_target`
+    on (at least 1: the user's first positive is context only; a time window's earlier positives are context
+    too) is the target of exactly one chunk, and consecutive chunks overlap by length // 2 + 1 positives, so
+    every target has at least length // 2 earlier positives of context (all of them, when it has fewer).
+    Tokens written per target: about 2."""
     stride = max(1, length - length // 2)  # new targets per chunk after the first
-    chunks, end = [], min(positives, length + 1)
-    if positives >= 2:
-        chunks.append((0, end, 1))
+    first_target = max(1, first_target)
+    if positives <= first_target:
+        return []
+    start = max(0, first_target - (length // 2 + 1))
+    end = min(positives, start + length + 1)
+    chunks = [(start, end, first_target)]
     while end < positives:
         new_end = min(positives, end + stride)
         chunks.append((max(0, new_end - length - 1), new_end, end))
         end = new_end
     return chunks
+
+
+def _sequence_rows(examples: UserExamples, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of the sequence records in (user, time) order, and for each row its user's count of context rows.
+    They are each user's training positives, after up to length // 2 + 1 positives from before a time window
+    (`window_start`: history-only rows, neither training nor evaluation), which are context only: a window's
+    first targets see the positives before it, as its per-interaction examples' histories do. Without a
+    window a user's positives before the first training one are none, and the count is 0."""
+    positive = np.flatnonzero(examples.label == 1)
+    if not len(positive):
+        return positive, np.zeros([0], np.int64)
+    train, user, index = examples.in_train[positive], examples.user[positive], np.arange(len(positive))
+    new_user = np.r_[True, user[1:] != user[:-1]]
+    segment = np.cumsum(new_user) - 1  # each positive's user, 0..U-1
+    first_train = np.minimum.reduceat(np.where(train, index, len(positive)), np.flatnonzero(new_user))
+    first_train = np.where(first_train < len(positive), first_train, -1)[segment]  # -1: no training positive
+    before = ~train & ~examples.in_eval[positive] & (index < first_train) & (first_train - index <= length // 2 + 1)
+    keep = train | before
+    counts = np.bincount(segment[before], minlength=int(segment[-1]) + 1)
+    return positive[keep], counts[segment[keep]]
 
 
 def serialized_sequences(examples: UserExamples, length: int) -> Iterator[tuple[bytes, bytes, int, int]]:
@@ -267,16 +291,16 @@ def serialized_sequences(examples: UserExamples, length: int) -> Iterator[tuple[
     one before); target_from: the chunk position of the first target (the positives before it are
     context only). Which earlier positions a target may see (strictly smaller timestamps) is the
     trainer's to apply (data.parse_sequences). The key is UTF-8 of f"{user_id}\x1f{chunk:010d}"."""
-    rows = np.flatnonzero((examples.label == 1) & examples.in_train)
+    rows, context = _sequence_rows(examples, length)
     users, items, stamps = examples.user[rows], examples.item[rows], examples.order_key[rows]
     starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(rows) else np.zeros([0], np.int64)
     ends = np.r_[starts[1:], len(rows)].astype(np.int64)
     values = [_value(item) for item in examples.items]
-    for first, last in zip(starts.tolist(), ends.tolist()):
+    for first, last, before in zip(starts.tolist(), ends.tolist(), context[starts].tolist()):
         user = examples.users[users[first]]
         user_entry = _entry("user_id", _field(b"\x0a", _value(user)))
         user_key = user.encode("utf-8") + b"\x1f"
-        for number, (start, end, target) in enumerate(sequence_chunks(last - first, length)):
+        for number, (start, end, target) in enumerate(sequence_chunks(last - first, length, before)):
             chunk = slice(first + start, first + end)
             ids = b"".join(values[c] for c in items[chunk].tolist())
             times = _field(b"\x1a", _field(b"\x0a", b"".join(_varints(stamps[chunk]))))  # a packed Int64List
