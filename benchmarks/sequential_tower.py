@@ -50,9 +50,10 @@ COLOURS = {"pooled": "tab:blue", "transformer": "tab:orange", "transformer_seq":
 PEER_RESULTS = os.path.join(RESULTS, "peer_rectools_sasrec.json")
 
 
-def example_config(name: str, root: str, history: int, ties: str = "exclude") -> ExampleGenConfig:
+def example_config(name: str, root: str, history: int, ties: str = "exclude",
+                   split: str = "leave_last_out") -> ExampleGenConfig:
     ml = os.path.join(root, "ml-1m")
-    common = {"split": "leave_last_out", "history_length": history, "sequence_length": history, "history_ties": ties}
+    common = {"split": split, "history_length": history, "sequence_length": history, "history_ties": ties}
     if name == "ml1m_exact":
         return ExampleGenConfig.movielens(ml, interactions=os.path.join(ml, "ratings.users_0001-2999.dat"), **common)
     if name == "ml1m":
@@ -61,15 +62,16 @@ def example_config(name: str, root: str, history: int, ties: str = "exclude") ->
     return ExampleGenConfig(source="generic", interactions=os.path.join(root, folder, "interactions.csv.gz"), **common)
 
 
-def work_name(name: str, history: int, ties: str) -> str:
-    return f"seq_{name}_h{history}" + ("" if ties == "exclude" else f"_{ties}")
+def work_name(name: str, history: int, ties: str, split: str = "leave_last_out") -> str:
+    return f"seq_{name}_h{history}" + ("" if ties == "exclude" else f"_{ties}") + (
+        "" if split == "leave_last_out" else f"_{split}")
 
 
-def cluster_tables(name: str, root: str, history: int, seeds: list[int],
-                   ties: str = "exclude") -> tuple[str, dict[int, str], str]:
+def cluster_tables(name: str, root: str, history: int, seeds: list[int], ties: str = "exclude",
+                   split: str = "leave_last_out") -> tuple[str, dict[int, str], str]:
     """(examples dir, seed -> cluster dir, cluster source) of a data set."""
-    work = work_name(name, history, ties)
-    examples, clusters = prepare(work, example_config(name, root, history, ties))
+    work = work_name(name, history, ties, split)
+    examples, clusters = prepare(work, example_config(name, root, history, ties, split))
     if name.startswith("ml1m"):
         return examples, {seed: clusters for seed in seeds}, "llm"
     tables = {}
@@ -80,7 +82,8 @@ def cluster_tables(name: str, root: str, history: int, seeds: list[int],
     return examples, tables, "behavioural"
 
 
-def curve(config: TrainerConfig, examples: str, clusters: str, tag: str, epochs: list[int]) -> list[dict]:
+def curve(config: TrainerConfig, examples: str, clusters: str, tag: str, epochs: list[int],
+          exclude_seen: bool = True) -> list[dict]:
     """Trains up to each epoch count in turn (resuming), evaluating after each: HR, NDCG and wall time."""
     out = os.path.join(WORK, "models", tag)
     points, seconds = [], 0.0
@@ -95,7 +98,7 @@ def curve(config: TrainerConfig, examples: str, clusters: str, tag: str, epochs:
         else:
             summary = run_trainer(dataclasses.replace(config, epochs=count), examples, clusters, out)
             seconds += summary["train_seconds"]
-            metrics = run_evaluator(EvaluatorConfig(ks=KS, exclude_seen=True), out, examples,
+            metrics = run_evaluator(EvaluatorConfig(ks=KS, exclude_seen=exclude_seen), out, examples,
                                     os.path.join(out, f"eval_epoch{count}"), config.history_length)
             with open(done, "w", encoding="utf-8") as f:
                 json.dump({"cumulative_train_seconds": seconds,
@@ -118,6 +121,9 @@ def main() -> None:
                         help="example_gen's history_ties: 'input_order' lets a history hold same-timestamp positives "
                              "that come earlier in the input, as SASRec's and the peer's preparation does")
     parser.add_argument("--seeds", default="0")
+    parser.add_argument("--split", default="leave_last_out", choices=("leave_last_out", "time"),
+                        help="time: the paper's protocol (the last 20%% of the time line to evaluation, every item "
+                        "ranked, seen ones too)")
     parser.add_argument("--epochs", default="2,4,8")
     parser.add_argument("--history", type=int, default=200)
     parser.add_argument("--merge-seeds", action="store_true",
@@ -129,12 +135,12 @@ def main() -> None:
     path = os.path.join(RESULTS, "sequential_tower.json")
     result = json.load(open(path, encoding="utf-8")) if os.path.exists(path) else {"rows": []}
     for name in args.datasets.split(","):
-        ties = args.history_ties
-        examples, tables, source = cluster_tables(name, args.data_root, args.history, seeds, ties)
+        ties, split = args.history_ties, args.split
+        examples, tables, source = cluster_tables(name, args.data_root, args.history, seeds, ties, split)
         for tower in args.towers.split(","):
             for strategy, scoring in itertools.product(args.strategies.split(","), args.scorings.split(",")):
                 history = TrainerConfig.history_length if tower == "pooled" else args.history
-                key = (name, tower, strategy, scoring, history, ties)
+                key = (name, tower, strategy, scoring, history, ties, split)
                 previous = [r for r in result["rows"] if row_key(r) == key and r["epochs"] == epochs]
                 kept = {s: c for s, c in zip(previous[0]["seeds"], previous[0]["curves"]) if s not in seeds} \
                     if args.merge_seeds and previous else {}
@@ -143,12 +149,12 @@ def main() -> None:
                     config = TrainerConfig(strategy=strategy, cluster_source=source, seed=seed, history_length=history,
                                            **TOWERS[tower], **SCORINGS[scoring])
                     suffix = ("" if scoring == "cosine_mlp" else f"-{scoring}") + (
-                        "" if ties == "exclude" else f"-{ties}")
+                        "" if ties == "exclude" else f"-{ties}") + ("" if split == "leave_last_out" else f"-{split}")
                     tag = f"seq-{name}-h{args.history}-{tower}-{strategy}{suffix}-{seed}"
-                    runs.append(curve(config, examples, tables[seed], tag, epochs))
+                    runs.append(curve(config, examples, tables[seed], tag, epochs, split == "leave_last_out"))
                 runs = list(kept.values()) + runs
                 row = {"dataset": name, "tower": tower, "strategy": strategy, "scoring": scoring, "history": history,
-                       "history_ties": ties, "seeds": list(kept) + seeds,
+                       "history_ties": ties, "split": split, "seeds": list(kept) + seeds,
                        "epochs": epochs, "curves": runs}
                 last = [r[-1] for r in runs]
                 row.update({f"{m}_{f.__name__}": f([p[m] for p in last]) for m in METRICS
@@ -161,32 +167,37 @@ def main() -> None:
 
 def row_key(row: dict) -> tuple:
     return (row["dataset"], row["tower"], row["strategy"], row.get("scoring", "cosine_mlp"), row["history"],
-            row.get("history_ties", "exclude"))
+            row.get("history_ties", "exclude"), row.get("split", "leave_last_out"))
 
 
 def write(result: dict) -> None:
     peer = json.load(open(PEER_RESULTS, encoding="utf-8")) if os.path.exists(PEER_RESULTS) else {"runs": []}
     result["peer"] = peer["runs"]
-    lines = ["Query towers side by side (`python -m benchmarks.sequential_tower`): leave_last_out, full ranking, "
-             "each user's training items excluded; figures after the last epoch count, mean ± std over seeds.", "",
+    lines = ["Query towers side by side (`python -m benchmarks.sequential_tower`): full ranking; leave_last_out with "
+             "each user's training items excluded, or the time split (`--split time`, the paper's protocol: every "
+             "item ranked); figures after the last epoch count, mean ± std over seeds.", "",
              "Scoring: cosine_mlp (ours: cosine / 0.05, MLP candidate tower), cosine_tied (the candidate is the "
              "item's input embedding), dot_tied (SASRec's: tied, raw dot product).", "",
              "History ties: exclude (a history holds strictly earlier timestamps only, the paper's protocol) or "
              "input_order (also same-timestamp positives earlier in the input, as SASRec's preparation and the peer "
              "have it).", "",
-             "| data | tower | strategy | scoring | history | ties | epochs | seeds | HR@10 | NDCG@10 | HR@50 "
+             "| data | split | tower | strategy | scoring | history | ties | epochs | seeds | HR@10 | NDCG@10 | HR@50 "
              "| train wall (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         cells = " | ".join(f"{r[f'{m}_mean']:.4f} ± {r[f'{m}_pstdev']:.4f}" for m in METRICS)
-        lines.append(f"| {r['dataset']} | {r['tower']} | {r['strategy']} | {row_key(r)[3]} | {r['history']} | "
+        lines.append(f"| {r['dataset']} | {row_key(r)[6]} | {r['tower']} | {r['strategy']} | {row_key(r)[3]} | "
+                     f"{r['history']} | "
                      f"{row_key(r)[5]} | {r['epochs'][-1]} | {len(r['seeds'])} | "
                      f"{cells} | {r['train_seconds_mean']:,.0f} |")
-    for p in result["peer"]:
-        lines.append(f"| {p['dataset']} | peer: RecTools {p['version']} SASRec ({p['loss']}) | - | dot_tied | "
-                     f"{p['max_len']} | input_order | "
-                     f"{p['epochs']} (early stopping) | 1 | {p['hr10']:.4f} | {p['ndcg10']:.4f} | {p['hr50']:.4f} | "
-                     f"{p['train_seconds']:,.0f} |")
+    for name in sorted({p["dataset"] for p in result["peer"]}):  # the peer's seeds of a data set in one row
+        runs = sorted((p for p in result["peer"] if p["dataset"] == name), key=lambda p: p["seed"])
+        cells = " | ".join(f"{statistics.mean(p[m] for p in runs):.4f} ± {statistics.pstdev(p[m] for p in runs):.4f}"
+                           for m in METRICS)
+        lines.append(f"| {name} | leave_last_out | peer: RecTools {runs[0]['version']} SASRec ({runs[0]['loss']}) | "
+                     f"- | dot_tied | {runs[0]['max_len']} | input_order | "
+                     f"{', '.join(str(p['epochs']) for p in runs)} (early stopping) | {len(runs)} | {cells} | "
+                     f"{statistics.mean(p['train_seconds'] for p in runs):,.0f} |")
     lines += ["", "HR@10 against cumulative training wall time: benchmarks/results/sequential_tower.png."]
     write_results("sequential_tower", result, "\n".join(lines) + "\n")
     plot(result)
@@ -198,10 +209,10 @@ def plot(result: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    datasets = sorted({r["dataset"] for r in result["rows"]})
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4), squeeze=False)
-    for ax, name in zip(axes[0], datasets):
-        for r in (r for r in result["rows"] if r["dataset"] == name):
+    panels = sorted({(r["dataset"], row_key(r)[6]) for r in result["rows"]})
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (name, split) in zip(axes[0], panels):
+        for r in (r for r in result["rows"] if (r["dataset"], row_key(r)[6]) == (name, split)):
             for i, points in enumerate(r["curves"]):
                 ax.plot([p["train_seconds"] for p in points], [p["hr10"] for p in points],
                         marker={"cosine_mlp": "o", "cosine_tied": "s", "dot_tied": "^"}[row_key(r)[3]],
@@ -209,10 +220,11 @@ def plot(result: dict) -> None:
                         color=COLOURS[r["tower"]],
                         markerfacecolor="none" if row_key(r)[5] == "exclude" else None,  # hollow: strict ties
                         linestyle={"in_batch": "-", "oob": ":", "cluster_oob": "--"}.get(r["strategy"], "-"))
-        for p in (p for p in result["peer"] if p["dataset"] == name):
+        for p in (p for p in result["peer"] if p["dataset"] == name and split == "leave_last_out"):
             ax.scatter([p["train_seconds"]], [p["hr10"]], marker="*", s=150, color="black",
                        label=f"RecTools SASRec ({p['epochs']} epochs)")
-        ax.set(title=name, xlabel="training wall time (s, 2 CPU cores)", ylabel="HR@10 (seen items excluded)")
+        ax.set(title=f"{name}, {split}", xlabel="training wall time (s, 2 CPU cores)",
+               ylabel="HR@10 (seen items excluded)" if split == "leave_last_out" else "HR@10 (every item ranked)")
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(RESULTS, "sequential_tower.png"), dpi=120)
