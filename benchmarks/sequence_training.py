@@ -1,6 +1,6 @@
 """Sequence records and sequence training against per-interaction examples, same transformer tower.
 
-    python -m benchmarks.sequence_training [--dataset ml1m_exact] [--history 200] [--steps 5]
+    python -m benchmarks.sequence_training [--dataset ml1m_exact|videogames] [--history 200] [--steps 5]
 
 On the examples benchmarks.sequential_tower prepares (leave_last_out, `--history` items of history and
 sequence records of that length): bytes per training interaction of train/ (one example per
@@ -30,7 +30,7 @@ import statistics
 import time
 
 import llm_hardneg.components  # noqa: F401  (environment before TensorFlow)
-from benchmarks.paper_tables import RESULTS, WORK, write_results
+from benchmarks.paper_tables import RESULTS, write_results
 
 
 def _bytes(directory: str) -> int:
@@ -38,6 +38,7 @@ def _bytes(directory: str) -> int:
 
 
 def throughput(examples: str, clusters: str, history: int, steps: int) -> list[dict]:
+    """clusters: the cluster table's folder (clusters_dir/<cluster_source>)."""
     import tensorflow as tf
 
     from llm_hardneg.components.trainer import TrainerConfig
@@ -45,7 +46,7 @@ def throughput(examples: str, clusters: str, history: int, steps: int) -> list[d
     from llm_hardneg.components.trainer.model import TwoTowerModel
     from llm_hardneg.components.trainer.optimizer import make_optimizer
 
-    catalogue = load_catalogue(os.path.join(examples, "items"), os.path.join(clusters, "llm"))
+    catalogue = load_catalogue(os.path.join(examples, "items"), clusters)
     rows = []
     for name, sequences in (("per-interaction examples", False), ("sequence records", True)):
         config = TrainerConfig(strategy="in_batch", query_tower="transformer", history_length=history,
@@ -91,29 +92,40 @@ def quality(args) -> list[dict]:
     return rows
 
 
+def results_name(dataset: str) -> str:
+    """The results file of a data set: sequence_training (ML-1M users 1-2999) or sequence_training_<name>."""
+    return "sequence_training" if dataset == "ml1m_exact" else f"sequence_training_{dataset}"
+
+
 def write_quality(args, rows: list[dict]) -> None:
-    path = os.path.join(RESULTS, "sequence_training.json")
-    result = json.load(open(path, encoding="utf-8"))
+    path = os.path.join(RESULTS, f"{results_name(args.dataset)}.json")
+    result = json.load(open(path, encoding="utf-8")) if os.path.exists(path) else {
+        "dataset": args.dataset, "history": args.history}
     done = {(r["path"], r["seed"], r["epochs"]) for r in rows}
     result["quality"] = [r for r in result.get("quality", []) if (r["path"], r["seed"], r["epochs"]) not in done] + rows
     render(result)
+
+
+def _cost_table(result: dict) -> list[str]:
+    cost, (per, seq) = result["cost"], result["throughput"]
+    return ["| | per-interaction examples | sequence records | ratio |", "|---|---|---|---|",
+            f"| TFRecord bytes per training interaction | {cost['per_interaction_bytes_per_interaction']:,.0f} | "
+            f"{cost['sequence_bytes_per_interaction']:,.0f} | "
+            f"{cost['sequence_bytes'] / cost['per_interaction_bytes']:.3f}x |",
+            f"| history items read per training target | up to {result['history']} | "
+            f"{cost['sequence_items_per_target']:.2f} | |",
+            f"| training targets per second | {per['targets_per_second']:,.0f} | "
+            f"{seq['targets_per_second']:,.0f} | {seq['targets_per_second'] / per['targets_per_second']:.1f}x |",
+            f"| step (s) | {per['step_s']:.2f} (batch {per['batch']}) | {seq['step_s']:.2f} ({seq['batch']} "
+            f"chunks, {seq['targets_per_step']:,.0f} targets) | |"]
 
 
 def render(result: dict) -> None:
     lines = [f"Sequence records against per-interaction examples (`python -m benchmarks.sequence_training`), "
              f"{result['dataset']}, history {result['history']}, transformer tower (2 blocks, 1 head, 64-d), "
              "in_batch, 2 CPU cores.", ""]
-    cost, (per, seq) = result["cost"], result["throughput"]
-    lines += ["| | per-interaction examples | sequence records | ratio |", "|---|---|---|---|",
-              f"| TFRecord bytes per training interaction | {cost['per_interaction_bytes_per_interaction']:,.0f} | "
-              f"{cost['sequence_bytes_per_interaction']:,.0f} | "
-              f"{cost['sequence_bytes'] / cost['per_interaction_bytes']:.3f}x |",
-              f"| history items read per training target | up to {result['history']} | "
-              f"{cost['sequence_items_per_target']:.2f} | |",
-              f"| training targets per second | {per['targets_per_second']:,.0f} | "
-              f"{seq['targets_per_second']:,.0f} | {seq['targets_per_second'] / per['targets_per_second']:.1f}x |",
-              f"| step (s) | {per['step_s']:.2f} (batch {per['batch']}) | {seq['step_s']:.2f} ({seq['batch']} "
-              f"chunks, {seq['targets_per_step']:,.0f} targets) | |"]
+    if "cost" in result:
+        lines += _cost_table(result)
     if result.get("quality"):
         names = {"transformer": "per-interaction examples", "transformer_seq": "sequence records"}
         lines += ["", "Quality at equal epochs (`--quality`): same tower, in_batch, tied dot-product scoring, "
@@ -128,7 +140,7 @@ def render(result: dict) -> None:
                                f"{statistics.pstdev(r[m] for r in runs):.4f}" for m in ("hr10", "ndcg10", "hr50"))
             lines.append(f"| {names.get(path, path)} | {epochs} | {len(runs)} | {cells} | "
                          f"{statistics.mean(r['train_seconds'] for r in runs):,.0f} |")
-    write_results("sequence_training", result, "\n".join(lines) + "\n")
+    write_results(results_name(result["dataset"]), result, "\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -145,8 +157,9 @@ def main() -> None:
     if args.quality:
         write_quality(args, quality(args))
         return
-    root = os.path.join(WORK, f"seq_{args.dataset}_h{args.history}")
-    examples = os.path.join(root, "examples")
+    from benchmarks.sequential_tower import cluster_tables
+
+    examples, tables, source = cluster_tables(args.dataset, args.data_root, args.history, [0], "input_order")
     summary = json.load(open(os.path.join(examples, "summary.json"), encoding="utf-8"))
     if not summary.get("sequence_length"):
         raise SystemExit(f"no sequence records in {examples}: run benchmarks.sequential_tower on {args.dataset} first")
@@ -160,10 +173,9 @@ def main() -> None:
             "sequence_bytes_per_interaction": sequences / interactions,
             "per_interaction_items_per_target": args.history,  # every example carries up to `history` items
             "sequence_items_per_target": summary["train_sequence_items"] / summary["train_sequence_targets"]}
-    clusters = os.path.join(root, "clusters_auto")
     result = {"dataset": args.dataset, "history": args.history, "cost": cost,
-              "throughput": throughput(examples, clusters, args.history, args.steps)}
-    previous = os.path.join(RESULTS, "sequence_training.json")
+              "throughput": throughput(examples, os.path.join(tables[0], source), args.history, args.steps)}
+    previous = os.path.join(RESULTS, f"{results_name(args.dataset)}.json")
     if os.path.exists(previous):  # keep the recorded quality runs
         result["quality"] = json.load(open(previous, encoding="utf-8")).get("quality", [])
     render(result)
