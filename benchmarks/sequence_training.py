@@ -6,8 +6,9 @@ On the examples benchmarks.sequential_tower prepares (leave_last_out, `--history
 sequence records of that length): bytes per training interaction of train/ (one example per
 interaction, each with its history) against train_sequences/; items read per training target; and the
 training throughput of both paths on real batches, in one process (batch 1024 examples against 64
-sequence chunks, in_batch, 2 blocks, 1 head, 64-d; `--steps` timed steps after 2 warm-up steps,
-median). Quality and wall time to a given HR@10 of the sequence path: benchmarks.sequential_tower.
+sequence chunks, in_batch, 2 blocks, 1 head, 64-d, SASRec's tied dot-product scoring as in `--quality`;
+`--steps` timed steps after 2 warm-up steps, median). Quality and wall time to a given HR@10 of the
+sequence path: benchmarks.sequential_tower.
 
     python -m benchmarks.sequence_training --quality [--quality-epochs 1,2,3] [--seeds 0]
         [--paths transformer,transformer_seq]
@@ -41,6 +42,7 @@ def throughput(examples: str, clusters: str, history: int, steps: int) -> list[d
     """clusters: the cluster table's folder (clusters_dir/<cluster_source>)."""
     import tensorflow as tf
 
+    from benchmarks.sequential_tower import SCORINGS
     from llm_hardneg.components.trainer import TrainerConfig
     from llm_hardneg.components.trainer.data import example_files, load_catalogue, make_dataset
     from llm_hardneg.components.trainer.model import TwoTowerModel
@@ -50,7 +52,7 @@ def throughput(examples: str, clusters: str, history: int, steps: int) -> list[d
     rows = []
     for name, sequences in (("per-interaction examples", False), ("sequence records", True)):
         config = TrainerConfig(strategy="in_batch", query_tower="transformer", history_length=history,
-                               sequence_training=sequences)
+                               sequence_training=sequences, **SCORINGS["dot_tied"])  # the --quality runs' settings
         model = TwoTowerModel(config, catalogue, None)
         model.compile(optimizer=make_optimizer(config.optimizer, config.learning_rate))
         files = example_files(examples, "train_sequences" if sequences else "train")
