@@ -126,6 +126,8 @@ def main() -> None:
                         "ranked, seen ones too)")
     parser.add_argument("--epochs", default="2,4,8")
     parser.add_argument("--history", type=int, default=200)
+    parser.add_argument("--sequence-batch", type=int, default=TrainerConfig.sequence_batch_size,
+                        help="transformer_seq: sequence chunks a step (short sequences hold few targets a chunk)")
     parser.add_argument("--merge-seeds", action="store_true",
                         help="add these seeds' runs to a recorded row of the same settings (same epoch counts) "
                              "instead of replacing it, so seeds can be run in separate sessions")
@@ -140,21 +142,23 @@ def main() -> None:
         for tower in args.towers.split(","):
             for strategy, scoring in itertools.product(args.strategies.split(","), args.scorings.split(",")):
                 history = TrainerConfig.history_length if tower == "pooled" else args.history
-                key = (name, tower, strategy, scoring, history, ties, split)
+                chunks = args.sequence_batch if tower == "transformer_seq" else TrainerConfig.sequence_batch_size
+                key = (name, tower, strategy, scoring, history, ties, split, chunks)
                 previous = [r for r in result["rows"] if row_key(r) == key and r["epochs"] == epochs]
                 kept = {s: c for s, c in zip(previous[0]["seeds"], previous[0]["curves"]) if s not in seeds} \
                     if args.merge_seeds and previous else {}
                 runs = []
                 for seed in seeds:
                     config = TrainerConfig(strategy=strategy, cluster_source=source, seed=seed, history_length=history,
-                                           **TOWERS[tower], **SCORINGS[scoring])
+                                           sequence_batch_size=chunks, **TOWERS[tower], **SCORINGS[scoring])
                     suffix = ("" if scoring == "cosine_mlp" else f"-{scoring}") + (
                         "" if ties == "exclude" else f"-{ties}") + ("" if split == "leave_last_out" else f"-{split}")
+                    suffix += "" if chunks == TrainerConfig.sequence_batch_size else f"-sb{chunks}"
                     tag = f"seq-{name}-h{args.history}-{tower}-{strategy}{suffix}-{seed}"
                     runs.append(curve(config, examples, tables[seed], tag, epochs, split == "leave_last_out"))
                 runs = list(kept.values()) + runs
                 row = {"dataset": name, "tower": tower, "strategy": strategy, "scoring": scoring, "history": history,
-                       "history_ties": ties, "split": split, "seeds": list(kept) + seeds,
+                       "history_ties": ties, "split": split, "sequence_batch": chunks, "seeds": list(kept) + seeds,
                        "epochs": epochs, "curves": runs}
                 last = [r[-1] for r in runs]
                 row.update({f"{m}_{f.__name__}": f([p[m] for p in last]) for m in METRICS
@@ -173,7 +177,8 @@ def by_epochs(row: dict) -> str:
 
 def row_key(row: dict) -> tuple:
     return (row["dataset"], row["tower"], row["strategy"], row.get("scoring", "cosine_mlp"), row["history"],
-            row.get("history_ties", "exclude"), row.get("split", "leave_last_out"))
+            row.get("history_ties", "exclude"), row.get("split", "leave_last_out"),
+            row.get("sequence_batch", TrainerConfig.sequence_batch_size))
 
 
 def write(result: dict) -> None:
@@ -195,7 +200,9 @@ def write(result: dict) -> None:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         cells = " | ".join(f"{r[f'{m}_mean']:.4f} ± {r[f'{m}_pstdev']:.4f}" for m in METRICS)
-        lines.append(f"| {r['dataset']} | {row_key(r)[6]} | {r['tower']} | {r['strategy']} | {row_key(r)[3]} | "
+        tower = r["tower"] if row_key(r)[7] == TrainerConfig.sequence_batch_size else \
+            f"{r['tower']} ({row_key(r)[7]} chunks a step)"
+        lines.append(f"| {r['dataset']} | {row_key(r)[6]} | {tower} | {r['strategy']} | {row_key(r)[3]} | "
                      f"{r['history']} | "
                      f"{row_key(r)[5]} | {r['epochs'][-1]} | {len(r['seeds'])} | "
                      f"{cells} | {by_epochs(r)} | {r['train_seconds_mean']:,.0f} |")
