@@ -183,6 +183,14 @@ def test_local_run_end_to_end(tmp_path, movielens_dir, tiny_bert, capsys):
     assert second["warm_start"]["items_carried"] == first["items"] and second["users"] >= first["users"]
     base_rows = json.load(open(os.path.join(second["warm_start"]["base"], "train_summary.json")))
     assert base_rows["train_examples_per_epoch"] == first["train_examples_per_epoch"]  # the imported window-0 model
+    # the closing table: each window's figures as its evaluator and trainer wrote them
+    metrics = json.load(open(tmp_path / "runs" / windows[1] / "evaluator" / "metrics" / "metrics.json"))
+    row = next(line for line in out.splitlines() if line.startswith(f"| 1 | {bounds[1]} |")).split(" | ")
+    k = min(int(key.split("@")[1]) for key in metrics if key.startswith("hit_rate@"))
+    assert float(row[4]) == pytest.approx(metrics[f"hit_rate@{k}"], abs=5e-5)
+    assert float(row[5]) == pytest.approx(metrics[f"ndcg@{k}"], abs=5e-5)
+    assert row[3] == f"{metrics['num_queries']:,} ({metrics['by_user']['new']['queries']:,})"
+    assert float(row[8]) == pytest.approx(second["pool"]["new_item_share"], abs=5e-4)
 
 
 def test_behavioural_clusters_come_from_a_first_model(tmp_path):

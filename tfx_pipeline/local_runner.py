@@ -181,14 +181,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         base = artifacts["trainer"]
         metrics = read_json(os.path.join(artifacts["evaluator"], "metrics.json"))
         summary = read_json(os.path.join(base, "train_summary.json"))
-        rows.append((t, eg.cut_timestamp, eg.window_end, metrics, summary["train_seconds"]))
+        rows.append((t, eg.cut_timestamp, eg.window_end, metrics, summary))
     print("\n== llm-hardneg: continuous training, one model per window (evaluated on the next) ==")
-    print("| window | trained until | evaluated until | eval queries | HitRate@50 | train (s) |\n"
-          "|---|---|---|---|---|---|")
-    for t, cut, end, metrics, seconds in rows:
-        print(f"| {t} | {cut} | {end} | {metrics['num_queries']:,} | {metrics.get('hit_rate@50', float('nan')):.4f} | "
-              f"{seconds:,.0f} |")
+    print(window_table(rows))
     return 0
+
+
+def window_table(rows: list[tuple]) -> str:
+    """The loop's closing table: per window (t, trained until, evaluated until, metrics.json, train_summary.json),
+    HR and NDCG at the evaluator's first K, HR of returning and new users, the top-100 popular items' share of
+    the top-K lists, the pool's share of items new to the base model, and the training time."""
+    k = min(int(key.split("@")[1]) for key in rows[0][3] if key.startswith("hit_rate@"))
+    lines = [f"| window | trained until | evaluated until | eval queries (new users) | HitRate@{k} | NDCG@{k} | "
+             f"HitRate@{k} returning / new users | top-100 items' share of lists | pool's share of new items | "
+             "train (s) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for t, cut, end, metrics, summary in rows:
+        users = metrics.get("by_user", {})
+        new = users.get("new", {}).get("queries", 0)
+        by_user = " / ".join(f"{users[g][f'hit_rate@{k}']:.4f}" if g in users else "-" for g in ("returning", "new"))
+        share = next((v for key, v in metrics.get("popularity", {}).items() if key.startswith("top100_popular")), None)
+        pool = (summary.get("pool") or {}).get("new_item_share")
+        lines.append(f"| {t} | {cut} | {end} | {metrics['num_queries']:,} ({new:,}) | {metrics[f'hit_rate@{k}']:.4f} | "
+                     f"{metrics[f'ndcg@{k}']:.4f} | {by_user} | {'-' if share is None else f'{share:.3f}'} | "
+                     f"{'-' if pool is None else f'{pool:.3f}'} | {summary['train_seconds']:,.0f} |")
+    return "\n".join(lines)
 
 
 def _run(config, log_path: str, verbose: bool) -> str:
