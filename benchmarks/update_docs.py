@@ -11,6 +11,7 @@ import re
 SECTIONS = (("Query towers and sequence training (`benchmarks.sequential_tower`, `benchmarks.sequence_training`)",
              "sequential_tower.md"),
             ("", "sequence_training.md"),
+            ("", "sequence_training_videogames.md"),
             ("Hard negatives at in-batch cost, and the full-softmax ceiling (`benchmarks.negative_sharing`)",
              "negative_sharing.md"),
             ("296k items: Epinions (`benchmarks.epinions`)", "epinions_leave_last_out.md"),
