@@ -213,7 +213,8 @@ def _train(config: TrainerConfig, strategy: tf.distribute.Strategy, examples_dir
     tf.config.experimental.enable_op_determinism()
     catalogue = load_catalogue(os.path.join(examples_dir, "items"), os.path.join(clusters_dir, config.cluster_source))
     catalogue, vocabulary = item_vocabulary(catalogue, config)
-    is_new = None  # warm-started: which vocabulary items the base has no row for (read once, after its checks)
+    # warm-started: which vocabulary items the base has no row for (the preload and the summary's pool share)
+    is_new = new_items(config.warm_start_from, catalogue.item_ids) if config.warm_start_from else None
     users_path = os.path.join(examples_dir, "users.txt")
     # hashed ids and the transformer tower (no user embedding) need no vocabulary
     users = None if config.user_id_buckets or config.query_tower == "transformer" else fileio.read_lines(users_path)
@@ -273,7 +274,6 @@ def _train(config: TrainerConfig, strategy: tf.distribute.Strategy, examples_dir
         with strategy.scope():  # the warm start and the cache's preload build the towers: the strategy's variables
             if config.warm_start_from:
                 warm = warm_start(model, config, catalogue, users)
-                is_new = new_items(config.warm_start_from, catalogue.item_ids)
                 print(f"[trainer] warm start from {warm['base_checkpoint']}: "
                       + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in warm.items() if isinstance(v, int))
                       + "; optimizer reset", flush=True)
@@ -336,9 +336,7 @@ def _train(config: TrainerConfig, strategy: tf.distribute.Strategy, examples_dir
             "clusters": model.pool.num_clusters, "slots_per_cluster": model.pool.slots_per_cluster,
             "fill_rate": float(model.pool.fill_rate()),
             # warm-started: how much of the pool the items new to the base hold at the end (they enter at step 1)
-            **({"new_item_share": pool_new_item_share(model.pool, new_items(config.warm_start_from, catalogue.item_ids)
-                                                      if is_new is None else is_new)}
-               if config.warm_start_from else {}),
+            **({"new_item_share": pool_new_item_share(model.pool, is_new)} if is_new is not None else {}),
         },
         "final_metrics": {k: float(v.result()) for k, v in model.trackers.items()},
         "warm_start": warm,

@@ -65,10 +65,9 @@ def idle_counts(base_dir: str, name: str, ids: np.ndarray, trained: np.ndarray) 
     idle_path = fileio.join(base_dir, VOCABULARY, f"{name}_idle.txt")
     base_idle = (np.asarray(fileio.read_lines(idle_path), np.int64) if fileio.exists(idle_path)
                  else np.zeros(len(base_ids), np.int64))
-    order = np.argsort(base_ids)
-    at, in_base = sorted_lookup(base_ids[order], np.asarray(ids, dtype=str))
+    at, in_base = _mapped_rows(np.asarray(ids, dtype=str), base_ids)
     carried = in_base & ~np.asarray(trained, bool)
-    idle[carried] = base_idle[order][at[carried]] + 1
+    idle[carried] = base_idle[at[carried]] + 1
     return idle
 
 
@@ -91,8 +90,13 @@ def new_items(base_dir: str, item_ids: np.ndarray) -> np.ndarray:
     """[V] bool: which of `item_ids` have no row in the base run `base_dir` (its vocabulary/items.txt)."""
     path = fileio.join(base_dir, VOCABULARY, "items.txt")
     if not fileio.exists(path):
-        raise ValueError(f"--trainer.warm_start_from {base_dir!r}: no {VOCABULARY}/items.txt")
+        raise _not_a_base(base_dir)
     return ~is_in(item_ids, fileio.read_lines(path))
+
+
+def _not_a_base(base_dir: str) -> ValueError:
+    return ValueError(f"--trainer.warm_start_from {base_dir!r}: not a finished trainer output (it needs "
+                      f"train_summary.json and {VOCABULARY}/items.txt)")
 
 
 def pool_new_item_share(pool, is_new: np.ndarray) -> float:
@@ -150,8 +154,7 @@ def _base(base_dir: str, config: TrainerConfig, num_clusters: int) -> tuple[dict
     """The base run's summary and last checkpoint, after checking that its towers fit this config."""
     summary_path = fileio.join(base_dir, "train_summary.json")
     if not fileio.exists(summary_path) or not fileio.exists(fileio.join(base_dir, VOCABULARY, "items.txt")):
-        raise ValueError(f"--trainer.warm_start_from {base_dir!r}: not a finished trainer output (it needs "
-                         f"train_summary.json and {VOCABULARY}/items.txt)")
+        raise _not_a_base(base_dir)
     summary = fileio.read_json(summary_path)
     old = summary["config"]
     mismatches = [f"{name}: base {old.get(name)!r}, this run {getattr(config, name)!r}" for name in SHAPING_FIELDS
@@ -184,10 +187,9 @@ def _build(model) -> None:
 
 
 def _mapped_rows(new_keys: np.ndarray, old_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each new key its position among old_keys, and whether it is there."""
+    """For each new key its position among old_keys (in any order), and whether it is there."""
     order = np.argsort(old_keys, kind="stable")
-    at = np.minimum(np.searchsorted(old_keys[order], new_keys), max(len(old_keys) - 1, 0))
-    found = (old_keys[order][at] == new_keys) if len(old_keys) else np.zeros(len(new_keys), bool)
+    at, found = sorted_lookup(old_keys[order], new_keys)
     return order[at], found
 
 
