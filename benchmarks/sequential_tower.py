@@ -15,7 +15,8 @@ Pooled tower: the trainer defaults (history 20, position pooling). Transformer t
 `--history` (example_gen writes that many history items), 2 blocks, 1 head, dropout 0.2, as SASRec
 on ML-1M; 'transformer' trains on the per-interaction examples (one history read per target),
 'transformer_seq' on example_gen's sequence records (`sequence_training`: every target of a chunk in
-one pass, 64 chunks a step). Each model is evaluated after every epoch count in `--epochs` (one run, resumed from its
+one pass, 64 chunks a step; `--mask-same-user`: a target's in-batch negatives leave out its own user's
+other targets). Each model is evaluated after every epoch count in `--epochs` (one run, resumed from its
 checkpoint), so the table holds HR@10 against cumulative training wall time.
 The peer (RecTools SASRec) runs from benchmarks/peers/rectools_sasrec.py on the same split files; its
 results file, when present, is read into the table.
@@ -128,6 +129,9 @@ def main() -> None:
     parser.add_argument("--history", type=int, default=200)
     parser.add_argument("--sequence-batch", type=int, default=TrainerConfig.sequence_batch_size,
                         help="transformer_seq: sequence chunks a step (short sequences hold few targets a chunk)")
+    parser.add_argument("--mask-same-user", action="store_true",
+                        help="the trainer's mask_same_user_in_batch: a target's in-batch negatives leave out its own "
+                             "user's other targets (a batch of sequence chunks holds all of them)")
     parser.add_argument("--merge-seeds", action="store_true",
                         help="add these seeds' runs to a recorded row of the same settings (same epoch counts) "
                              "instead of replacing it, so seeds can be run in separate sessions")
@@ -143,22 +147,25 @@ def main() -> None:
             for strategy, scoring in itertools.product(args.strategies.split(","), args.scorings.split(",")):
                 history = TrainerConfig.history_length if tower == "pooled" else args.history
                 chunks = args.sequence_batch if tower == "transformer_seq" else TrainerConfig.sequence_batch_size
-                key = (name, tower, strategy, scoring, history, ties, split, chunks)
+                key = (name, tower, strategy, scoring, history, ties, split, chunks, args.mask_same_user)
                 previous = [r for r in result["rows"] if row_key(r) == key and r["epochs"] == epochs]
                 kept = {s: c for s, c in zip(previous[0]["seeds"], previous[0]["curves"]) if s not in seeds} \
                     if args.merge_seeds and previous else {}
                 runs = []
                 for seed in seeds:
                     config = TrainerConfig(strategy=strategy, cluster_source=source, seed=seed, history_length=history,
-                                           sequence_batch_size=chunks, **TOWERS[tower], **SCORINGS[scoring])
+                                           sequence_batch_size=chunks, mask_same_user_in_batch=args.mask_same_user,
+                                           **TOWERS[tower], **SCORINGS[scoring])
                     suffix = ("" if scoring == "cosine_mlp" else f"-{scoring}") + (
                         "" if ties == "exclude" else f"-{ties}") + ("" if split == "leave_last_out" else f"-{split}")
-                    suffix += "" if chunks == TrainerConfig.sequence_batch_size else f"-sb{chunks}"
+                    suffix += ("" if chunks == TrainerConfig.sequence_batch_size else f"-sb{chunks}") + (
+                        "-same-user-masked" if args.mask_same_user else "")
                     tag = f"seq-{name}-h{args.history}-{tower}-{strategy}{suffix}-{seed}"
                     runs.append(curve(config, examples, tables[seed], tag, epochs, split == "leave_last_out"))
                 runs = list(kept.values()) + runs
                 row = {"dataset": name, "tower": tower, "strategy": strategy, "scoring": scoring, "history": history,
-                       "history_ties": ties, "split": split, "sequence_batch": chunks, "seeds": list(kept) + seeds,
+                       "history_ties": ties, "split": split, "sequence_batch": chunks,
+                       "mask_same_user": args.mask_same_user, "seeds": list(kept) + seeds,
                        "epochs": epochs, "curves": runs}
                 last = [r[-1] for r in runs]
                 row.update({f"{m}_{f.__name__}": f([p[m] for p in last]) for m in METRICS
@@ -178,7 +185,7 @@ def by_epochs(row: dict) -> str:
 def row_key(row: dict) -> tuple:
     return (row["dataset"], row["tower"], row["strategy"], row.get("scoring", "cosine_mlp"), row["history"],
             row.get("history_ties", "exclude"), row.get("split", "leave_last_out"),
-            row.get("sequence_batch", TrainerConfig.sequence_batch_size))
+            row.get("sequence_batch", TrainerConfig.sequence_batch_size), row.get("mask_same_user", False))
 
 
 def write(result: dict) -> None:
@@ -200,8 +207,9 @@ def write(result: dict) -> None:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         cells = " | ".join(f"{r[f'{m}_mean']:.4f} ± {r[f'{m}_pstdev']:.4f}" for m in METRICS)
-        tower = r["tower"] if row_key(r)[7] == TrainerConfig.sequence_batch_size else \
-            f"{r['tower']} ({row_key(r)[7]} chunks a step)"
+        notes = ([] if row_key(r)[7] == TrainerConfig.sequence_batch_size else [f"{row_key(r)[7]} chunks a step"]) + (
+            ["own user's targets masked"] if row_key(r)[8] else [])
+        tower = r["tower"] + (f" ({', '.join(notes)})" if notes else "")
         lines.append(f"| {r['dataset']} | {row_key(r)[6]} | {tower} | {r['strategy']} | {row_key(r)[3]} | "
                      f"{r['history']} | "
                      f"{row_key(r)[5]} | {r['epochs'][-1]} | {len(r['seeds'])} | "

@@ -67,6 +67,10 @@ class TrainerConfig:
     mask_user_positives: also mask pool draws that are any training positive of the same user,
       earlier or later (the measured source of false negatives); the trainer keeps the set of
       (user, item) training positives in memory (8 bytes a pair, in a hash table).
+    mask_same_user_in_batch: also mask the in-batch columns whose positive is the same user's (a
+      [B, M] comparison of 64-bit user id hashes a step). A batch of sequence chunks holds every target
+      of a chunk, so each query's in-batch negatives include its own user's earlier and later positives;
+      a shuffled batch of per-interaction examples almost never does.
     edis_negatives: per example, this many virtual negatives (ESANS's EDIS) interpolated in
       embedding space between the positive and pool negatives: normalize((1 - a) n + a p) with
       a ~ U[0, edis_max_weight) (0 = off).
@@ -170,6 +174,7 @@ class TrainerConfig:
     logq_correction: str = "mixture"
     mask_history_negatives: bool = False
     mask_user_positives: bool = False
+    mask_same_user_in_batch: bool = False
     edis_negatives: int = 0
     edis_max_weight: float = 0.5
     distribute: str = "none"
@@ -225,9 +230,10 @@ class TrainerConfig:
             raise ValueError(f"shared_negatives must be >= 0 (0 = the batch size), got {self.shared_negatives}")
         if self.full_softmax_memory_mb < 1:
             raise ValueError(f"full_softmax_memory_mb must be >= 1, got {self.full_softmax_memory_mb}")
-        if self.strategy == "full" and (self.mask_history_negatives or self.mask_user_positives):
-            raise ValueError("mask_history_negatives and mask_user_positives mask pool draws: strategy 'full' "
-                             "has none (every catalogue item is a column once)")
+        if self.strategy == "full" and (self.mask_history_negatives or self.mask_user_positives
+                                        or self.mask_same_user_in_batch):
+            raise ValueError("mask_history_negatives, mask_user_positives and mask_same_user_in_batch mask sampled "
+                             "negatives: strategy 'full' has none (every catalogue item is a column once)")
         if self.edis_negatives and self.negative_sharing == "shared":
             raise ValueError("edis_negatives interpolates each example's own pool negatives: use negative_sharing "
                              "'per_example' or 'per_cluster'")

@@ -99,6 +99,7 @@ def mixed_negatives_loss(
     negative_sources: Sequence[str] | tf.Tensor = (),
     sample_weight: tf.Tensor | None = None,
     first_row: int | tf.Tensor = 0,
+    in_batch_excluded: tf.Tensor | None = None,
 ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
     """Weighted softmax cross-entropy of each positive against its in-batch and pool negatives.
 
@@ -116,6 +117,8 @@ def mixed_negatives_loss(
     negative_sources: K names from SOURCES, or a [K] int tensor of indices into SOURCES (shared draws,
       whose count K is known only at run time), where each pool column comes from.
     sample_weight: [B] the label r_i (paper §3.1); None = all ones.
+    in_batch_excluded: [B, M] bool, in-batch columns masked for that query besides its accidental hits
+      (e.g. the other targets of the query's own user); None = none.
 
     Logits are s / temperature - log count; masked entries get MASKED_LOGIT. Negatives equal to
     the positive are masked too. Returns (loss, stats). loss = sum_i w_i * CE_i / G, G the rows of
@@ -142,8 +145,7 @@ def mixed_negatives_loss(
         logits = tf.matmul(query, candidates, transpose_b=True)  # [B, M]
         if in_batch_log_count is not None:
             logits -= in_batch_log_count
-        masked = tf.equal(candidate_ids[None, :], positive_ids[:, None])
-        parts = [(logits, masked)]
+        parts = [(logits, _in_batch_mask(candidate_ids, positive_ids, in_batch_excluded))]
     else:
         if negative_ids is None or negative_valid is None:
             raise ValueError("negatives need negative_ids and negative_valid")
@@ -170,6 +172,8 @@ def mixed_negatives_loss(
                 logits -= correction
             masked = tf.equal(tf.concat([candidate_ids, negative_ids], 0)[None, :], positive_ids[:, None])
             hit = masked[:, num_candidates:]  # [B, K]
+            if in_batch_excluded is not None:
+                masked = tf.logical_or(masked, tf.pad(in_batch_excluded, [[0, 0], [0, num_negatives]]))
             if negative_valid.shape.rank == 2:  # per query: into the mask
                 masked = tf.logical_or(masked, tf.concat([tf.zeros([batch, num_candidates], tf.bool),
                                                           tf.logical_not(negative_valid)], axis=1))
@@ -182,7 +186,7 @@ def mixed_negatives_loss(
             if negative_log_count is not None:
                 pool -= negative_log_count
             hit = tf.equal(negative_ids, positive_ids[:, None])  # [B, K]
-            parts = [(in_batch, tf.equal(candidate_ids[None, :], positive_ids[:, None])),
+            parts = [(in_batch, _in_batch_mask(candidate_ids, positive_ids, in_batch_excluded)),
                      (pool, tf.logical_or(hit, tf.logical_not(negative_valid)))]
         valid = tf.broadcast_to(negative_valid, tf.shape(hit))
         draws = tf.cast(tf.size(hit), tf.float32)
@@ -201,6 +205,12 @@ def mixed_negatives_loss(
     stats.update(_mass_shares(logits, total[:MASS_ROWS], column_source, sources, weight[:MASS_ROWS]))
     loss = tf.nn.compute_average_loss(per_example, sample_weight=weight, global_batch_size=global_rows(batch))
     return loss, stats
+
+
+def _in_batch_mask(candidate_ids: tf.Tensor, positive_ids: tf.Tensor, excluded: tf.Tensor | None) -> tf.Tensor:
+    """[B, M]: the in-batch columns masked for each query, its accidental hits and `excluded` ones."""
+    masked = tf.equal(candidate_ids[None, :], positive_ids[:, None])
+    return masked if excluded is None else tf.logical_or(masked, excluded)
 
 
 def _columns(in_batch: tf.Tensor | None, pool: tf.Tensor | None, m: tf.Tensor, k: tf.Tensor,

@@ -572,9 +572,19 @@ class TwoTowerModel(tf_keras.Model):
             # this replica's share of the global batch's mean loss: the replicas' gradients sum to the global one
             loss, loss_stats = mixed_negatives_loss(query, candidates, candidate_ids, self.config.temperature,
                                                     in_batch_log_count=in_batch_log_count,
-                                                    sample_weight=batch["label"], first_row=first_row, **kwargs)
+                                                    sample_weight=batch["label"], first_row=first_row,
+                                                    in_batch_excluded=self._same_user(batch, replicas), **kwargs)
             stats.update(loss_stats)
         return self._apply(tape, loss, stats, index, cluster, columns, positive)
+
+    def _same_user(self, batch: dict[str, tf.Tensor], replicas) -> tf.Tensor | None:
+        """`mask_same_user_in_batch`: [B, M] whether in-batch column j's positive is query i's user's (by 64-bit
+        user id hashes, every replica's columns with global in-batch negatives); None when off."""
+        if not self.config.mask_same_user_in_batch:
+            return None
+        key = tf.strings.to_hash_bucket_fast(batch["user_id"], 2**63 - 1)
+        columns = key if replicas is None else replicas.all_gather(key, 0)
+        return tf.equal(key[:, None], columns[None, :])
 
     def _apply(self, tape: tf.GradientTape, loss: tf.Tensor, stats: dict, index: tf.Tensor, cluster: tf.Tensor,
                columns: tuple[tf.Tensor, tf.Tensor] | None, positive: tf.Tensor | None = None) -> dict:

@@ -151,7 +151,7 @@ ADDED_FIELDS = {"mask_user_positives": False, "optimizer": "adam", "user_id_buck
                 "sequence_training": False, "sequence_batch_size": 64, "candidate_tower": "mlp",
                 "similarity": "cosine", "negative_embeddings": "recompute", "cache_refresh_rows": 1024,
                 "warm_start_from": "", "item_vocabulary": "catalogue", "evict_idle_windows": 0,
-                "preload_new_items": True}
+                "preload_new_items": True, "mask_same_user_in_batch": False}
 
 
 SHARING_WORDS = {"shared": "shared by each step", "per_cluster": "per example, shared by the examples of a cluster",
