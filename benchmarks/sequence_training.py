@@ -11,7 +11,7 @@ sequence chunks, in_batch, 2 blocks, 1 head, 64-d, SASRec's tied dot-product sco
 sequence path: benchmarks.sequential_tower.
 
     python -m benchmarks.sequence_training --quality [--quality-epochs 1,2,3] [--seeds 0]
-        [--paths transformer,transformer_seq]
+        [--paths transformer,transformer_seq] [--mask-same-user]
 
 trains both paths for the same epochs (every training target once an epoch on either path) with the
 same tower and settings (in_batch, SASRec's scoring: tied, raw dot product; history_ties input_order,
@@ -86,11 +86,12 @@ def quality(args) -> list[dict]:
     rows = []
     for path in args.paths.split(","):
         for seed in seeds:
+            masked = args.mask_same_user and path == "transformer_seq"
             config = TrainerConfig(strategy="in_batch", cluster_source=source, seed=seed, history_length=args.history,
-                                   **TOWERS[path], **SCORINGS["dot_tied"])
-            tag = f"seqq-{args.dataset}-h{args.history}-{path}-{seed}"
+                                   mask_same_user_in_batch=masked, **TOWERS[path], **SCORINGS["dot_tied"])
+            tag = f"seqq-{args.dataset}-h{args.history}-{path}{'-same-user-masked' if masked else ''}-{seed}"
             for point in curve(config, examples, tables[seed], tag, [int(e) for e in args.quality_epochs.split(",")]):
-                rows.append({"path": path, "seed": seed, **point})  # train_seconds: cumulative
+                rows.append({"path": path, "mask_same_user": masked, "seed": seed, **point})  # cumulative seconds
     return rows
 
 
@@ -99,12 +100,16 @@ def results_name(dataset: str) -> str:
     return "sequence_training" if dataset == "ml1m_exact" else f"sequence_training_{dataset}"
 
 
+def _quality_key(row: dict) -> tuple:
+    return row["path"], row.get("mask_same_user", False), row["seed"], row["epochs"]
+
+
 def write_quality(args, rows: list[dict]) -> None:
     path = os.path.join(RESULTS, f"{results_name(args.dataset)}.json")
     result = json.load(open(path, encoding="utf-8")) if os.path.exists(path) else {
         "dataset": args.dataset, "history": args.history}
-    done = {(r["path"], r["seed"], r["epochs"]) for r in rows}
-    result["quality"] = [r for r in result.get("quality", []) if (r["path"], r["seed"], r["epochs"]) not in done] + rows
+    done = {_quality_key(r) for r in rows}
+    result["quality"] = [r for r in result.get("quality", []) if _quality_key(r) not in done] + rows
     render(result)
 
 
@@ -136,11 +141,12 @@ def render(result: dict) -> None:
                   "|---|---|---|---|---|---|---|"]
         groups: dict[tuple, list[dict]] = {}
         for r in result["quality"]:
-            groups.setdefault((r["path"], r["epochs"]), []).append(r)
-        for (path, epochs), runs in sorted(groups.items()):
+            groups.setdefault(_quality_key(r)[:2] + (r["epochs"],), []).append(r)
+        for (path, masked, epochs), runs in sorted(groups.items()):
             cells = " | ".join(f"{statistics.mean(r[m] for r in runs):.4f} ± "
                                f"{statistics.pstdev(r[m] for r in runs):.4f}" for m in ("hr10", "ndcg10", "hr50"))
-            lines.append(f"| {names.get(path, path)} | {epochs} | {len(runs)} | {cells} | "
+            label = names.get(path, path) + (", own user's targets masked" if masked else "")
+            lines.append(f"| {label} | {epochs} | {len(runs)} | {cells} | "
                          f"{statistics.mean(r['train_seconds'] for r in runs):,.0f} |")
     write_results(results_name(result["dataset"]), result, "\n".join(lines) + "\n")
 
@@ -154,6 +160,9 @@ def main() -> None:
     parser.add_argument("--quality-epochs", default="1", help="epoch counts to evaluate at (one resumed run)")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--paths", default="transformer_seq,transformer")
+    parser.add_argument("--mask-same-user", action="store_true",
+                        help="sequence records: the trainer's mask_same_user_in_batch (a target's in-batch negatives "
+                             "leave out its own user's other targets)")
     parser.add_argument("--data-root", default=os.environ.get("DATA_ROOT", os.path.join("..", "shared", "data")))
     args = parser.parse_args()
     if args.quality:

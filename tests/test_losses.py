@@ -12,17 +12,19 @@ from llm_hardneg.components.trainer.losses import (
 )
 
 
-def numpy_loss(q, p, pid, t, lc=None, n=None, nid=None, nvalid=None, nlc=None, sources=(), w=None, rows=None):
+def numpy_loss(q, p, pid, t, lc=None, n=None, nid=None, nvalid=None, nlc=None, sources=(), w=None, rows=None,
+               excluded=None):
     """Hand computation of the loss and the per-source mass shares, one example at a time (the first `rows`
-    queries only, every one by default; the in-batch columns stay the whole batch's)."""
+    queries only, every one by default; the in-batch columns stay the whole batch's; `excluded` [B, B]: in-batch
+    columns left out of a query's negatives)."""
     total, b = 0.0, len(q)
     w = np.ones(b) if w is None else w
     shares = np.zeros(len(SOURCES))
     for i in range(b if rows is None else rows):
         logits = []  # (logit, is positive, source)
         for j in range(b):
-            if j != i and pid[j] == pid[i]:
-                continue  # accidental hit: removed
+            if j != i and (pid[j] == pid[i] or (excluded is not None and excluded[i, j])):
+                continue  # accidental hit or excluded column: removed
             logits.append((q[i] @ p[j] / t - (0.0 if lc is None else lc[i, j]), j == i, "in_batch"))
         if n is not None:
             for k in range(n.shape[1]):
@@ -80,6 +82,46 @@ def test_matches_numpy_oracle(seed, with_negatives, with_correction):
         assert sum(float(v) for key, v in stats.items() if key.startswith("mass_")) == pytest.approx(1.0, abs=1e-5)
     else:
         assert float(stats["mass_in_batch"]) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("negatives", ["none", "per_example", "shared"])
+def test_excluded_in_batch_columns_leave_the_softmax(seed, negatives):
+    """in_batch_excluded [B, B] (e.g. the query's own user's other targets): those in-batch columns leave the
+    query's negatives, with every kind of pool negatives beside them; the positive's own column stays the
+    positive even when marked (NumPy oracle), and an all-False mask is no mask."""
+    rng = np.random.default_rng(seed)
+    b, k, d, t = 7, 4, 5, 0.1
+    q, p = _unit(rng.normal(size=(b, d))), _unit(rng.normal(size=(b, d)))
+    pid = rng.integers(0, 6, size=b)
+    lc = np.log(rng.uniform(0.01, 3.0, size=(b, b)))
+    excluded = rng.uniform(size=(b, b)) > 0.5
+    excluded[0, 0] = True
+    w = rng.integers(1, 3, size=b).astype(np.float32)
+    kwargs, nargs = {}, {}
+    sources = ["random", "cluster", "cluster", "cluster"]
+    if negatives != "none":
+        n, nid = _unit(rng.normal(size=(b, k, d))), rng.integers(0, 8, size=(b, k))
+        nvalid, nlc = rng.uniform(size=(b, k)) > 0.3, np.log(rng.uniform(0.05, 2, size=(b, k)))
+        if negatives == "shared":
+            n, nid, nlc = np.broadcast_to(n[0], (b, k, d)), np.broadcast_to(nid[0], (b, k)), np.repeat(nlc[:1], b, 0)
+            kwargs = dict(negatives=tf.constant(n[0], tf.float32), negative_ids=tf.constant(nid[0]),
+                          negative_log_count=tf.constant(nlc[:1], tf.float32),
+                          negative_sources=tf.constant([SOURCES.index(s) for s in sources]))
+        else:
+            kwargs = dict(negatives=tf.constant(n, tf.float32), negative_ids=tf.constant(nid),
+                          negative_log_count=tf.constant(nlc, tf.float32), negative_sources=sources)
+        kwargs["negative_valid"] = tf.constant(nvalid)
+        nargs = dict(n=n, nid=nid, nvalid=nvalid, nlc=nlc, sources=sources)
+    args = (tf.constant(q, tf.float32), tf.constant(p, tf.float32), tf.constant(pid), t)
+    common = dict(in_batch_log_count=tf.constant(lc, tf.float32), sample_weight=tf.constant(w), **kwargs)
+    loss, _ = mixed_negatives_loss(*args, in_batch_excluded=tf.constant(excluded), **common)
+    expected, _ = numpy_loss(q, p, pid, t, lc, w=w, excluded=excluded, **nargs)
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-4, atol=1e-5)
+    unmasked, _ = numpy_loss(q, p, pid, t, lc, w=w, **nargs)
+    assert abs(expected - unmasked) > 1e-3  # the mask changed something to check
+    none, _ = mixed_negatives_loss(*args, in_batch_excluded=tf.zeros([b, b], tf.bool), **common)
+    np.testing.assert_allclose(float(none), unmasked, rtol=1e-4, atol=1e-5)
 
 
 def numpy_counts(batch_items, drawn, prob, cluster_of, in_pool, n_r, n_c, filled, filled_of_cluster):

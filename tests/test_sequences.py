@@ -197,7 +197,8 @@ def test_sequences_leave_out_every_evaluation_item_and_count_what_they_hold(sequ
 def test_sequence_training_trains_and_serves(sequence_examples, clusters_dir, tmp_path):
     config = TrainerConfig(query_tower="transformer", sequence_training=True, strategy="cluster_oob", history_length=4,
                            sequence_batch_size=8, embedding_dim=8, epochs=1, num_negatives=4, shuffle_buffer=100,
-                           negative_sharing="shared", transformer_heads=2, mask_user_positives=True)
+                           negative_sharing="shared", transformer_heads=2, mask_user_positives=True,
+                           mask_same_user_in_batch=True)
     summary = run_trainer(config, sequence_examples, clusters_dir, str(tmp_path))
     examples = json.load(open(os.path.join(sequence_examples, "summary.json")))
     assert summary["train_examples_per_epoch"] == examples["train_sequences"]
@@ -206,6 +207,8 @@ def test_sequence_training_trains_and_serves(sequence_examples, clusters_dir, tm
     assert np.isfinite(final["loss"]) and 0.0 <= final["targets_skipped_rate"] < 0.5
     assert final["targets_per_step"] > 8  # a chunk holds several targets
     assert 0.0 < final["negative_user_positive_rate"] < 1.0  # each target's user's positives masked in the draws
+    # a chunk's other targets are its user's: at least (targets a chunk - 1) / (targets a step - 1) of the columns
+    assert 1.0 / (final["targets_per_step"] - 1) < final["in_batch_same_user_rate"] < 1.0
     served = tf.saved_model.load(str(tmp_path / "query_model"))
     out = served(tf.constant(["1"]), tf.constant([["3", "4"]]))["embedding"].numpy()
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)

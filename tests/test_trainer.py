@@ -202,6 +202,19 @@ def test_user_positive_mask_matches_the_training_positives(examples_dir, cluster
     assert 0.0 < metrics["negative_user_positive_rate"] <= metrics["negative_masked_rate"] <= 1.0
 
 
+def test_same_user_mask_marks_every_column_of_the_querys_user(examples_dir, clusters_dir):
+    from llm_hardneg.components.trainer.model import TwoTowerModel
+
+    catalogue = load_catalogue(os.path.join(examples_dir, "items"), os.path.join(clusters_dir, "llm"))
+    users = np.array(["7", "12", "7", "3", "12", "7"])
+    model = TwoTowerModel(tiny_config(mask_same_user_in_batch=True), catalogue, ["1"])
+    got = model._same_user({"user_id": tf.constant(users)}, None).numpy()
+    np.testing.assert_array_equal(got, users[:, None] == users[None, :])
+    assert TwoTowerModel(tiny_config(), catalogue, ["1"])._same_user({"user_id": tf.constant(users)}, None) is None
+    with pytest.raises(ValueError, match="mask_same_user_in_batch"):
+        TrainerConfig(strategy="full", mask_same_user_in_batch=True)
+
+
 def test_history_mask_and_edis_train(examples_dir, clusters_dir, tmp_path):
     metrics = run_trainer(tiny_config(mask_history_negatives=True), examples_dir, clusters_dir,
                           str(tmp_path / "mask"))["final_metrics"]
@@ -349,7 +362,8 @@ from tests.test_losses import numpy_loss
 examples, clusters = sys.argv[1:3]
 files = example_files(examples, "train")
 catalogue = load_catalogue(os.path.join(examples, "items"), os.path.join(clusters, "llm"))
-base = dict(strategy="in_batch", batch_size=33, embedding_dim=8, history_length=5, shuffle_buffer=0)
+base = dict(strategy="in_batch", batch_size=33, embedding_dim=8, history_length=5, shuffle_buffer=0,
+            mask_same_user_in_batch=True)
 
 batch = next(iter(make_dataset(files, 33, 5)))
 
@@ -366,17 +380,20 @@ index, cluster = single.items(batch["item_id"])
 query = single.query_tower(batch["user_id"], batch["history_item_ids"]).numpy()
 positive = single.candidate_tower(index).numpy()
 log_count, _ = single._log_counts(index, cluster, None)
+users = batch["user_id"].numpy()
+same_user = users[:, None] == users[None, :]  # the other replica's columns of the query's user too
 oracle, _ = numpy_loss(query, positive, index.numpy(), 0.05, np.broadcast_to(log_count.numpy(), (33, 33)),
-                       w=batch["label"].numpy())
-report = {"oracle": oracle, **one_step_on_one_and_two_replicas(build, base, single, make_dataset(files, 33, 5), files)}
+                       w=batch["label"].numpy(), excluded=same_user)
+report = {"oracle": oracle, "same_user_pairs": int(same_user.sum() - 33),
+          **one_step_on_one_and_two_replicas(build, base, single, make_dataset(files, 33, 5), files)}
 print(json.dumps(report))
 """
 
 
 def test_global_in_batch_negatives_train_as_one_replica_on_the_global_batch(examples_dir, clusters_dir):
-    """Two replicas with global in-batch negatives: the loss (all-reduced) equals the NumPy oracle of
-    the global batch, and one SGD step moves the weights as one replica on that batch does
-    (gradients through the all-gather); with per-replica negatives both differ."""
+    """Two replicas with global in-batch negatives (the query's own user's columns masked, on either replica):
+    the loss (all-reduced) equals the NumPy oracle of the global batch, and one SGD step moves the weights as one
+    replica on that batch does (gradients through the all-gather); with per-replica negatives both differ."""
     import subprocess
     import sys
 
@@ -384,6 +401,7 @@ def test_global_in_batch_negatives_train_as_one_replica_on_the_global_batch(exam
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["same_user_pairs"] > 0  # the batch holds users with several examples: the mask is exercised
     np.testing.assert_allclose(report["single"], report["oracle"], rtol=1e-5)
     np.testing.assert_allclose(report["True"]["loss"], report["oracle"], rtol=1e-5)
     assert report["moved"] > 0.01  # the step changed the weights

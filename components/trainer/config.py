@@ -70,7 +70,8 @@ class TrainerConfig:
     mask_same_user_in_batch: also mask the in-batch columns whose positive is the same user's (a
       [B, M] comparison of 64-bit user id hashes a step). A batch of sequence chunks holds every target
       of a chunk, so each query's in-batch negatives include its own user's earlier and later positives;
-      a shuffled batch of per-interaction examples almost never does.
+      a shuffled batch of per-interaction examples almost never does. Reported as
+      `in_batch_same_user_rate` (the share of a query's other in-batch columns masked so).
     edis_negatives: per example, this many virtual negatives (ESANS's EDIS) interpolated in
       embedding space between the positive and pool negatives: normalize((1 - a) n + a p) with
       a ~ U[0, edis_max_weight) (0 = off).

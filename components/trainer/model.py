@@ -316,7 +316,8 @@ class TwoTowerModel(tf_keras.Model):
         self.trackers = {name: tf_keras.metrics.Mean(name=name) for name in
                          ("loss", "mass_in_batch", "mass_random", "mass_cluster", "mass_edis", "negative_masked_rate",
                           "negative_hit_rate", "negative_history_rate", "negative_user_positive_rate", "pool_fill",
-                          "pool_draws", "embedded_rows", "targets_per_step", "targets_skipped_rate")}
+                          "pool_draws", "embedded_rows", "targets_per_step", "targets_skipped_rate",
+                          "in_batch_same_user_rate")}
 
     @property
     def metrics(self):
@@ -567,13 +568,19 @@ class TwoTowerModel(tf_keras.Model):
                 kwargs = self._pool_negatives(batch, samples, negatives, positive, pool_log_count, stats)
                 stats["pool_draws"] = tf.cast(tf.size(samples["item_index"]), tf.float32)
             candidates, candidate_ids = positive, index
+            excluded = self._same_user(batch, replicas)
+            if excluded is not None:  # share of the other in-batch columns that are the query's own user's
+                queries, width = tf.shape(excluded)[0], tf.shape(excluded)[1]
+                stats["in_batch_same_user_rate"] = tf.math.divide_no_nan(
+                    tf.cast(tf.math.count_nonzero(excluded, dtype=tf.int32) - queries, tf.float32),
+                    tf.cast(queries * (width - 1), tf.float32))
             if replicas is not None:  # the gradient of a gathered row flows back to the replica that embedded it
                 candidates, candidate_ids = replicas.all_gather(positive, 0), columns[0]
             # this replica's share of the global batch's mean loss: the replicas' gradients sum to the global one
             loss, loss_stats = mixed_negatives_loss(query, candidates, candidate_ids, self.config.temperature,
                                                     in_batch_log_count=in_batch_log_count,
                                                     sample_weight=batch["label"], first_row=first_row,
-                                                    in_batch_excluded=self._same_user(batch, replicas), **kwargs)
+                                                    in_batch_excluded=excluded, **kwargs)
             stats.update(loss_stats)
         return self._apply(tape, loss, stats, index, cluster, columns, positive)
 
