@@ -1,3 +1,4 @@
+import collections
 import glob
 import os
 
@@ -40,7 +41,8 @@ def interactions_table(rows) -> pa.Table:
 
 def readable(examples: core.UserExamples) -> list[tuple[str, dict]]:
     """(split, example dict) per row of core.user_examples' result, in row order."""
-    return [(core.EVAL if examples.in_eval[i] else core.TRAIN if examples.in_train[i] else "history only", {
+    return [(core.EVAL if examples.in_eval[i] else core.TRAIN if examples.in_train[i] else
+             core.VALIDATION if examples.in_validation[i] else "history only", {
         "user_id": examples.users[examples.user[i]], "item_id": examples.items[examples.item[i]],
         "rating": float(examples.rating[i]), "label": int(examples.label[i]),
         "timestamp": int(examples.timestamp[i]), "history_item_ids": examples.history(i)})
@@ -51,10 +53,10 @@ def example_key(user_id: str, timestamp: int, item_id: str) -> bytes:
     return f"{user_id}\x1f{timestamp:020d}\x1f{item_id}".encode()
 
 
-def examples_of(log, cut, history_length, split="time"):
+def examples_of(log, cut, history_length, split="time", validation_share=0.0):
     """(split, example dict) of every row of (user, item, rating, timestamp[, input order]) tuples."""
     table = interactions_table([tuple(map(str, row[:2])) + tuple(row[2:]) for row in log])
-    return readable(core.user_examples(table, cut, history_length, 3.0, split))
+    return readable(core.user_examples(table, cut, history_length, 3.0, split, validation_share=validation_share))
 
 
 # -- schema ------------------------------------------------------------------------------------
@@ -265,6 +267,85 @@ def test_leave_last_out_over_random_logs(log):
     for e in train:  # no training example is later than its user's evaluation positive
         ev = [x for x in evaluation if x["user_id"] == e["user_id"] and x["label"]]
         assert not ev or e["timestamp"] <= ev[0]["timestamp"]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("uvwxyz"), st.sampled_from("abcdef"), st.integers(1, 5),
+                          st.integers(0, 8)), min_size=1, max_size=60), st.sampled_from([1.0, 0.5]))
+def test_validation_fold_holds_out_each_chosen_users_last_training_positive(log, share):
+    """validation_share: a chosen user's last training positive (by timestamp, then input order) and what
+    follows it before evaluation go to validation; evaluation is unchanged; no training row comes after a
+    validation positive, so no training history holds it; the users are those of validation_users."""
+    plain = examples_of(log, None, 3, split="leave_last_out")
+    folded = examples_of(log, None, 3, split="leave_last_out", validation_share=share)
+    assert [e for split, e in folded if split == core.EVAL] == [e for split, e in plain if split == core.EVAL]
+    users = sorted({u for u, *_ in log})
+    chosen = {u for u, c in zip(users, core.validation_users(users, share)) if c}
+    if share == 1.0:
+        assert chosen == set(users)
+    expected = collections.Counter()  # (user, item, timestamp, label) of the validation rows, from the log
+    for user in chosen:
+        rows = [(t, n, i, int(r >= 3)) for n, (u, i, r, t) in enumerate(log) if u == user]
+        positives = sorted(row for row in rows if row[3])
+        if not positives:
+            continue
+        train = [row for row in rows if row[:2] < positives[-1][:2]]  # before the evaluation positive
+        if any(row[3] for row in train):
+            last = max(row[:2] for row in train if row[3])
+            expected.update((user, i, t, label) for t, n, i, label in train if (t, n) >= last)
+
+    def rows_of(examples, split):
+        return collections.Counter((e["user_id"], e["item_id"], e["timestamp"], e["label"])
+                                   for s, e in examples if s == split)
+
+    assert rows_of(folded, core.VALIDATION) == expected
+    assert rows_of(folded, core.TRAIN) == rows_of(plain, core.TRAIN) - expected
+    validation = [e for split, e in folded if split == core.VALIDATION]
+    assert sum(e["label"] for e in validation) == len({e["user_id"] for e in validation})  # one positive a user
+    for e in validation:  # every training example of the user is earlier: none sees the validation item
+        assert all(t["timestamp"] <= e["timestamp"] for _, t in folded if _ == core.TRAIN and t["user_id"] ==
+                   e["user_id"])
+
+
+def test_validation_users_are_a_stable_hash_share():
+    users = [f"user{i}" for i in range(4000)]
+    half = core.validation_users(users, 0.5)
+    assert 0.45 < half.mean() < 0.55 and not core.validation_users(users, 0.0).any()
+    assert core.validation_users(users, 1.0).all()
+    assert (half <= core.validation_users(users, 0.7)).all()  # a larger share keeps the smaller one's users
+    import zlib
+
+    np.testing.assert_array_equal(half, [zlib.crc32(u.encode()) < 2**31 for u in users])
+
+
+def test_example_gen_writes_the_validation_fold_and_keeps_it_out_of_training(tmp_path):
+    (tmp_path / "inter.csv").write_text(
+        "user_id,item_id,rating,timestamp\na,x,5,0\na,y,5,1\na,w,2,2\na,z,5,3\nb,x,5,0\nb,y,5,1\nb,z,5,2\n"
+        "c,y,5,0\n")
+    config = ExampleGenConfig(source="generic", interactions=str(tmp_path / "inter.csv"), split="leave_last_out",
+                              validation_share=1.0, sequence_length=4)
+    summary = run_example_gen(config, str(tmp_path / "out"))
+    # a: z to eval, y (its last training positive) and w (after it) to validation; b: z to eval, y to validation;
+    # c: its only positive to eval, none left for validation
+    validation = read_examples(str(tmp_path / "out" / "validation"))
+    assert sorted((e["user_id"], e["item_id"], e["label"]) for e in validation) == [
+        ("a", "w", 0), ("a", "y", 1), ("b", "y", 1)]
+    assert [e["history"] for e in validation if e["item_id"] == "y"] == [["x"], ["x"]]
+    assert (summary["validation_examples"], summary["validation_positives"]) == (3, 2)
+    assert sorted((e["user_id"], e["item_id"]) for e in read_examples(str(tmp_path / "out" / "train"))) == [
+        ("a", "x"), ("b", "x")]
+    evaluation = read_examples(str(tmp_path / "out" / "eval"))
+    assert [e["history"] for e in evaluation if e["user_id"] == "a"] == [["y", "x"]]  # it is history at test time
+    records = glob.glob(str(tmp_path / "out" / "train_sequences" / "*.tfrecord"))
+    held = {(e["user_id"], e["item_id"]) for e in validation}
+    for record in tf.data.TFRecordDataset(records):
+        f = tf.train.Example.FromString(record.numpy()).features.feature
+        user = f["user_id"].bytes_list.value[0].decode()
+        assert not {(user, i.decode()) for i in f["item_ids"].bytes_list.value} & held
+    with pytest.raises(ValueError, match="validation_share needs split 'leave_last_out'.*got split 'time'"):
+        ExampleGenConfig(interactions="x", validation_share=0.1)
+    with pytest.raises(ValueError, match=r"validation_share must be in \[0, 1\].*got 1.5"):
+        ExampleGenConfig(interactions="x", split="leave_last_out", validation_share=1.5)
 
 
 def test_generic_without_item_file_and_leave_last_out(tmp_path):

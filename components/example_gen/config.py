@@ -52,6 +52,11 @@ class ExampleGenConfig:
       of the user's positives before the window lead the first chunk as context only), for the trainer's
       `sequence_training`, which reads each sequence once for all its targets instead of one L-item
       history per target; 0 = off.
+    validation_share: with 'leave_last_out', a validation fold for the trainer's early stopping: for this
+      share of users (chosen by a stable hash of the user id), the last training positive and anything
+      of theirs after it go to validation/ instead of train/ (and out of the sequence records), as
+      SASRec holds out each user's second-to-last item; 1 = every user. Their evaluation examples'
+      histories still hold it (the model never trained on it). 0 = no validation fold.
     user_shards: users are processed in this many groups (ranges of the user id, cut at quantiles of a
       sample, so about equal numbers of interactions each), each with array operations in one worker's
       memory (about 100 bytes per interaction): raise it when interactions / user_shards passes ~10^7, or
@@ -81,6 +86,7 @@ class ExampleGenConfig:
     history_length: int = 20
     history_ties: str = "exclude"
     sequence_length: int = 0
+    validation_share: float = 0.0
     num_train_shards: int = 8
     num_eval_shards: int = 4
     user_shards: int = 64
@@ -113,6 +119,12 @@ class ExampleGenConfig:
             raise ValueError(f"cut_timestamp {self.cut_timestamp} must be after window_start {self.window_start}")
         if self.window_end and self.cut_timestamp and self.window_end <= self.cut_timestamp:
             raise ValueError(f"window_end {self.window_end} must be after cut_timestamp {self.cut_timestamp}")
+        if not 0.0 <= self.validation_share <= 1.0:
+            raise ValueError(f"validation_share must be in [0, 1] (0 = no validation fold), got "
+                             f"{self.validation_share}")
+        if self.validation_share and self.split != "leave_last_out":
+            raise ValueError(f"validation_share needs split 'leave_last_out' (a user's last training positive is "
+                             f"held out), got split {self.split!r}")
         if self.history_ties not in HISTORY_TIES:
             raise ValueError(f"history_ties must be one of {HISTORY_TIES}, got {self.history_ties!r}")
 

@@ -13,6 +13,9 @@ example but fill histories as before (continuous training: train on window t, ev
 last positive interaction (by timestamp, ties broken by input order) and anything of theirs after
 it go to evaluation, the rest to training; users without a positive stay in training. It needs
 only each user's order of interactions, so it also fits data whose timestamps are positions.
+A validation fold (leave_last_out, `validation_share`): for a share of users chosen by a stable hash of
+their id, the last training positive (and anything of theirs after it) leaves training for validation,
+as SASRec's protocol holds out each user's second-to-last item; the trainer's early stopping scores it.
 In both, an example's history holds only positives strictly before its own timestamp (history_ties
 'exclude'), or before it in the user's (timestamp, input order) ('input_order'); either way no
 evaluation item is in a training history.
@@ -22,13 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+import zlib
 from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-TRAIN, EVAL, SEQUENCES = "train", "eval", "train_sequences"
+TRAIN, EVAL, SEQUENCES, VALIDATION = "train", "eval", "train_sequences", "validation"
 SPLITS = ("time", "leave_last_out")
 HISTORY_TIES = ("exclude", "input_order")
 # The columns of a batch of validated interactions; `order` = the row's input position (file rank, line).
@@ -71,6 +75,7 @@ class UserExamples:
     label: np.ndarray  # int64 0/1
     in_eval: np.ndarray  # bool
     in_train: np.ndarray  # bool; neither (a row outside a time window) = history only, no example
+    in_validation: np.ndarray  # bool: the validation fold's rows (neither training nor evaluation)
     history_start: np.ndarray  # row i's history = item codes positive_item[history_start[i]:history_end[i]],
     history_end: np.ndarray  # most recent first when reversed
     order_key: np.ndarray  # "earlier" for histories: a strictly smaller key (timestamp, or rank with input_order)
@@ -79,6 +84,13 @@ class UserExamples:
 
     def history(self, i: int) -> list[str]:
         return [self.items[c] for c in self.positive_item[self.history_start[i]:self.history_end[i]][::-1]]
+
+
+def validation_users(users: list[str], share: float) -> np.ndarray:
+    """[U] bool: whether each user id is in the validation fold, by a stable hash (CRC-32 of its UTF-8) below
+    `share` of the hash range: the same users whatever the sharding, the run or the machine."""
+    hashes = np.fromiter((zlib.crc32(u.encode("utf-8")) for u in users), dtype=np.uint64, count=len(users))
+    return hashes < np.uint64(int(share * 2**32))
 
 
 def window_bounds(timestamps: np.ndarray, windows: int, first_fraction: float) -> list[int]:
@@ -101,13 +113,14 @@ def window_bounds(timestamps: np.ndarray, windows: int, first_fraction: float) -
 
 def user_examples(table: pa.Table | pa.RecordBatch, cut: int | None, history_length: int,
                   positive_threshold: float, split: str = "time", history_ties: str = "exclude",
-                  window_start: int = 0, window_end: int = 0) -> UserExamples:
+                  window_start: int = 0, window_end: int = 0, validation_share: float = 0.0) -> UserExamples:
     """Examples of every interaction in `table` (columns as INTERACTIONS; it must hold every row of each of
     its users). The history of an example is the last `history_length` positive item ids with timestamp
     strictly before its own, most recent first; same-timestamp interactions never see each other. With
     history_ties 'input_order', the positives before it in the user's (timestamp, input order) instead.
     cut: the 'time' split's cut timestamp (unused by 'leave_last_out'); window_start, window_end: its window
-    (0 = unbounded). O(n log n) array operations."""
+    (0 = unbounded). validation_share: with 'leave_last_out', the share of users (`validation_users`) whose
+    last training positive, and what follows it, goes to validation. O(n log n) array operations."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if history_ties not in HISTORY_TIES:
@@ -147,8 +160,18 @@ def user_examples(table: pa.Table | pa.RecordBatch, cut: int | None, history_len
         np.maximum.at(last, user[label == 1], rank[label == 1])
         in_eval = (last[user] >= 0) & (rank >= last[user])
         in_train = ~in_eval
-    return UserExamples(users, items, user, item, rating, timestamp, label, in_eval, in_train, history_start,
-                        history_end,
+    in_validation = np.zeros(n, dtype=bool)
+    if validation_share:
+        if split != "leave_last_out":
+            raise ValueError(f"validation_share needs split 'leave_last_out', got {split!r}")
+        last = np.full(len(users), -1, dtype=np.int64)  # each user's last training positive, as above
+        positive = in_train & (label == 1)
+        np.maximum.at(last, user[positive], rank[positive])
+        in_validation = in_train & validation_users(users, validation_share)[user] & (last[user] >= 0) & (
+            rank >= last[user])
+        in_train &= ~in_validation
+    return UserExamples(users, items, user, item, rating, timestamp, label, in_eval, in_train, in_validation,
+                        history_start, history_end,
                         index if input_order else timestamp, item[label == 1], int((positives_per_user == 0).sum()))
 
 

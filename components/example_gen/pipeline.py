@@ -256,9 +256,11 @@ class _ShardExamples(beam.DoFn):
     def __init__(self, config: ExampleGenConfig, runs_dir: str):
         self._config = config
         self._runs_dir = runs_dir
-        self._shards = {core.TRAIN: config.num_train_shards, core.EVAL: config.num_eval_shards}
-        self.counters = {s: Metrics.counter(NAMESPACE, f"{s}_examples") for s in (core.TRAIN, core.EVAL)}
-        self.positives = {s: Metrics.counter(NAMESPACE, f"{s}_positives") for s in (core.TRAIN, core.EVAL)}
+        self._shards = {core.TRAIN: config.num_train_shards, core.EVAL: config.num_eval_shards,
+                        core.VALIDATION: config.num_eval_shards}
+        splits = (core.TRAIN, core.EVAL, core.VALIDATION)
+        self.counters = {s: Metrics.counter(NAMESPACE, f"{s}_examples") for s in splits}
+        self.positives = {s: Metrics.counter(NAMESPACE, f"{s}_positives") for s in splits}
         self.no_positive_users = Metrics.counter(NAMESPACE, "users_without_positives")
         self.outside = {w: Metrics.counter(NAMESPACE, f"rows_{w}_window") for w in ("before", "after")}
         self.sequences = Metrics.counter(NAMESPACE, "train_sequences")
@@ -270,26 +272,29 @@ class _ShardExamples(beam.DoFn):
         config = self._config
         table = pa.Table.from_batches([unpack_batch(b) for b in batches])
         examples = core.user_examples(table, cut, config.history_length, config.positive_threshold, config.split,
-                                      config.history_ties, config.window_start, config.window_end)
-        train = examples.in_train
-        outside = ~(train | examples.in_eval)
+                                      config.history_ties, config.window_start, config.window_end,
+                                      config.validation_share)
+        train, validation = examples.in_train, examples.in_validation
+        outside = ~(train | examples.in_eval | validation)
         if outside.any():  # history only: before the window, or in a later one
             before = outside & (examples.timestamp < config.window_start)
             self.outside["before"].inc(int(before.sum()))
             self.outside["after"].inc(int((outside & ~before).sum()))
-        for split, rows in ((core.TRAIN, train), (core.EVAL, examples.in_eval)):
+        for split, rows in ((core.TRAIN, train), (core.EVAL, examples.in_eval), (core.VALIDATION, validation)):
             self.counters[split].inc(int(rows.sum()))
             self.positives[split].inc(int(examples.label[rows].sum()))
         self.no_positive_users.inc(examples.users_without_positives)  # kept: their items are in-batch candidates
 
         runs = collections.defaultdict(list)
-        in_eval, in_train = examples.in_eval.tolist(), train.tolist()
+        in_eval, in_train, in_validation = examples.in_eval.tolist(), train.tolist(), validation.tolist()
         train_shards, eval_shards = self._shards[core.TRAIN], self._shards[core.EVAL]
         for row, key, record in core.serialized(examples):  # crc32 inline: stable_shard per row costs ~1 us more
             if in_eval[row]:
                 runs[core.EVAL, zlib.crc32(key) % eval_shards].append((key, record))
             elif in_train[row]:
                 runs[core.TRAIN, zlib.crc32(key) % train_shards].append((key, record))
+            elif in_validation[row]:
+                runs[core.VALIDATION, zlib.crc32(key) % eval_shards].append((key, record))
         if config.sequence_length:
             for key, record, targets, items in core.serialized_sequences(examples, config.sequence_length):
                 runs[core.SEQUENCES, zlib.crc32(key) % train_shards].append((key, record))
@@ -429,9 +434,11 @@ def build(pipeline: beam.Pipeline, config: ExampleGenConfig, output_dir: str) ->
         | "ByUserShard" >> beam.FlatMap(_by_user_range, bounds=beam.pvalue.AsSingleton(user_ranges))
         | "GroupByUserShard" >> beam.GroupByKey()
         | "Examples" >> beam.ParDo(_ShardExamples(config, runs_dir), cut=beam.pvalue.AsSingleton(cut)).with_outputs(
-            core.TRAIN, core.EVAL, core.SEQUENCES, COUNTS, USERS)
+            core.TRAIN, core.EVAL, core.SEQUENCES, core.VALIDATION, COUNTS, USERS)
     )
     outputs = [(core.TRAIN, config.num_train_shards), (core.EVAL, config.num_eval_shards)]
+    if config.validation_share:
+        outputs.append((core.VALIDATION, config.num_eval_shards))
     if config.sequence_length:
         outputs.append((core.SEQUENCES, config.num_train_shards))
     for split, shards in outputs:
@@ -503,8 +510,9 @@ def _check_split(summary: dict, config: ExampleGenConfig) -> None:
 
 def run_example_gen(config: ExampleGenConfig, output_dir: str,
                     beam_args: Sequence[str] | None = None) -> dict:
-    """Runs example_gen; writes train/, eval/, items/items.parquet, users.txt (training users),
-    dead_letter/rows.jsonl (every dropped row with its reason) and summary.json to output_dir.
+    """Runs example_gen; writes train/, eval/ (validation/ with a validation fold), items/items.parquet,
+    users.txt (training users), dead_letter/rows.jsonl (every dropped row with its reason) and summary.json to
+    output_dir.
 
     Returns the summary: rows in, examples out per split, rows dropped and why.
     """
@@ -526,6 +534,9 @@ def run_example_gen(config: ExampleGenConfig, output_dir: str,
                        "rows_before_window": counters.get("rows_before_window", 0),
                        "rows_after_window": counters.get("rows_after_window", 0)}}
            if config.window_start or config.window_end else {}),
+        **({"validation_examples": counters.get("validation_examples", 0),
+            "validation_positives": counters.get("validation_positives", 0),
+            "validation_share": config.validation_share} if config.validation_share else {}),
         **({"train_sequences": counters.get("train_sequences", 0),
             "train_sequence_targets": counters.get("train_sequence_targets", 0),
             "train_sequence_items": counters.get("train_sequence_items", 0),
@@ -546,6 +557,8 @@ def run_example_gen(config: ExampleGenConfig, output_dir: str,
           + (f"; window {config.window_start} to {config.window_end or 'the end'}: "
              f"{summary['window']['rows_before_window']:,} earlier and {summary['window']['rows_after_window']:,} "
              "later interactions fill histories only" if "window" in summary else "")
+          + (f"; {summary['validation_positives']:,} users' last training positive held out for validation "
+             f"({summary['validation_examples']:,} examples)" if config.validation_share else "")
           + ("" if config.items else "; no item file: items taken from the interactions, without text")
           + (f"; {summary['train_sequences']:,} training sequences of up to {config.sequence_length + 1} items hold "
              f"{summary['train_sequence_targets']:,} targets ({summary['train_positives']:,} training positives; a "
