@@ -151,6 +151,13 @@ class TrainerConfig:
       last checkpoint (model, optimizer, pool, random state, input position): a preempted worker
       loses at most that many steps. Each checkpoint writes the towers, their optimizer moments
       and the pool, so keep N to minutes of training.
+    early_stopping_patience: P > 0 trains at most `epochs` epochs, scoring the examples' validation fold
+      (example_gen `validation_share`: held-out users' last training positive) after each; it stops once
+      P epochs pass without a higher HR@`validation_k`, and exports the best epoch's towers (see
+      validation.py; the scores are in train_summary.json). 0 = every epoch, no validation.
+    validation_k: the K of the validation HR@K.
+    validation_exclude_seen: rank each validation target among the items its user has no training
+      example of (as the evaluator's `exclude_seen`); false: every item.
     """
 
     strategy: str = "cluster_oob"
@@ -200,6 +207,9 @@ class TrainerConfig:
     preload_new_items: bool = True
     checkpoint_every_steps: int = 0
     checkpoint_every_minutes: float = 0.0
+    early_stopping_patience: int = 0
+    validation_k: int = 10
+    validation_exclude_seen: bool = True
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -213,6 +223,9 @@ class TrainerConfig:
         for name in ("embedding_dim", "batch_size", "epochs", "history_length", "log_every_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.early_stopping_patience < 0 or self.validation_k < 1:
+            raise ValueError(f"early_stopping_patience must be >= 0 (0 = off) and validation_k >= 1, got "
+                             f"{self.early_stopping_patience} and {self.validation_k}")
         if self.checkpoint_every_steps < 0 or self.checkpoint_every_minutes < 0:
             raise ValueError(f"checkpoint_every_steps and checkpoint_every_minutes must be >= 0 (0 = at epoch ends "
                              f"only), got {self.checkpoint_every_steps} and {self.checkpoint_every_minutes}")

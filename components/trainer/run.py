@@ -1,7 +1,8 @@
 """run_trainer: train the two-tower model and export the query and candidate towers.
 
 Outputs under output_dir:
-  checkpoints/      model, optimizer, pool state, epoch and step (resume restarts where the last one was written)
+  checkpoints/      model, optimizer, pool state, epoch and step (resume restarts where the last one was written);
+                    with early stopping validation.json (the scores) and best/ (the best epoch's towers)
   logs/             TensorBoard scalars: loss, pool fill, masked-sample and hit rates
   query_model/      SavedModel: (user_id [B], history_item_ids [B, N]) -> embedding [B, d]
   candidate_model/  SavedModel: item_id [B] -> embedding [B, d]
@@ -31,6 +32,7 @@ from llm_hardneg.components.trainer.distribute import (
 )
 from llm_hardneg.components.trainer.model import CandidateTower, TwoTowerModel
 from llm_hardneg.components.trainer.optimizer import make_optimizer
+from llm_hardneg.components.trainer.validation import EarlyStopping
 from llm_hardneg.components.trainer.warm_start import (
     grown_users,
     item_vocabulary,
@@ -141,8 +143,8 @@ def config_record(config: TrainerConfig) -> dict:
 
 
 # what may change between a run and its resumption (deduplicate_candidates: the same loss to float tolerance)
-RESUMABLE_CHANGES = ("epochs", "log_every_steps", "checkpoint_every_steps", "checkpoint_every_minutes",
-                     "deduplicate_candidates", "full_softmax_memory_mb")
+RESUMABLE_CHANGES = ("epochs", "early_stopping_patience", "log_every_steps", "checkpoint_every_steps",
+                     "checkpoint_every_minutes", "deduplicate_candidates", "full_softmax_memory_mb")
 # Fields added after runs were recorded, with the value that reproduces what those runs did (a
 # field whose default changed the behaviour, such as logq_correction, is not listed: such runs differ).
 ADDED_FIELDS = {"mask_user_positives": False, "optimizer": "adam", "user_id_buckets": 0,
@@ -151,7 +153,8 @@ ADDED_FIELDS = {"mask_user_positives": False, "optimizer": "adam", "user_id_buck
                 "sequence_training": False, "sequence_batch_size": 64, "candidate_tower": "mlp",
                 "similarity": "cosine", "negative_embeddings": "recompute", "cache_refresh_rows": 1024,
                 "warm_start_from": "", "item_vocabulary": "catalogue", "evict_idle_windows": 0,
-                "preload_new_items": True, "mask_same_user_in_batch": False}
+                "preload_new_items": True, "mask_same_user_in_batch": False, "early_stopping_patience": 0,
+                "validation_k": 10, "validation_exclude_seen": True}
 
 
 SHARING_WORDS = {"shared": "shared by each step", "per_cluster": "per example, shared by the examples of a cluster",
@@ -296,9 +299,15 @@ def _train(config: TrainerConfig, strategy: tf.distribute.Strategy, examples_dir
                                config.checkpoint_every_minutes)
     callbacks = [progress, checkpoints,
                  tf_keras.callbacks.TensorBoard(os.path.join(write_dir, "logs"), update_freq=config.log_every_steps)]
+    stopping = EarlyStopping(config, examples_dir, model, os.path.join(output_dir, "checkpoints"), write_dir) \
+        if config.early_stopping_patience else None
     started = time.monotonic()
     first, skip = int(epoch.numpy()), int(step.numpy())
+    if stopping is not None and not skip and stopping.scored_epochs < first:  # killed before scoring its last epoch
+        stopping.after_epoch(first)
     for e in range(first, config.epochs):
+        if stopping is not None and stopping.stopped:
+            break
         # One fit per epoch with an epoch-specific shuffle seed: the order of epoch e is the same
         # whether or not the run was interrupted and resumed before it, so a run resumed at step s of
         # an epoch skips that epoch's first s batches and trains on exactly the batches it had not.
@@ -306,7 +315,10 @@ def _train(config: TrainerConfig, strategy: tf.distribute.Strategy, examples_dir
         batches = epoch_batches(strategy, files, config, seed=config.seed * 100_003 + e, skip=progress.offset)
         model.fit(batches, epochs=e + 1, initial_epoch=e, steps_per_epoch=steps_per_epoch - progress.offset,
                   verbose=0, callbacks=callbacks)
+        if stopping is not None:
+            stopping.after_epoch(e + 1)
     train_seconds = time.monotonic() - started
+    exported_epoch = int(epoch.numpy()) if stopping is None else stopping.restore_best(int(epoch.numpy()))
     if model.pool is not None and strategy.num_replicas_in_sync > 1:
         digests = replica_values(strategy, model.pool.fingerprint)
         if len(set(digests)) != 1:
@@ -339,13 +351,15 @@ def _train(config: TrainerConfig, strategy: tf.distribute.Strategy, examples_dir
             **({"new_item_share": pool_new_item_share(model.pool, is_new)} if is_new is not None else {}),
         },
         "final_metrics": {k: float(v.result()) for k, v in model.trackers.items()},
+        "epochs_trained": int(epoch.numpy()),
+        "early_stopping": None if stopping is None else stopping.summary(exported_epoch),
         "warm_start": warm,
         "item_vocabulary": vocabulary,
     }
     with open(os.path.join(write_dir, "train_summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
     where = output_dir if chief else f"scratch (removed; the chief writes {output_dir})"
-    print(f"[trainer] {train_examples:,} training {unit} in (x {config.epochs} epochs, {config.strategy}) -> "
+    print(f"[trainer] {train_examples:,} training {unit} in (x {int(epoch.numpy())} epochs, {config.strategy}) -> "
           f"query and candidate models in {where} after {train_seconds:.0f}s; dropped 0 (every batch is "
           f"trained, the last one smaller)", flush=True)
     return summary
