@@ -18,6 +18,9 @@ on ML-1M; 'transformer' trains on the per-interaction examples (one history read
 one pass, 64 chunks a step; `--mask-same-user`: a target's in-batch negatives leave out its own user's
 other targets). Each model is evaluated after every epoch count in `--epochs` (one run, resumed from its
 checkpoint), so the table holds HR@10 against cumulative training wall time.
+`--early-stopping P`: each run trains up to the last of `--epochs` with the trainer's early stopping
+(patience P) on a validation fold of about `--validation-users` users' last training positive (example_gen
+`validation_share`; the peer holds out 2,048), and the best validation epoch is evaluated.
 The peer (RecTools SASRec) runs from benchmarks/peers/rectools_sasrec.py on the same split files; its
 results file, when present, is read into the table.
 Writes benchmarks/results/sequential_tower.{json,md,png} after every run.
@@ -52,9 +55,10 @@ PEER_RESULTS = os.path.join(RESULTS, "peer_rectools_sasrec.json")
 
 
 def example_config(name: str, root: str, history: int, ties: str = "exclude",
-                   split: str = "leave_last_out") -> ExampleGenConfig:
+                   split: str = "leave_last_out", validation_share: float = 0.0) -> ExampleGenConfig:
     ml = os.path.join(root, "ml-1m")
-    common = {"split": split, "history_length": history, "sequence_length": history, "history_ties": ties}
+    common = {"split": split, "history_length": history, "sequence_length": history, "history_ties": ties,
+              "validation_share": validation_share}
     if name == "ml1m_exact":
         return ExampleGenConfig.movielens(ml, interactions=os.path.join(ml, "ratings.users_0001-2999.dat"), **common)
     if name == "ml1m":
@@ -63,16 +67,17 @@ def example_config(name: str, root: str, history: int, ties: str = "exclude",
     return ExampleGenConfig(source="generic", interactions=os.path.join(root, folder, "interactions.csv.gz"), **common)
 
 
-def work_name(name: str, history: int, ties: str, split: str = "leave_last_out") -> str:
+def work_name(name: str, history: int, ties: str, split: str = "leave_last_out", validation_share: float = 0.0) -> str:
     return f"seq_{name}_h{history}" + ("" if ties == "exclude" else f"_{ties}") + (
-        "" if split == "leave_last_out" else f"_{split}")
+        "" if split == "leave_last_out" else f"_{split}") + (f"_val{validation_share}" if validation_share else "")
 
 
 def cluster_tables(name: str, root: str, history: int, seeds: list[int], ties: str = "exclude",
-                   split: str = "leave_last_out") -> tuple[str, dict[int, str], str]:
-    """(examples dir, seed -> cluster dir, cluster source) of a data set."""
-    work = work_name(name, history, ties, split)
-    examples, clusters = prepare(work, example_config(name, root, history, ties, split))
+                   split: str = "leave_last_out", validation_share: float = 0.0) -> tuple[str, dict[int, str], str]:
+    """(examples dir, seed -> cluster dir, cluster source) of a data set (behavioural clusters come from a
+    first pass on these examples' own training data: none of a validation fold's items)."""
+    work = work_name(name, history, ties, split, validation_share)
+    examples, clusters = prepare(work, example_config(name, root, history, ties, split, validation_share))
     if name.startswith("ml1m"):
         return examples, {seed: clusters for seed in seeds}, "llm"
     tables = {}
@@ -112,6 +117,29 @@ def curve(config: TrainerConfig, examples: str, clusters: str, tag: str, epochs:
     return points
 
 
+def stopped_early(config: TrainerConfig, examples: str, clusters: str, tag: str) -> list[dict]:
+    """One run of at most config.epochs epochs with early stopping on the validation fold, evaluated once: the
+    exported (best validation) epoch, the epochs trained and the wall time (validation included). A finished
+    run is read back, not resumed (a resumed run's wall time would be its last part's)."""
+    out = os.path.join(WORK, "models", tag)
+    path, evaluated = os.path.join(out, "train_summary.json"), os.path.join(out, "eval_best", "metrics.json")
+    if os.path.exists(path) and os.path.exists(evaluated):
+        with open(path, encoding="utf-8") as f, open(evaluated, encoding="utf-8") as g:
+            summary, metrics = json.load(f), json.load(g)
+    else:
+        summary = run_trainer(config, examples, clusters, out)
+        metrics = run_evaluator(EvaluatorConfig(ks=KS, exclude_seen=True), out, examples,
+                                os.path.dirname(evaluated), config.history_length)
+    stopping = summary["early_stopping"]
+    point = {"epochs": stopping["exported_epoch"], "epochs_trained": summary["epochs_trained"],
+             "train_seconds": summary["train_seconds"], "validation": stopping["scores"],
+             **{f"hr{k}": metrics[f"hit_rate@{k}"] for k in KS}, "ndcg10": metrics["ndcg@10"],
+             "targets_seen_in_training": metrics["targets_seen_in_training"]}
+    print(f"[sequential_tower] {tag}: stopped after {point['epochs_trained']} epochs, best epoch {point['epochs']}: "
+          f"HR@10 {point['hr10']:.4f} HR@50 {point['hr50']:.4f} after {point['train_seconds']:.0f}s", flush=True)
+    return [point]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", default="ml1m_exact")
@@ -132,6 +160,13 @@ def main() -> None:
     parser.add_argument("--mask-same-user", action="store_true",
                         help="the trainer's mask_same_user_in_batch: a target's in-batch negatives leave out its own "
                              "user's other targets (a batch of sequence chunks holds all of them)")
+    parser.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE",
+                        help="train up to the last of --epochs with the trainer's early stopping on a validation fold "
+                             "(example_gen validation_share), as the peer stops on its own: the best epoch is "
+                             "evaluated")
+    parser.add_argument("--validation-users", type=int, default=2048,
+                        help="with --early-stopping, about this many users' last training positive is held out for "
+                             "validation (the peer's 2,048)")
     parser.add_argument("--merge-seeds", action="store_true",
                         help="add these seeds' runs to a recorded row of the same settings (same epoch counts) "
                              "instead of replacing it, so seeds can be run in separate sessions")
@@ -141,13 +176,19 @@ def main() -> None:
     path = os.path.join(RESULTS, "sequential_tower.json")
     result = json.load(open(path, encoding="utf-8")) if os.path.exists(path) else {"rows": []}
     for name in args.datasets.split(","):
-        ties, split = args.history_ties, args.split
-        examples, tables, source = cluster_tables(name, args.data_root, args.history, seeds, ties, split)
+        ties, split, share = args.history_ties, args.split, 0.0
+        if args.early_stopping:  # the share of users that gives about --validation-users of them
+            plain, _ = prepare(work_name(name, args.history, ties, split), example_config(name, args.data_root,
+                                                                                         args.history, ties, split))
+            with open(os.path.join(plain, "summary.json"), encoding="utf-8") as f:
+                share = round(min(1.0, args.validation_users / json.load(f)["eval_positives"]), 4)
+        examples, tables, source = cluster_tables(name, args.data_root, args.history, seeds, ties, split, share)
         for tower in args.towers.split(","):
             for strategy, scoring in itertools.product(args.strategies.split(","), args.scorings.split(",")):
                 history = TrainerConfig.history_length if tower == "pooled" else args.history
                 chunks = args.sequence_batch if tower == "transformer_seq" else TrainerConfig.sequence_batch_size
-                key = (name, tower, strategy, scoring, history, ties, split, chunks, args.mask_same_user)
+                key = (name, tower, strategy, scoring, history, ties, split, chunks, args.mask_same_user,
+                       args.early_stopping)
                 previous = [r for r in result["rows"] if row_key(r) == key and r["epochs"] == epochs]
                 kept = {s: c for s, c in zip(previous[0]["seeds"], previous[0]["curves"]) if s not in seeds} \
                     if args.merge_seeds and previous else {}
@@ -155,17 +196,21 @@ def main() -> None:
                 for seed in seeds:
                     config = TrainerConfig(strategy=strategy, cluster_source=source, seed=seed, history_length=history,
                                            sequence_batch_size=chunks, mask_same_user_in_batch=args.mask_same_user,
+                                           early_stopping_patience=args.early_stopping, epochs=epochs[-1],
                                            **TOWERS[tower], **SCORINGS[scoring])
                     suffix = ("" if scoring == "cosine_mlp" else f"-{scoring}") + (
                         "" if ties == "exclude" else f"-{ties}") + ("" if split == "leave_last_out" else f"-{split}")
                     suffix += ("" if chunks == TrainerConfig.sequence_batch_size else f"-sb{chunks}") + (
-                        "-same-user-masked" if args.mask_same_user else "")
+                        "-same-user-masked" if args.mask_same_user else "") + (
+                        f"-es{args.early_stopping}-val{share}" if args.early_stopping else "")
                     tag = f"seq-{name}-h{args.history}-{tower}-{strategy}{suffix}-{seed}"
-                    runs.append(curve(config, examples, tables[seed], tag, epochs, split == "leave_last_out"))
+                    runs.append(stopped_early(config, examples, tables[seed], tag) if args.early_stopping else
+                                curve(config, examples, tables[seed], tag, epochs, split == "leave_last_out"))
                 runs = list(kept.values()) + runs
                 row = {"dataset": name, "tower": tower, "strategy": strategy, "scoring": scoring, "history": history,
                        "history_ties": ties, "split": split, "sequence_batch": chunks,
-                       "mask_same_user": args.mask_same_user, "seeds": list(kept) + seeds,
+                       "mask_same_user": args.mask_same_user, "early_stopping": args.early_stopping,
+                       "validation_share": share, "seeds": list(kept) + seeds,
                        "epochs": epochs, "curves": runs}
                 last = [r[-1] for r in runs]
                 row.update({f"{m}_{f.__name__}": f([p[m] for p in last]) for m in METRICS
@@ -177,7 +222,11 @@ def main() -> None:
 
 
 def by_epochs(row: dict) -> str:
-    """'5: 0.1074, 10: 0.1000': mean HR@10 over the row's seeds at each evaluated epoch count."""
+    """'5: 0.1074, 10: 0.1000': mean HR@10 over the row's seeds at each evaluated epoch count; with early
+    stopping, each seed's best and trained epochs."""
+    if row.get("early_stopping"):
+        return "early stopping: best / trained epochs " + ", ".join(
+            f"{c[-1]['epochs']}/{c[-1]['epochs_trained']}" for c in row["curves"])
     return ", ".join(f"{count}: {statistics.mean(curve[i]['hr10'] for curve in row['curves']):.4f}"
                      for i, count in enumerate(row["epochs"]))
 
@@ -185,7 +234,8 @@ def by_epochs(row: dict) -> str:
 def row_key(row: dict) -> tuple:
     return (row["dataset"], row["tower"], row["strategy"], row.get("scoring", "cosine_mlp"), row["history"],
             row.get("history_ties", "exclude"), row.get("split", "leave_last_out"),
-            row.get("sequence_batch", TrainerConfig.sequence_batch_size), row.get("mask_same_user", False))
+            row.get("sequence_batch", TrainerConfig.sequence_batch_size), row.get("mask_same_user", False),
+            row.get("early_stopping", 0))
 
 
 def write(result: dict) -> None:
@@ -200,15 +250,18 @@ def write(result: dict) -> None:
              "input_order (also same-timestamp positives earlier in the input, as SASRec's preparation and the peer "
              "have it).", "",
              "HR@10 by epochs: the mean HR@10 at each evaluated epoch count of the run (one run, resumed), "
-             "so a model that over-fits shows it; the other figures are at the last count. No early stopping "
-             "picks an epoch for our rows (the peer stops on its own validation fold).", "",
+             "so a model that over-fits shows it; the other figures are at the last count. Rows with early stopping "
+             "train until their own validation fold stops improving and are evaluated at the best validation "
+             "epoch, as the peer does with its validation fold.", "",
              "| data | split | tower | strategy | scoring | history | ties | epochs | seeds | HR@10 | NDCG@10 | HR@50 "
              "| HR@10 by epochs | train wall (s) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         cells = " | ".join(f"{r[f'{m}_mean']:.4f} ± {r[f'{m}_pstdev']:.4f}" for m in METRICS)
         notes = ([] if row_key(r)[7] == TrainerConfig.sequence_batch_size else [f"{row_key(r)[7]} chunks a step"]) + (
-            ["own user's targets masked"] if row_key(r)[8] else [])
+            ["own user's targets masked"] if row_key(r)[8] else []) + (
+            [f"early stopping, patience {row_key(r)[9]}, {r['validation_share']:.1%} of users validate"]
+            if row_key(r)[9] else [])
         tower = r["tower"] + (f" ({', '.join(notes)})" if notes else "")
         lines.append(f"| {r['dataset']} | {row_key(r)[6]} | {tower} | {r['strategy']} | {row_key(r)[3]} | "
                      f"{r['history']} | "
