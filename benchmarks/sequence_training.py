@@ -11,7 +11,7 @@ sequence chunks, in_batch, 2 blocks, 1 head, 64-d, SASRec's tied dot-product sco
 sequence path: benchmarks.sequential_tower.
 
     python -m benchmarks.sequence_training --quality [--quality-epochs 1,2,3] [--seeds 0]
-        [--paths transformer,transformer_seq] [--mask-same-user]
+        [--paths transformer,transformer_seq] [--mask-same-user] [--sequence-batch 64]
 
 trains both paths for the same epochs (every training target once an epoch on either path) with the
 same tower and settings (in_batch, SASRec's scoring: tied, raw dot product; history_ties input_order,
@@ -87,11 +87,16 @@ def quality(args) -> list[dict]:
     for path in args.paths.split(","):
         for seed in seeds:
             masked = args.mask_same_user and path == "transformer_seq"
+            chunks = args.sequence_batch if path == "transformer_seq" else TrainerConfig.sequence_batch_size
             config = TrainerConfig(strategy="in_batch", cluster_source=source, seed=seed, history_length=args.history,
-                                   mask_same_user_in_batch=masked, **TOWERS[path], **SCORINGS["dot_tied"])
-            tag = f"seqq-{args.dataset}-h{args.history}-{path}{'-same-user-masked' if masked else ''}-{seed}"
+                                   mask_same_user_in_batch=masked, sequence_batch_size=chunks, **TOWERS[path],
+                                   **SCORINGS["dot_tied"])
+            suffix = ("" if chunks == TrainerConfig.sequence_batch_size else f"-sb{chunks}") + (
+                "-same-user-masked" if masked else "")
+            tag = f"seqq-{args.dataset}-h{args.history}-{path}{suffix}-{seed}"
             for point in curve(config, examples, tables[seed], tag, [int(e) for e in args.quality_epochs.split(",")]):
-                rows.append({"path": path, "mask_same_user": masked, "seed": seed, **point})  # cumulative seconds
+                rows.append({"path": path, "mask_same_user": masked, "sequence_batch": chunks, "seed": seed,
+                             **point})  # cumulative seconds
     return rows
 
 
@@ -101,7 +106,8 @@ def results_name(dataset: str) -> str:
 
 
 def _quality_key(row: dict) -> tuple:
-    return row["path"], row.get("mask_same_user", False), row["seed"], row["epochs"]
+    return (row["path"], row.get("mask_same_user", False), row.get("sequence_batch", 64), row["seed"],
+            row["epochs"])
 
 
 def write_quality(args, rows: list[dict]) -> None:
@@ -141,11 +147,12 @@ def render(result: dict) -> None:
                   "|---|---|---|---|---|---|---|"]
         groups: dict[tuple, list[dict]] = {}
         for r in result["quality"]:
-            groups.setdefault(_quality_key(r)[:2] + (r["epochs"],), []).append(r)
-        for (path, masked, epochs), runs in sorted(groups.items()):
+            groups.setdefault(_quality_key(r)[:3] + (r["epochs"],), []).append(r)
+        for (path, masked, chunks, epochs), runs in sorted(groups.items()):
             cells = " | ".join(f"{statistics.mean(r[m] for r in runs):.4f} ± "
                                f"{statistics.pstdev(r[m] for r in runs):.4f}" for m in ("hr10", "ndcg10", "hr50"))
-            label = names.get(path, path) + (", own user's targets masked" if masked else "")
+            label = names.get(path, path) + (f", {chunks} chunks a step" if path == "transformer_seq" and chunks != 64
+                                             else "") + (", own user's targets masked" if masked else "")
             lines.append(f"| {label} | {epochs} | {len(runs)} | {cells} | "
                          f"{statistics.mean(r['train_seconds'] for r in runs):,.0f} |")
     write_results(results_name(result["dataset"]), result, "\n".join(lines) + "\n")
@@ -160,6 +167,9 @@ def main() -> None:
     parser.add_argument("--quality-epochs", default="1", help="epoch counts to evaluate at (one resumed run)")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--paths", default="transformer_seq,transformer")
+    parser.add_argument("--sequence-batch", type=int, default=64,
+                        help="sequence records: chunks a step (160 on Video Games holds about as many targets as a "
+                             "per-interaction batch of 1,024)")
     parser.add_argument("--mask-same-user", action="store_true",
                         help="sequence records: the trainer's mask_same_user_in_batch (a target's in-batch negatives "
                              "leave out its own user's other targets)")
