@@ -7,6 +7,8 @@ training items excluded with `validation_exclude_seen`). Training stops once `ea
 epochs pass without a higher HR@`validation_k`, and the towers of the best epoch are the ones exported.
 The scores, the best epoch and whether the run stopped are kept beside the checkpoints
 (checkpoints/validation.json, the best towers in checkpoints/best/), so a resumed run goes on with them.
+Under `distribute` every worker scores the fold itself (the same weights and data, so the same decision to
+stop; no worker waits in a collective the others skipped), and the chief's files are the ones kept.
 
 Cost per epoch: the candidate tower over the V vocabulary rows (once) and validation queries x V scores,
 in query batches the evaluator's memory budget allows; the seen items kept are the validation users'
