@@ -230,10 +230,11 @@ def measure_embedder(items: int, which: str) -> dict:
     return {"items": items, "which": which, "seconds": seconds, "items_per_second": items / seconds}
 
 
-def measure_example_gen(interactions: int, workers: str = "1") -> dict:
+def measure_example_gen(interactions: int, workers: str = "1", sequence_length: str = "0") -> dict:
     """example_gen (default config, generic CSV input) on synthetic interactions: users = interactions / 100,
     items = interactions / 50. workers > 1: DirectRunner's multi_processing mode with that many worker
-    processes, the interactions in 2 x workers files (a step reads one worker per file)."""
+    processes, the interactions in 2 x workers files (a step reads one worker per file). sequence_length > 0:
+    sequence records of that length are written too."""
     from benchmarks import synthetic
     from llm_hardneg.components.example_gen import ExampleGenConfig, run_example_gen
 
@@ -245,9 +246,11 @@ def measure_example_gen(interactions: int, workers: str = "1") -> dict:
                                 interactions, log=lambda _: None, files=1 if workers == 1 else 2 * workers)
         started = time.monotonic()
         summary = run_example_gen(ExampleGenConfig(source="generic", interactions=paths["interactions"],
-                                                   items=paths["items"]), os.path.join(work, "out"), beam_args)
+                                                   items=paths["items"], sequence_length=int(sequence_length)),
+                                  os.path.join(work, "out"), beam_args)
         seconds = time.monotonic() - started
-    return {"interactions": interactions, "workers": workers, "seconds": seconds,
+    return {"interactions": interactions, "workers": workers, "sequence_length": int(sequence_length),
+            "sequence_targets": summary.get("train_sequence_targets", 0), "seconds": seconds,
             "interactions_per_second": interactions / seconds,
             "examples": summary["train_examples"] + summary["eval_examples"],
             "worker_peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 if workers > 1 else 0.0}
@@ -322,9 +325,11 @@ def markdown(result: dict) -> str:
     def total_mb(r: dict) -> float:  # the launcher's peak plus each worker at the largest one's (0: no workers)
         return r["peak_mb"] + r.get("workers", 1) * r.get("worker_peak_mb", 0.0)
 
-    lines += _table(["interactions", "worker processes", "example_gen (s)", "interactions/s", "peak memory (GB)",
-                     "bytes per interaction"],
+    lines += _table(["interactions", "worker processes", "sequence records", "example_gen (s)", "interactions/s",
+                     "peak memory (GB)", "bytes per interaction"],
                     ok("example_gen"), lambda r: [f"{r['interactions']:,}", f"{r.get('workers', 1)}",
+                                                  f"length {r['sequence_length']}" if r.get("sequence_length")
+                                                  else "-",
                                                   f"{r['seconds']:.1f}", f"{r['interactions_per_second']:,.0f}",
                                                   f"{total_mb(r) / 1024:.2f}",
                                                   f"{total_mb(r) * 2**20 / r['interactions']:,.0f}"])
@@ -373,6 +378,8 @@ def main() -> None:
     parser.add_argument("--example-gen-sizes", default="1000000", help="interactions")
     parser.add_argument("--example-gen-workers", default="1",
                         help="worker processes (> 1: DirectRunner multi_processing, inputs in 2 x workers files)")
+    parser.add_argument("--example-gen-sequence-length", type=int, default=0,
+                        help="example_gen also writes sequence records of this length (0 = none)")
     parser.add_argument("--parts", default="pool,step,evaluator,scann,clusterer,embedder,example_gen",
                         help="parts to measure; the others keep their previous results")
     parser.add_argument("--repeats", type=int, default=3,
@@ -419,11 +426,13 @@ def main() -> None:
             n = int(args.embedder_items)
             result[part] = [run_one(part, n, which) for which in ("raw", "step")]
         elif part == "example_gen":
-            rows = [run_one(part, n, w) for w in args.example_gen_workers.split(",")
+            rows = [run_one(part, n, w, str(args.example_gen_sequence_length))
+                    for w in args.example_gen_workers.split(",")
                     for n in [int(s) for s in args.example_gen_sizes.split(",")]]
-            key = lambda r: (r["interactions"], r.get("workers", 1))  # noqa: E731
+            key = lambda r: (r["interactions"], r.get("workers", 1), r.get("sequence_length", 0))  # noqa: E731
             kept = [r for r in result.get(part, []) if "error" in r or key(r) not in {key(n) for n in rows}]
-            result[part] = sorted(kept + rows, key=lambda r: (r.get("workers", 1), r.get("interactions", 0)))
+            result[part] = sorted(kept + rows, key=lambda r: (r.get("sequence_length", 0), r.get("workers", 1),
+                                                              r.get("interactions", 0)))
         else:
             raise SystemExit(f"unknown part {part!r}: use {', '.join(MEASURES)}")
         write_results("scale", result, markdown(result))
