@@ -24,14 +24,21 @@ from llm_hardneg.components.evaluator.core import (
 from llm_hardneg.components.trainer.data import example_files, make_dataset
 
 
-def seen_items(examples_dir: str, index_of: tf.lookup.StaticHashTable, batch_size: int = 65536) -> SeenItems:
-    """Every user's training items (any label), from one streaming pass over the training examples."""
-    keys, items = [], []
+def seen_items(examples_dir: str, index_of, users: np.ndarray | None = None,
+               batch_size: int = 65536) -> SeenItems:
+    """Every user's training items (any label), from one streaming pass over the training examples.
+    index_of: item ids [B] tf.string -> [B] catalogue index (negative: not in the catalogue, left out);
+    users: keep only these users' items (sorted `fingerprints`), e.g. a validation fold's; None = all."""
+    keys, items = [np.zeros([0], np.int64)], [np.zeros([0], np.int64)]
     progress = Progress("evaluator", "training interactions read for exclude_seen", every_s=15)
     for batch in make_dataset(example_files(examples_dir, "train"), batch_size, 1):
-        keys.append(fingerprints(batch["user_id"].numpy()))
-        items.append(index_of.lookup(batch["item_id"]).numpy())
-        progress.update(len(items[-1]))
+        key, ids = fingerprints(batch["user_id"].numpy()), batch["item_id"]
+        if users is not None:
+            mine = sorted_lookup(users, key)[1]
+            key, ids = key[mine], tf.boolean_mask(ids, mine)
+        keys.append(key)
+        items.append(np.asarray(index_of(ids)))
+        progress.update(len(batch["item_id"]))
     progress.report(final=True)
     return SeenItems(np.concatenate(keys), np.concatenate(items))
 
@@ -49,7 +56,7 @@ def run_evaluator(config: EvaluatorConfig, model_dir: str, examples_dir: str, ou
         default_value=-1)
     dataset = make_dataset(example_files(examples_dir, "eval"), config.batch_size, history_length,
                            positives_only=True)
-    seen = seen_items(examples_dir, index_of) if config.exclude_seen else None
+    seen = seen_items(examples_dir, lambda ids: index_of.lookup(ids).numpy()) if config.exclude_seen else None
     users_path = os.path.join(examples_dir, "users.txt")  # the training users (example_gen writes them)
     training_users = np.sort(fingerprints(np.asarray(read_lines(users_path), dtype=object))) \
         if os.path.exists(users_path) else None

@@ -86,6 +86,14 @@ class UserExamples:
         return [self.items[c] for c in self.positive_item[self.history_start[i]:self.history_end[i]][::-1]]
 
 
+def _from_last(user: np.ndarray, rank: np.ndarray, marked: np.ndarray, users: int) -> np.ndarray:
+    """[n] bool: the rows at or after (by `rank`, a user's order) their user's last `marked` row; a user
+    without a marked row has none."""
+    last = np.full(users, -1, dtype=np.int64)
+    np.maximum.at(last, user[marked], rank[marked])
+    return (last[user] >= 0) & (rank >= last[user])
+
+
 def validation_users(users: list[str], share: float) -> np.ndarray:
     """[U] bool: whether each user id is in the validation fold, by a stable hash (CRC-32 of its UTF-8) below
     `share` of the hash range: the same users whatever the sharding, the run or the machine."""
@@ -156,19 +164,14 @@ def user_examples(table: pa.Table | pa.RecordBatch, cut: int | None, history_len
         by_time = np.lexsort((order, timestamp, user))
         rank = np.empty(n, dtype=np.int64)
         rank[by_time] = index
-        last = np.full(len(users), -1, dtype=np.int64)
-        np.maximum.at(last, user[label == 1], rank[label == 1])
-        in_eval = (last[user] >= 0) & (rank >= last[user])
+        in_eval = _from_last(user, rank, label == 1, len(users))
         in_train = ~in_eval
     in_validation = np.zeros(n, dtype=bool)
     if validation_share:
         if split != "leave_last_out":
             raise ValueError(f"validation_share needs split 'leave_last_out', got {split!r}")
-        last = np.full(len(users), -1, dtype=np.int64)  # each user's last training positive, as above
-        positive = in_train & (label == 1)
-        np.maximum.at(last, user[positive], rank[positive])
-        in_validation = in_train & validation_users(users, validation_share)[user] & (last[user] >= 0) & (
-            rank >= last[user])
+        in_validation = in_train & validation_users(users, validation_share)[user] & _from_last(
+            user, rank, in_train & (label == 1), len(users))  # the last training positive, and what follows
         in_train &= ~in_validation
     return UserExamples(users, items, user, item, rating, timestamp, label, in_eval, in_train, in_validation,
                         history_start, history_end,

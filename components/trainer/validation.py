@@ -31,6 +31,7 @@ from llm_hardneg.components.evaluator.core import (
     evaluate,
     fingerprints,
 )
+from llm_hardneg.components.evaluator.run import seen_items
 from llm_hardneg.components.trainer.config import TrainerConfig
 from llm_hardneg.components.trainer.data import example_files, make_dataset
 
@@ -63,16 +64,9 @@ class EarlyStopping:
         self.seen = self._seen(examples_dir) if config.validation_exclude_seen else None
 
     def _seen(self, examples_dir: str) -> SeenItems:
-        """The validation users' training items (vocabulary rows - 2), from one pass over the training examples."""
+        """The validation users' training items (vocabulary rows - 2: padding and unknown items left out)."""
         users = np.unique(np.concatenate([fingerprints(b["user_id"].numpy()) for b in self._batches()]))
-        keys, items = [np.zeros([0], np.int64)], [np.zeros([0], np.int64)]
-        for batch in make_dataset(example_files(examples_dir, "train"), 65536, 1):
-            key = fingerprints(batch["user_id"].numpy())
-            mine = np.isin(key, users)
-            if mine.any():
-                keys.append(key[mine])
-                items.append(self.model.items.lookup(tf.boolean_mask(batch["item_id"], mine)).numpy() - 2)
-        return SeenItems(np.concatenate(keys), np.concatenate(items))  # unknown items (index -1) are left out
+        return seen_items(examples_dir, lambda ids: self.model.items.lookup(ids).numpy() - 2, users)
 
     def _batches(self):
         return make_dataset(self.files, self.batch_size, self.config.history_length, positives_only=True)
