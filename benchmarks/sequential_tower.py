@@ -34,6 +34,7 @@ import itertools
 import json
 import os
 import statistics
+from typing import NamedTuple
 
 import llm_hardneg.components  # noqa: F401  (environment before TensorFlow)
 from benchmarks.larger_catalogues import AMAZON, behavioural
@@ -231,8 +232,22 @@ def by_epochs(row: dict) -> str:
                      for i, count in enumerate(row["epochs"]))
 
 
-def row_key(row: dict) -> tuple:
-    return (row["dataset"], row["tower"], row["strategy"], row.get("scoring", "cosine_mlp"), row["history"],
+class RowKey(NamedTuple):
+    """What a row of the table is the runs of (a row recorded before a field existed has its default)."""
+    dataset: str
+    tower: str
+    strategy: str
+    scoring: str
+    history: int
+    ties: str
+    split: str
+    chunks: int
+    mask_same_user: bool
+    early_stopping: int
+
+
+def row_key(row: dict) -> RowKey:
+    return RowKey(row["dataset"], row["tower"], row["strategy"], row.get("scoring", "cosine_mlp"), row["history"],
             row.get("history_ties", "exclude"), row.get("split", "leave_last_out"),
             row.get("sequence_batch", TrainerConfig.sequence_batch_size), row.get("mask_same_user", False),
             row.get("early_stopping", 0))
@@ -258,14 +273,15 @@ def write(result: dict) -> None:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         cells = " | ".join(f"{r[f'{m}_mean']:.4f} ± {r[f'{m}_pstdev']:.4f}" for m in METRICS)
-        notes = ([] if row_key(r)[7] == TrainerConfig.sequence_batch_size else [f"{row_key(r)[7]} chunks a step"]) + (
-            ["own user's targets masked"] if row_key(r)[8] else []) + (
-            [f"early stopping, patience {row_key(r)[9]}, {r['validation_share']:.1%} of users validate"]
-            if row_key(r)[9] else [])
+        key = row_key(r)
+        notes = ([] if key.chunks == TrainerConfig.sequence_batch_size else [f"{key.chunks} chunks a step"]) + (
+            ["own user's targets masked"] if key.mask_same_user else []) + (
+            [f"early stopping, patience {key.early_stopping}, {r['validation_share']:.1%} of users validate"]
+            if key.early_stopping else [])
         tower = r["tower"] + (f" ({', '.join(notes)})" if notes else "")
-        lines.append(f"| {r['dataset']} | {row_key(r)[6]} | {tower} | {r['strategy']} | {row_key(r)[3]} | "
+        lines.append(f"| {r['dataset']} | {key.split} | {tower} | {r['strategy']} | {key.scoring} | "
                      f"{r['history']} | "
-                     f"{row_key(r)[5]} | {r['epochs'][-1]} | {len(r['seeds'])} | "
+                     f"{key.ties} | {r['epochs'][-1]} | {len(r['seeds'])} | "
                      f"{cells} | {by_epochs(r)} | {r['train_seconds_mean']:,.0f} |")
     for name in sorted({p["dataset"] for p in result["peer"]}):  # the peer's seeds of a data set in one row
         runs = sorted((p for p in result["peer"] if p["dataset"] == name), key=lambda p: p["seed"])
@@ -286,16 +302,17 @@ def plot(result: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = sorted({(r["dataset"], row_key(r)[6]) for r in result["rows"]})
+    panels = sorted({(r["dataset"], row_key(r).split) for r in result["rows"]})
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
     for ax, (name, split) in zip(axes[0], panels):
-        for r in (r for r in result["rows"] if (r["dataset"], row_key(r)[6]) == (name, split)):
+        for r in (r for r in result["rows"] if (r["dataset"], row_key(r).split) == (name, split)):
+            key = row_key(r)
             for i, points in enumerate(r["curves"]):
                 ax.plot([p["train_seconds"] for p in points], [p["hr10"] for p in points],
-                        marker={"cosine_mlp": "o", "cosine_tied": "s", "dot_tied": "^"}[row_key(r)[3]],
-                        label=f"{r['tower']} {r['strategy']} {row_key(r)[3]} {row_key(r)[5]}" if i == 0 else None,
+                        marker={"cosine_mlp": "o", "cosine_tied": "s", "dot_tied": "^"}[key.scoring],
+                        label=f"{r['tower']} {r['strategy']} {key.scoring} {key.ties}" if i == 0 else None,
                         color=COLOURS[r["tower"]],
-                        markerfacecolor="none" if row_key(r)[5] == "exclude" else None,  # hollow: strict ties
+                        markerfacecolor="none" if key.ties == "exclude" else None,  # hollow: strict ties
                         linestyle={"in_batch": "-", "oob": ":", "cluster_oob": "--"}.get(r["strategy"], "-"))
         for p in (p for p in result["peer"] if p["dataset"] == name and split == "leave_last_out"):
             ax.scatter([p["train_seconds"]], [p["hr10"]], marker="*", s=150, color="black",

@@ -31,7 +31,6 @@ from llm_hardneg.components.evaluator.core import (
     evaluate,
     fingerprints,
 )
-from llm_hardneg.components.evaluator.run import seen_items
 from llm_hardneg.components.trainer.config import TrainerConfig
 from llm_hardneg.components.trainer.data import example_files, make_dataset
 
@@ -65,6 +64,8 @@ class EarlyStopping:
 
     def _seen(self, examples_dir: str) -> SeenItems:
         """The validation users' training items (vocabulary rows - 2: padding and unknown items left out)."""
+        from llm_hardneg.components.evaluator.run import seen_items  # here: evaluator.run imports the trainer
+
         users = np.unique(np.concatenate([fingerprints(b["user_id"].numpy()) for b in self._batches()]))
         return seen_items(examples_dir, lambda ids: self.model.items.lookup(ids).numpy() - 2, users)
 
