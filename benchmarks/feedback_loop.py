@@ -1,9 +1,9 @@
 """Closed-loop simulation: does cluster OOB reduce popularity bias when the model's recommendations become
 its training data? (the paper's Table 3 claim, tested offline)
 
-    python -m benchmarks.feedback_loop [--items 100000] [--users 10000] [--rounds 10] [--seeds 0,1,2]
+    python -m benchmarks.feedback_loop [--items 100000] [--users 20000] [--rounds 10] [--seeds 0,1,2]
         [--variants in_batch,oob,cluster_oob] [--logq none] [--epochs 3] [--min-impressions 10]
-        [--warmup-rounds 5]
+        [--warmup-rounds 10]
 
 World: benchmarks/feedback_world.py (latent preferences, topics with a power-law size, a Zipf popularity
 prior, a multinomial logit choice with a no-click option, item texts that name their topic). Round 0: for
@@ -19,7 +19,9 @@ The paper measured without logQ correction (`--logq none`, the default here).
 Per round: Gini of the round's impressions and of all consumption so far, catalogue coverage, the top-100
 items' share of impressions, share of items with >= `--min-impressions` impressions, click rate, mean true
 utility of the chosen items, recall@slate against the oracle (highest true utility), and Jaccard
-homogenisation of users' lists. Writes benchmarks/results/feedback_loop.{json,md,png}.
+homogenisation of users' lists. Writes benchmarks/results/feedback_loop.{json,md,png} for the default
+catalogue of 10^5 items, feedback_loop_<items // 1000>k.{json,md,png} for any other size (so a smaller world's
+results do not replace the default's).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from llm_hardneg.components.trainer import TrainerConfig, run_trainer
 
 HISTORY = 20
 FIGURES = ("top100_share", "share_min_impressions", "exposure_gini", "consumption_gini", "coverage", "click_rate",
-           "chosen_utility", "recall_oracle", "jaccard")
+           "chosen_utility", "recall_oracle", "jaccard", "unclicked_share")
 
 
 class Log:
@@ -165,9 +167,12 @@ def loop(world: World, variant: str, logq: str, rounds: int, epochs: int, seed: 
                                    replace=False))
         slates = retrieve(model, world, users, log)
         chosen = world.choose(rng, users, slates)
+        # slate items nobody had clicked before this round: their id embeddings never met a positive
+        unclicked = float((np.bincount([i for _, i, _ in log.rows], minlength=world.config.items)[slates] == 0).mean())
         log.add(users, chosen, first_round + r)
         metrics = round_metrics(world, users, slates, chosen, log, rng, min_impressions)
-        per_round.append({"round": r, **metrics, "log_rows": len(log.rows), "cluster_purity": purity,
+        per_round.append({"round": r, **metrics, "unclicked_share": unclicked, "log_rows": len(log.rows),
+                          "cluster_purity": purity,
                           "train_seconds": summary["train_seconds"], "round_seconds": time.monotonic() - started})
         print(f"[feedback_loop] {variant} logq={logq} seed {seed} round {r}: top-100 share "
               f"{metrics['top100_share']:.3f}, exposure Gini {metrics['exposure_gini']:.3f}, click rate "
@@ -179,17 +184,18 @@ def loop(world: World, variant: str, logq: str, rounds: int, epochs: int, seed: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--items", type=int, default=100_000)
-    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--variants", default="in_batch,oob,cluster_oob")
     parser.add_argument("--logq", default="none", help="the trainer's logq_correction (the paper: none)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--min-impressions", type=int, default=10)
-    parser.add_argument("--warmup-rounds", type=int, default=5, help="popularity-exposure rounds that make round 0")
+    parser.add_argument("--warmup-rounds", type=int, default=10, help="popularity-exposure rounds that make round 0")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    path = os.path.join(RESULTS, "feedback_loop.json")
+    name = results_name(args.items)
+    path = os.path.join(RESULTS, f"{name}.json")
     previous = json.load(open(path, encoding="utf-8"))["runs"] if os.path.exists(path) else []
     # runs of other seeds or corrections in the same world sizes and rounds are kept (runs in separate sessions)
     runs = [r for r in previous if (r["seed"] not in seeds or r["logq"] != args.logq)
@@ -219,14 +225,21 @@ def main() -> None:
                                         args.warmup_rounds)})
             result = {"runs": runs, "min_impressions": args.min_impressions, "epochs": args.epochs,
                       "warmup_rounds": args.warmup_rounds}
-            write_results("feedback_loop", result, markdown(result))
-            plot(result)
+            write_results(name, result, markdown(result))
+            plot(result, name)
+
+
+def results_name(items: int) -> str:
+    """The results files' name: 'feedback_loop' for the default catalogue, 'feedback_loop_20k' for 20,000 items."""
+    return "feedback_loop" if items == 100_000 else f"feedback_loop_{items // 1000}k"
 
 
 def markdown(result: dict) -> str:
     runs = result["runs"]
     world = runs[0]["world"]
-    lines = [f"Feedback-loop simulation (`python -m benchmarks.feedback_loop`): {world['items']:,} items, "
+    command = (f"python -m benchmarks.feedback_loop --items {world['items']} --users {world['users']} "
+               f"--warmup-rounds {result['warmup_rounds']} --epochs {result['epochs']}")
+    lines = [f"Feedback-loop simulation (`{command}`): {world['items']:,} items, "
              f"{world['users']:,} users ({world['active_share']:.0%} active a round), {world['topics']} topics, "
              f"slate {world['slate']}, multinomial logit with a no-click option (utility {world['no_click_utility']}),"
              f" trainer {result['epochs']} epochs a round (logQ correction: 'none' is the paper's setting, 'mixture' "
@@ -235,8 +248,9 @@ def markdown(result: dict) -> str:
              f"with >= {result['min_impressions']} impressions are the paper's Table 3 figures (of the round's "
              "impressions).", "",
              "| variant | logQ | seeds | rounds | top-100 share | items >= N impressions | exposure Gini "
-             "| consumption Gini | coverage | click rate | recall vs oracle | Jaccard | LLM cluster purity |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| consumption Gini | coverage | click rate | recall vs oracle | Jaccard | slate items never clicked "
+             "| LLM cluster purity |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for variant, logq in dict.fromkeys((r["variant"], r["logq"]) for r in runs):
         last = [r["rounds"][-1] for r in runs if (r["variant"], r["logq"]) == (variant, logq)]
 
@@ -247,6 +261,7 @@ def markdown(result: dict) -> str:
         lines.append(f"| {variant} | {logq} | {len(last)} | {last[0]['round']} | {cell('top100_share')} | "
                      f"{cell('share_min_impressions')} | {cell('exposure_gini')} | {cell('consumption_gini')} | "
                      f"{cell('coverage')} | {cell('click_rate')} | {cell('recall_oracle')} | {cell('jaccard')} | "
+                     f"{cell('unclicked_share') if 'unclicked_share' in last[0] else '-'} | "
                      f"{cell('cluster_purity') if 'cluster_purity' in last[0] else '-'} |")
     first = list({r["seed"]: r["rounds"][0] for r in runs}.values())  # the same for every variant of a seed
     lines.append(f"| round 0 (popularity exposure) | - | {len(first)} | 0 | "
@@ -256,12 +271,12 @@ def markdown(result: dict) -> str:
                  f"{statistics.mean(r['coverage'] for r in first):.3f} | "
                  f"{statistics.mean(r['click_rate'] for r in first):.3f} | "
                  f"{statistics.mean(r['recall_oracle'] for r in first):.3f} | "
-                 f"{statistics.mean(r['jaccard'] for r in first):.3f} | - |")
-    lines += ["", "Per-round curves: benchmarks/results/feedback_loop.png."]
+                 f"{statistics.mean(r['jaccard'] for r in first):.3f} | - | - |")
+    lines += ["", f"Per-round curves: benchmarks/results/{results_name(world['items'])}.png."]
     return "\n".join(lines) + "\n"
 
 
-def plot(result: dict) -> None:
+def plot(result: dict, name: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -280,7 +295,7 @@ def plot(result: dict) -> None:
         ax.set(title=key.replace("_", " "), xlabel="round")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(RESULTS, "feedback_loop.png"), dpi=110)
+    fig.savefig(os.path.join(RESULTS, f"{name}.png"), dpi=110)
     plt.close(fig)
 
 

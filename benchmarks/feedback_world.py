@@ -48,7 +48,7 @@ class WorldConfig:
     """
 
     items: int = 100_000
-    users: int = 10_000
+    users: int = 20_000
     topics: int = 50
     dim: int = 16
     topic_exponent: float = 0.8

@@ -26,7 +26,8 @@ SECTIONS = (("Query towers and sequence training (`benchmarks.sequential_tower`,
             ("Continuous training: warm-started windows against retraining (`benchmarks.windows`)", "windows.md"),
             ("", "windows_epinions.md"),
             ("Feedback loop: the model's recommendations become its training data (`benchmarks.feedback_loop`)",
-             "feedback_loop.md"))
+             "feedback_loop.md"),
+            ("", "feedback_loop_20k.md"))
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 DOC = os.path.join("docs", "results.md")
 
