@@ -282,17 +282,23 @@ def plot(result: dict, name: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = ("top100_share", "exposure_gini", "coverage", "click_rate", "recall_oracle", "jaccard")
-    fig, axes = plt.subplots(2, 3, figsize=(14, 7))
+    keys = ("top100_share", "share_min_impressions", "exposure_gini", "coverage", "click_rate", "recall_oracle",
+            "unclicked_share", "jaccard")
+    fig, axes = plt.subplots(2, 4, figsize=(18, 7))
     colours = {"in_batch": "tab:blue", "oob": "tab:green", "cluster_oob": "tab:red"}
     for ax, key in zip(axes.ravel(), keys):
         for variant, logq in dict.fromkeys((r["variant"], r["logq"]) for r in result["runs"]):
             runs = [r["rounds"] for r in result["runs"] if (r["variant"], r["logq"]) == (variant, logq)]
-            rounds = [p["round"] for p in runs[0]]
-            mean = [statistics.mean(run[i][key] for run in runs) for i in range(len(rounds))]
+            rounds = [p["round"] for p in runs[0] if key in p]
+            if not rounds:  # a figure added after these runs were made
+                continue
+            values = np.asarray([[p[key] for p in run if key in p] for run in runs])
+            mean, std = values.mean(axis=0), values.std(axis=0)
             ax.plot(rounds, mean, marker="o" if logq == "none" else "s", color=colours.get(variant),
                     linestyle="-" if logq == "none" else "--", label=f"{variant}, logQ {logq} ({len(runs)} seeds)")
-        ax.set(title=key.replace("_", " "), xlabel="round")
+            ax.fill_between(rounds, mean - std, mean + std, color=colours.get(variant), alpha=0.2)
+        ax.set(title=key.replace("_", " ").replace("share min impressions", f">= {result['min_impressions']} "
+                                                                       "impressions (share of items)"), xlabel="round")
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(RESULTS, f"{name}.png"), dpi=110)
