@@ -18,10 +18,12 @@ items the user consumed excluded) for each active user, who chooses at most one;
 The paper measured without logQ correction (`--logq none`, the default here).
 Per round: Gini of the round's impressions and of all consumption so far, catalogue coverage, the top-100
 items' share of impressions, share of items with >= `--min-impressions` impressions, click rate, mean true
-utility of the chosen items, recall@slate against the oracle (highest true utility), and Jaccard
-homogenisation of users' lists. Writes benchmarks/results/feedback_loop.{json,md,png} for the default
-catalogue of 10^5 items, feedback_loop_<items // 1000>k.{json,md,png} for any other size (so a smaller world's
-results do not replace the default's).
+utility of the chosen items, recall@slate against the oracle (highest true utility), Jaccard
+homogenisation of users' lists, and the share of slate items nobody had clicked before the round (their
+embedding rows never met a positive). Only the last round's examples and model stay on disk.
+Writes benchmarks/results/feedback_loop.{json,md,png} for the default catalogue of 10^5 items and
+feedback_loop_<items // 1000>k.{json,md,png} for any other size (a smaller world's results do not replace
+the default's).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import csv
 import dataclasses
 import json
 import os
+import shutil
 import statistics
 import time
 
@@ -162,6 +165,8 @@ def loop(world: World, variant: str, logq: str, rounds: int, epochs: int, seed: 
                                warm_start_from=previous)
         model = os.path.join(work, "model")
         summary = run_trainer(config, examples, clusters, model)
+        if previous:  # the previous round's examples and model (about 280 MB at 10^5 items) are no longer needed
+            shutil.rmtree(os.path.dirname(previous))
         previous = model
         users = np.sort(rng.choice(world.config.users, int(world.config.active_share * world.config.users),
                                    replace=False))
