@@ -62,10 +62,11 @@ FIGURES = ("top100_share", "share_min_impressions", "exposure_gini", "consumptio
 
 
 class Log:
-    """The interaction log of one loop: (user, item, round) of every click."""
+    """The interaction log of one loop: (user, item, round) of every click, and each item's click count."""
 
-    def __init__(self, users: int):
+    def __init__(self, users: int, items: int):
         self.rows: list[tuple[int, int, int]] = []
+        self.clicks = np.zeros(items, np.int64)
         self.consumed = [set() for _ in range(users)]
         self.recent: list[list[int]] = [[] for _ in range(users)]  # most recent first, up to HISTORY
 
@@ -73,12 +74,14 @@ class Log:
         for u, i in zip(users.tolist(), chosen.tolist()):
             if i >= 0:
                 self.rows.append((u, i, round_))
+                self.clicks[i] += 1
                 self.consumed[u].add(i)
                 self.recent[u] = [i] + self.recent[u][:HISTORY - 1]
 
     def copy(self) -> Log:
-        out = Log(len(self.consumed))
+        out = Log(len(self.consumed), len(self.clicks))
         out.rows = list(self.rows)
+        out.clicks = self.clicks.copy()
         out.consumed = [set(s) for s in self.consumed]
         out.recent = [list(r) for r in self.recent]
         return out
@@ -94,12 +97,11 @@ def round_metrics(world: World, users: np.ndarray, slates: np.ndarray, chosen: n
                   rng: np.random.Generator, min_impressions: int) -> dict:
     c = world.config
     shown = np.bincount(slates.ravel(), minlength=c.items)
-    consumed = np.bincount([i for _, i, _ in log.rows], minlength=c.items)
     oracle = world.oracle_top_k(users, c.slate, log.consumed)
     clicked = chosen >= 0
     utility = world.utility(users[clicked], chosen[clicked][:, None])[:, 0] if clicked.any() else np.zeros(1)
     return {"top100_share": top_share(shown, 100), "share_min_impressions": float((shown >= min_impressions).mean()),
-            "exposure_gini": gini(shown), "consumption_gini": gini(consumed), "coverage": float((shown > 0).mean()),
+            "exposure_gini": gini(shown), "consumption_gini": gini(log.clicks), "coverage": float((shown > 0).mean()),
             "click_rate": float(clicked.mean()), "chosen_utility": float(utility.mean()),
             "recall_oracle": float(np.mean([len(set(s) & set(o)) / c.slate for s, o in zip(slates.tolist(),
                                                                                            oracle.tolist())])),
@@ -173,7 +175,7 @@ def loop(world: World, variant: str, logq: str, rounds: int, epochs: int, seed: 
         slates = retrieve(model, world, users, log)
         chosen = world.choose(rng, users, slates)
         # slate items nobody had clicked before this round: their id embeddings never met a positive
-        unclicked = float((np.bincount([i for _, i, _ in log.rows], minlength=world.config.items)[slates] == 0).mean())
+        unclicked = float((log.clicks[slates] == 0).mean())
         log.add(users, chosen, first_round + r)
         metrics = round_metrics(world, users, slates, chosen, log, rng, min_impressions)
         per_round.append({"round": r, **metrics, "unclicked_share": unclicked, "log_rows": len(log.rows),
@@ -216,7 +218,7 @@ def main() -> None:
             w.writerow(["item_id", "text", "categories"])
             w.writerows((f"i{i}", text, "") for i, text in enumerate(world.texts))
         rng = np.random.default_rng([seed, 0])
-        round0 = Log(c.users)
+        round0 = Log(c.users, c.items)
         for t in range(args.warmup_rounds):
             users0 = np.sort(rng.choice(c.users, int(c.active_share * c.users), replace=False))
             slates0 = world.popularity_slates(rng, users0)
