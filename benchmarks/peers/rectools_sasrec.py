@@ -12,6 +12,7 @@ a validation fold, as RecTools' guide does) and writes each user's top-50 with t
 Here each target's rank in its user's list is scored with llm_hardneg.components.evaluator.core.rank_metrics, the
 evaluator's own HR/NDCG (a target outside the list, or a user the peer cannot recommend for, is a miss).
 Writes benchmarks/results/peer_rectools_sasrec.json, which benchmarks.sequential_tower reads into its table.
+An interrupted peer run resumes from its last epoch when the same command is run again (rectools_worker.py).
 """
 
 from __future__ import annotations

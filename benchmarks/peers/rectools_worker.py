@@ -8,11 +8,18 @@ for. Trains SASRec with the softmax loss (2 blocks, 1 head, 64 factors, dropout 
 way RecTools' advanced training guide does it: a leave-one-out validation fold of 2,048 users, early stopping on
 the validation loss (patience 3), the weights of the best validation epoch restored. Writes the top-k of every
 user with their training items filtered out (filter_viewed) and a JSON line of epochs and wall time.
+
+A run can be interrupted: every epoch leaves a full trainer checkpoint (weights, optimizer, early-stopping
+state, the training wall time so far) in `<out>.state/`, and the same command resumes from it (the time of
+an epoch cut short is not counted and the epoch is run again). A state directory written with other
+arguments or another train file is discarded, never resumed.
 """
 
 import argparse
+import hashlib
 import json
 import os
+import shutil
 import time
 
 import numpy as np
@@ -20,13 +27,46 @@ import pandas as pd
 import torch
 from lightning_fabric import seed_everything
 from pytorch_lightning import Trainer
-from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 from rectools import Columns
 from rectools.dataset import Dataset
 from rectools.models import SASRecModel
 
 VAL_USERS = 2048
+
+
+class WallClock(Callback):
+    """Training wall time, carried in the trainer's checkpoints so that a resumed run adds to it."""
+
+    def __init__(self) -> None:
+        self.before, self.started = 0.0, time.monotonic()
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.started = time.monotonic()
+
+    def seconds(self) -> float:
+        return self.before + time.monotonic() - self.started
+
+    def state_dict(self) -> dict:
+        return {"seconds": self.seconds()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.before = state_dict["seconds"]
+
+
+def state_dir(args: argparse.Namespace) -> str:
+    """The run's checkpoint directory, emptied unless it was written by this very configuration."""
+    path = args.out + ".state"
+    with open(args.train, "rb") as f:
+        key = {**vars(args), "train_sha256": hashlib.file_digest(f, "sha256").hexdigest()}
+    key_path = os.path.join(path, "run.json")
+    if os.path.exists(key_path) and json.load(open(key_path, encoding="utf-8")) != key:
+        shutil.rmtree(path)
+    os.makedirs(path, exist_ok=True)
+    with open(key_path, "w", encoding="utf-8") as f:
+        json.dump(key, f)
+    return path
 
 
 def main() -> None:
@@ -54,22 +94,34 @@ def main() -> None:
                 .groupby(Columns.User, sort=False).cumcount())
         return (interactions[Columns.User].isin(val_users) & (rank == 0)).values
 
-    log_dir = os.path.join(os.path.dirname(args.out), "lightning")
-    best = ModelCheckpoint(monitor="val_loss", mode="min", save_top_k=1, filename="best")
+    run_dir = state_dir(args)
+    last = os.path.join(run_dir, "checkpoints", "last.ckpt")
+    resume = last if os.path.exists(last) else None
+    if resume:
+        print(f"[peer worker] resuming from {resume}", flush=True)
+    clock = WallClock()
+    best = ModelCheckpoint(dirpath=os.path.join(run_dir, "checkpoints"), monitor="val_loss", mode="min",
+                           save_top_k=1, filename="best", save_last=True)
+
+    class ResumingTrainer(Trainer):  # RecTools' fit() takes no checkpoint path: the trainer supplies it
+        def fit(self, module, *fit_args, **fit_kwargs):
+            if resume:  # RecTools draws fresh weights at train start (after the restore) unless marked fitted
+                module.is_fitted = True
+            return super().fit(module, *fit_args, ckpt_path=resume, **fit_kwargs)
 
     def get_trainer() -> Trainer:
-        return Trainer(accelerator="cpu", devices=1, min_epochs=1, max_epochs=args.max_epochs, deterministic=True,
-                       enable_progress_bar=False, enable_model_summary=False, logger=CSVLogger(log_dir),
-                       callbacks=[EarlyStopping(monitor="val_loss", mode="min", patience=3), best])
+        return ResumingTrainer(accelerator="cpu", devices=1, min_epochs=1, max_epochs=args.max_epochs,
+                               deterministic=True, enable_progress_bar=False, enable_model_summary=False,
+                               logger=CSVLogger(run_dir),
+                               callbacks=[EarlyStopping(monitor="val_loss", mode="min", patience=3), best, clock])
 
     model = SASRecModel(n_factors=64, n_blocks=2, n_heads=1, dropout_rate=0.2, session_max_len=args.max_len,
                         loss="softmax", lr=1e-3, batch_size=128, deterministic=True, verbose=1,
                         get_val_mask_func=get_val_mask_func, get_trainer_func=get_trainer)
-    started = time.monotonic()
     model.fit(dataset)
-    train_seconds = time.monotonic() - started
     epochs = model.fit_trainer.current_epoch
-    # RecTools trains with its own copy of the callbacks: the path is on the fitted trainer's, not on `best`
+    # RecTools trains with its own copy of the callbacks: the path and the clock are the fitted trainer's
+    train_seconds = next(c for c in model.fit_trainer.callbacks if isinstance(c, WallClock)).seconds()
     best_path = model.fit_trainer.checkpoint_callback.best_model_path or best.best_model_path
     if not best_path:
         raise SystemExit("the peer's trainer saved no best checkpoint")
