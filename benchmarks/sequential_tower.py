@@ -253,6 +253,16 @@ def row_key(row: dict) -> RowKey:
             row.get("early_stopping", 0))
 
 
+def variant_notes(r: dict, short: bool = False) -> list[str]:
+    """What sets a row's training apart from the tower's plain run (chunks a step, masking, early stopping)."""
+    key = row_key(r)
+    return ([] if key.chunks == TrainerConfig.sequence_batch_size else [f"{key.chunks} chunks a step"]) + (
+        ["own user masked" if short else "own user's targets masked"] if key.mask_same_user else []) + (
+        ["early stopping" if short else
+         f"early stopping, patience {key.early_stopping}, {r['validation_share']:.1%} of users validate"]
+        if key.early_stopping else [])
+
+
 def write(result: dict) -> None:
     peer = json.load(open(PEER_RESULTS, encoding="utf-8")) if os.path.exists(PEER_RESULTS) else {"runs": []}
     result["peer"] = peer["runs"]
@@ -274,10 +284,7 @@ def write(result: dict) -> None:
     for r in result["rows"]:
         cells = " | ".join(f"{r[f'{m}_mean']:.4f} ± {r[f'{m}_pstdev']:.4f}" for m in METRICS)
         key = row_key(r)
-        notes = ([] if key.chunks == TrainerConfig.sequence_batch_size else [f"{key.chunks} chunks a step"]) + (
-            ["own user's targets masked"] if key.mask_same_user else []) + (
-            [f"early stopping, patience {key.early_stopping}, {r['validation_share']:.1%} of users validate"]
-            if key.early_stopping else [])
+        notes = variant_notes(r)
         tower = r["tower"] + (f" ({', '.join(notes)})" if notes else "")
         lines.append(f"| {r['dataset']} | {key.split} | {tower} | {r['strategy']} | {key.scoring} | "
                      f"{r['history']} | "
@@ -303,15 +310,18 @@ def plot(result: dict) -> None:
     import matplotlib.pyplot as plt
 
     panels = sorted({(r["dataset"], row_key(r).split) for r in result["rows"]})
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    entries = max(len([r for r in result["rows"] if (r["dataset"], row_key(r).split) == panel]) + 1 for panel in panels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4 + 0.2 * entries), squeeze=False)
     for ax, (name, split) in zip(axes[0], panels):
+        spare = itertools.cycle(c for j, c in enumerate(plt.get_cmap("tab10").colors) if j not in (0, 1, 3))
         for r in (r for r in result["rows"] if (r["dataset"], row_key(r).split) == (name, split)):
-            key = row_key(r)
+            key, notes = row_key(r), variant_notes(r, short=True)
+            colour = COLOURS[r["tower"]] if not notes else next(spare)  # a variant of the tower: its own colour
             for i, points in enumerate(r["curves"]):
                 ax.plot([p["train_seconds"] for p in points], [p["hr10"] for p in points],
                         marker={"cosine_mlp": "o", "cosine_tied": "s", "dot_tied": "^"}[key.scoring],
-                        label=f"{r['tower']} {r['strategy']} {key.scoring} {key.ties}" if i == 0 else None,
-                        color=COLOURS[r["tower"]],
+                        label=" ".join([r["tower"], r["strategy"], key.scoring, key.ties, *notes]) if i == 0 else None,
+                        color=colour,
                         markerfacecolor="none" if key.ties == "exclude" else None,  # hollow: strict ties
                         linestyle={"in_batch": "-", "oob": ":", "cluster_oob": "--"}.get(r["strategy"], "-"))
         for p in (p for p in result["peer"] if p["dataset"] == name and split == "leave_last_out"):
@@ -319,7 +329,7 @@ def plot(result: dict) -> None:
                        label=f"RecTools SASRec ({p['epochs']} epochs)")
         ax.set(title=f"{name}, {split}", xlabel="training wall time (s, 2 CPU cores)",
                ylabel="HR@10 (seen items excluded)" if split == "leave_last_out" else "HR@10 (every item ranked)")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15))  # below: the curves stay clear
     fig.tight_layout()
     fig.savefig(os.path.join(RESULTS, "sequential_tower.png"), dpi=120)
     plt.close(fig)
