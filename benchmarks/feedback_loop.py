@@ -46,6 +46,7 @@ from benchmarks.feedback_world import (
     cluster_purity,
     gini,
     jaccard_homogenisation,
+    slate_recall,
     top_k_excluding,
     top_share,
 )
@@ -103,8 +104,7 @@ def round_metrics(world: World, users: np.ndarray, slates: np.ndarray, chosen: n
     return {"top100_share": top_share(shown, 100), "share_min_impressions": float((shown >= min_impressions).mean()),
             "exposure_gini": gini(shown), "consumption_gini": gini(log.clicks), "coverage": float((shown > 0).mean()),
             "click_rate": float(clicked.mean()), "chosen_utility": float(utility.mean()),
-            "recall_oracle": float(np.mean([len(set(s) & set(o)) / c.slate for s, o in zip(slates.tolist(),
-                                                                                           oracle.tolist())])),
+            "recall_oracle": slate_recall(slates, oracle),
             "jaccard": jaccard_homogenisation(slates, rng)}
 
 

@@ -181,6 +181,11 @@ def top_share(counts: np.ndarray, top: int = 100) -> float:
     return float(np.sort(counts)[::-1][:top].sum() / total) if total else 0.0
 
 
+def slate_recall(slates: np.ndarray, oracle: np.ndarray) -> float:
+    """Mean share of each user's oracle list found in their slate ([U, k] each, distinct items in a row)."""
+    return float(((slates[:, :, None] == oracle[:, None, :]).any(-1).sum(1) / oracle.shape[1]).mean())
+
+
 def jaccard_homogenisation(slates: np.ndarray, rng: np.random.Generator, pairs: int = 2000) -> float:
     """Mean Jaccard similarity of the lists of random pairs of distinct users (1 = everyone sees the same)."""
     if len(slates) < 2:

@@ -309,12 +309,15 @@ def plot(result: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = sorted({(r["dataset"], row_key(r).split) for r in result["rows"]})
-    entries = max(len([r for r in result["rows"] if (r["dataset"], row_key(r).split) == panel]) + 1 for panel in panels)
+    panels: dict[tuple[str, str], list[dict]] = {}
+    for r in result["rows"]:
+        panels.setdefault((r["dataset"], row_key(r).split), []).append(r)
+    entries = max(len(rows) for rows in panels.values()) + 1  # legend lines, the peer's included
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4 + 0.2 * entries), squeeze=False)
-    for ax, (name, split) in zip(axes[0], panels):
-        spare = itertools.cycle(c for j, c in enumerate(plt.get_cmap("tab10").colors) if j not in (0, 1, 3))
-        for r in (r for r in result["rows"] if (r["dataset"], row_key(r).split) == (name, split)):
+    towers = {matplotlib.colors.to_rgb(c) for c in COLOURS.values()}
+    for ax, (name, split) in zip(axes[0], sorted(panels)):
+        spare = itertools.cycle(c for c in plt.get_cmap("tab10").colors if c not in towers)  # for variants
+        for r in panels[(name, split)]:
             key, notes = row_key(r), variant_notes(r, short=True)
             colour = COLOURS[r["tower"]] if not notes else next(spare)  # a variant of the tower: its own colour
             for i, points in enumerate(r["curves"]):

@@ -3,7 +3,15 @@
 import numpy as np
 import pytest
 
-from benchmarks.feedback_world import World, WorldConfig, cluster_purity, gini, jaccard_homogenisation, top_share
+from benchmarks.feedback_world import (
+    World,
+    WorldConfig,
+    cluster_purity,
+    gini,
+    jaccard_homogenisation,
+    slate_recall,
+    top_share,
+)
 
 SMALL = WorldConfig(items=300, users=50, topics=6, dim=8, slate=5, seed=3)
 
@@ -80,3 +88,13 @@ def test_bad_world_config_names_the_value():
         WorldConfig(items=10, slate=20)
     with pytest.raises(ValueError, match="items must be >= 1, got 0"):
         WorldConfig(items=0)
+
+
+def test_slate_recall_matches_set_intersection():
+    rng = np.random.default_rng(5)
+    slates = np.stack([rng.choice(40, 6, replace=False) for _ in range(300)])
+    oracle = np.stack([rng.choice(40, 6, replace=False) for _ in range(300)])
+    expected = np.mean([len(set(s) & set(o)) / 6 for s, o in zip(slates.tolist(), oracle.tolist())])
+    assert slate_recall(slates, oracle) == pytest.approx(expected, abs=1e-12)
+    assert slate_recall(oracle, oracle) == 1.0
+    assert slate_recall(slates, slates[:, ::-1] + 100) == 0.0

@@ -55,6 +55,19 @@ class WallClock(Callback):
         self.before = state_dict["seconds"]
 
 
+class ResumingTrainer(Trainer):
+    """A Trainer that resumes from `resume` (a checkpoint path, or None): RecTools' fit() takes no path."""
+
+    def __init__(self, resume: str | None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.resume = resume
+
+    def fit(self, module, *fit_args, **fit_kwargs):
+        if self.resume:  # RecTools draws fresh weights at train start (after the restore) unless marked fitted
+            module.is_fitted = True
+        return super().fit(module, *fit_args, ckpt_path=self.resume, **fit_kwargs)
+
+
 def state_dir(args: argparse.Namespace) -> str:
     """The run's checkpoint directory, emptied unless it was written by this very configuration."""
     path = args.out + ".state"
@@ -99,21 +112,14 @@ def main() -> None:
     resume = last if os.path.exists(last) else None
     if resume:
         print(f"[peer worker] resuming from {resume}", flush=True)
-    clock = WallClock()
     best = ModelCheckpoint(dirpath=os.path.join(run_dir, "checkpoints"), monitor="val_loss", mode="min",
                            save_top_k=1, filename="best", save_last=True)
 
-    class ResumingTrainer(Trainer):  # RecTools' fit() takes no checkpoint path: the trainer supplies it
-        def fit(self, module, *fit_args, **fit_kwargs):
-            if resume:  # RecTools draws fresh weights at train start (after the restore) unless marked fitted
-                module.is_fitted = True
-            return super().fit(module, *fit_args, ckpt_path=resume, **fit_kwargs)
-
     def get_trainer() -> Trainer:
-        return ResumingTrainer(accelerator="cpu", devices=1, min_epochs=1, max_epochs=args.max_epochs,
+        return ResumingTrainer(resume, accelerator="cpu", devices=1, min_epochs=1, max_epochs=args.max_epochs,
                                deterministic=True, enable_progress_bar=False, enable_model_summary=False,
                                logger=CSVLogger(run_dir),
-                               callbacks=[EarlyStopping(monitor="val_loss", mode="min", patience=3), best, clock])
+                               callbacks=[EarlyStopping(monitor="val_loss", mode="min", patience=3), best, WallClock()])
 
     model = SASRecModel(n_factors=64, n_blocks=2, n_heads=1, dropout_rate=0.2, session_max_len=args.max_len,
                         loss="softmax", lr=1e-3, batch_size=128, deterministic=True, verbose=1,
@@ -122,13 +128,14 @@ def main() -> None:
     epochs = model.fit_trainer.current_epoch
     # RecTools trains with its own copy of the callbacks: the path and the clock are the fitted trainer's
     train_seconds = next(c for c in model.fit_trainer.callbacks if isinstance(c, WallClock)).seconds()
-    best_path = model.fit_trainer.checkpoint_callback.best_model_path or best.best_model_path
+    best_path = model.fit_trainer.checkpoint_callback.best_model_path
     if not best_path:
         raise SystemExit("the peer's trainer saved no best checkpoint")
     model.load_weights_from_checkpoint(best_path)
     with open(args.users, encoding="utf-8") as f:
         targets = [line.strip() for line in f if line.strip()]
-    known = [u for u in targets if u in set(users)]
+    trained = set(users)
+    known = [u for u in targets if u in trained]
     recos = model.recommend(users=known, dataset=dataset, k=args.k, filter_viewed=True)
     recos[[Columns.User, Columns.Item, Columns.Rank]].to_csv(args.out, index=False)
     print(json.dumps({"epochs": epochs, "best_epoch_path": best_path, "train_seconds": train_seconds,
