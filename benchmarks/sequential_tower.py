@@ -314,9 +314,9 @@ def plot(result: dict) -> None:
         panels.setdefault((r["dataset"], row_key(r).split), []).append(r)
     entries = max(len(rows) for rows in panels.values()) + 1  # legend lines, the peer's included
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4 + 0.2 * entries), squeeze=False)
-    towers = {matplotlib.colors.to_rgb(c) for c in COLOURS.values()}
+    tower_colours = {matplotlib.colors.to_rgb(c) for c in COLOURS.values()}
     for ax, (name, split) in zip(axes[0], sorted(panels)):
-        spare = itertools.cycle(c for c in plt.get_cmap("tab10").colors if c not in towers)  # for variants
+        spare = itertools.cycle(c for c in plt.get_cmap("tab10").colors if c not in tower_colours)  # for variants
         for r in panels[(name, split)]:
             key, notes = row_key(r), variant_notes(r, short=True)
             colour = COLOURS[r["tower"]] if not notes else next(spare)  # a variant of the tower: its own colour
