@@ -296,7 +296,8 @@ def write(result: dict) -> None:
                            for m in METRICS)
         lines.append(f"| {name} | leave_last_out | peer: RecTools {runs[0]['version']} SASRec ({runs[0]['loss']}) | "
                      f"- | dot_tied | {runs[0]['max_len']} | input_order | "
-                     f"{', '.join(str(p['epochs']) for p in runs)} (early stopping) | {len(runs)} | {cells} | - | "
+                     f"{', '.join(str(p['epochs']) for p in runs)} (early stopping) | {len(runs)} | {cells} | "
+                     f"best epochs {', '.join(str(p['best_epoch']) for p in runs)} | "
                      f"{statistics.mean(p['train_seconds'] for p in runs):,.0f} |")
     lines += ["", "HR@10 against cumulative training wall time: benchmarks/results/sequential_tower.png."]
     write_results("sequential_tower", result, "\n".join(lines) + "\n")

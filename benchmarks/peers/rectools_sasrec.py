@@ -105,11 +105,15 @@ def main() -> None:
                 raise SystemExit(f"the peer failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
             report = json.loads(done.stdout.strip().splitlines()[-1])
             run = {"dataset": name, "seed": seed, "version": report["rectools"], "loss": "softmax",
-                   "max_len": args.max_len, "epochs": report["epochs"], "train_seconds": report["train_seconds"],
+                   "max_len": args.max_len, "epochs": report["epochs"], "best_epoch": report["best_epoch"],
+                   "train_seconds": report["train_seconds"],
                    "users_without_training_items": report["users_without_training_items"],
+                   "users_cold_to_the_model": report["users_cold_to_the_model"],
                    **score(recos, targets)}
             print(f"[peer] {name} seed {seed}: HR@10 {run['hr10']:.4f} NDCG@10 {run['ndcg10']:.4f} HR@50 "
-                  f"{run['hr50']:.4f} after {run['epochs']} epochs, {run['train_seconds']:.0f}s", flush=True)
+                  f"{run['hr50']:.4f} after {run['epochs']} epochs (best {run['best_epoch']}), "
+                  f"{run['train_seconds']:.0f}s; {run['users_without_training_items']} users without training items "
+                  f"and {run['users_cold_to_the_model']} cold to the model count as misses", flush=True)
             results["runs"] = [r for r in results["runs"] if (r["dataset"], r["seed"]) != (name, seed)] + [run]
             os.makedirs(RESULTS, exist_ok=True)
             with open(os.path.join(RESULTS, "peer_rectools_sasrec.json"), "w", encoding="utf-8") as f:

@@ -7,12 +7,13 @@ train.csv: user_id,item_id,datetime (the training positives, in any order); user
 for. Trains SASRec with the softmax loss (2 blocks, 1 head, 64 factors, dropout 0.2, `--max-len` positions) the
 way RecTools' advanced training guide does it: a leave-one-out validation fold of 2,048 users, early stopping on
 the validation loss (patience 3), the weights of the best validation epoch restored. Writes the top-k of every
-user with their training items filtered out (filter_viewed) and a JSON line of epochs and wall time.
+user with their training items filtered out (filter_viewed) and a JSON line of epochs and wall time; a user
+cold to the model (each of its training items fell out of SASRec's training data) gets no list and is counted.
 
 A run can be interrupted: every epoch leaves a full trainer checkpoint (weights, optimizer, early-stopping
 state, the training wall time so far) in `<out>.state/`, and the same command resumes from it (the time of
-an epoch cut short is not counted and the epoch is run again). A state directory written with other
-arguments or another train file is discarded, never resumed.
+an epoch cut short is not counted and the epoch is run again; a run whose early stopping had ended only ranks).
+A state directory written with other arguments or another train file is discarded, never resumed.
 """
 
 import argparse
@@ -110,13 +111,19 @@ def main() -> None:
     run_dir = state_dir(args)
     last = os.path.join(run_dir, "checkpoints", "last.ckpt")
     resume = last if os.path.exists(last) else None
+    max_epochs = args.max_epochs
     if resume:
         print(f"[peer worker] resuming from {resume}", flush=True)
+        saved = torch.load(resume, map_location="cpu", weights_only=False)
+        stopping = next(v for k, v in saved["callbacks"].items() if k.startswith("EarlyStopping"))
+        if stopping["wait_count"] >= stopping["patience"]:  # it had stopped: no further epoch, only the ranking
+            max_epochs = saved["epoch"] + 1
+            print(f"[peer worker] early stopping had ended training after epoch {max_epochs}", flush=True)
     best = ModelCheckpoint(dirpath=os.path.join(run_dir, "checkpoints"), monitor="val_loss", mode="min",
                            save_top_k=1, filename="best", save_last=True)
 
     def get_trainer() -> Trainer:
-        return ResumingTrainer(resume, accelerator="cpu", devices=1, min_epochs=1, max_epochs=args.max_epochs,
+        return ResumingTrainer(resume, accelerator="cpu", devices=1, min_epochs=1, max_epochs=max_epochs,
                                deterministic=True, enable_progress_bar=False, enable_model_summary=False,
                                logger=CSVLogger(run_dir),
                                callbacks=[EarlyStopping(monitor="val_loss", mode="min", patience=3), best, WallClock()])
@@ -136,10 +143,16 @@ def main() -> None:
         targets = [line.strip() for line in f if line.strip()]
     trained = set(users)
     known = [u for u in targets if u in trained]
-    recos = model.recommend(users=known, dataset=dataset, k=args.k, filter_viewed=True)
+    # a user whose training items all fell out of SASRec's training data (users with one interaction are
+    # dropped, and items only they had) is cold to the model: RecTools skips it with a warning; counted here
+    recos = model.recommend(users=known, dataset=dataset, k=args.k, filter_viewed=True,
+                            on_unsupported_targets="warn")
     recos[[Columns.User, Columns.Item, Columns.Rank]].to_csv(args.out, index=False)
-    print(json.dumps({"epochs": epochs, "best_epoch_path": best_path, "train_seconds": train_seconds,
+    best_epoch = torch.load(best_path, map_location="cpu", weights_only=False)["epoch"] + 1
+    print(json.dumps({"epochs": epochs, "best_epoch": best_epoch, "best_epoch_path": best_path,
+                      "train_seconds": train_seconds,
                       "users_without_training_items": len(targets) - len(known),
+                      "users_cold_to_the_model": len(known) - recos[Columns.User].nunique(),
                       "rectools": __import__("rectools").__version__, "torch": torch.__version__}), flush=True)
 
 
