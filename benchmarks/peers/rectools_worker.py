@@ -56,6 +56,23 @@ class WallClock(Callback):
         self.before = state_dict["seconds"]
 
 
+class ResumableEarlyStopping(EarlyStopping):
+    """Early stopping whose decision survives a restart: Lightning restores its wait count but not the trainer's
+    stop flag, so a run resumed after it had stopped would train one epoch more."""
+
+    @property
+    def state_key(self) -> str:  # the parent's key: checkpoints keep their early-stopping state under it
+        return f"EarlyStopping{({'monitor': self.monitor, 'mode': self.mode})!r}"
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.wait_count >= self.patience:
+            trainer.should_stop = True
+
+    def best_epoch(self, trainer) -> int:
+        """The 1-based epoch of the best validation loss: the epochs trained less those without a new best."""
+        return trainer.current_epoch - self.wait_count
+
+
 class ResumingTrainer(Trainer):
     """A Trainer that resumes from `resume` (a checkpoint path, or None): RecTools' fit() takes no path."""
 
@@ -111,22 +128,17 @@ def main() -> None:
     run_dir = state_dir(args)
     last = os.path.join(run_dir, "checkpoints", "last.ckpt")
     resume = last if os.path.exists(last) else None
-    max_epochs = args.max_epochs
     if resume:
         print(f"[peer worker] resuming from {resume}", flush=True)
-        saved = torch.load(resume, map_location="cpu", weights_only=False)
-        stopping = next(v for k, v in saved["callbacks"].items() if k.startswith("EarlyStopping"))
-        if stopping["wait_count"] >= stopping["patience"]:  # it had stopped: no further epoch, only the ranking
-            max_epochs = saved["epoch"] + 1
-            print(f"[peer worker] early stopping had ended training after epoch {max_epochs}", flush=True)
     best = ModelCheckpoint(dirpath=os.path.join(run_dir, "checkpoints"), monitor="val_loss", mode="min",
                            save_top_k=1, filename="best", save_last=True)
 
     def get_trainer() -> Trainer:
-        return ResumingTrainer(resume, accelerator="cpu", devices=1, min_epochs=1, max_epochs=max_epochs,
+        return ResumingTrainer(resume, accelerator="cpu", devices=1, min_epochs=1, max_epochs=args.max_epochs,
                                deterministic=True, enable_progress_bar=False, enable_model_summary=False,
                                logger=CSVLogger(run_dir),
-                               callbacks=[EarlyStopping(monitor="val_loss", mode="min", patience=3), best, WallClock()])
+                               callbacks=[ResumableEarlyStopping(monitor="val_loss", mode="min", patience=3), best,
+                                          WallClock()])
 
     model = SASRecModel(n_factors=64, n_blocks=2, n_heads=1, dropout_rate=0.2, session_max_len=args.max_len,
                         loss="softmax", lr=1e-3, batch_size=128, deterministic=True, verbose=1,
@@ -135,6 +147,8 @@ def main() -> None:
     epochs = model.fit_trainer.current_epoch
     # RecTools trains with its own copy of the callbacks: the path and the clock are the fitted trainer's
     train_seconds = next(c for c in model.fit_trainer.callbacks if isinstance(c, WallClock)).seconds()
+    stopping = next(c for c in model.fit_trainer.callbacks if isinstance(c, ResumableEarlyStopping))
+    best_epoch = stopping.best_epoch(model.fit_trainer)
     best_path = model.fit_trainer.checkpoint_callback.best_model_path
     if not best_path:
         raise SystemExit("the peer's trainer saved no best checkpoint")
@@ -148,7 +162,6 @@ def main() -> None:
     recos = model.recommend(users=known, dataset=dataset, k=args.k, filter_viewed=True,
                             on_unsupported_targets="warn")
     recos[[Columns.User, Columns.Item, Columns.Rank]].to_csv(args.out, index=False)
-    best_epoch = torch.load(best_path, map_location="cpu", weights_only=False)["epoch"] + 1
     print(json.dumps({"epochs": epochs, "best_epoch": best_epoch, "best_epoch_path": best_path,
                       "train_seconds": train_seconds,
                       "users_without_training_items": len(targets) - len(known),
